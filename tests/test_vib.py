@@ -1,0 +1,188 @@
+"""VIB cell: KL against torch.distributions, sampling statistics, eval == mean, four usages."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Normal, kl_divergence
+
+from facevib.models import VIBCell, gaussian_kl, reparameterize, softplus_sigma
+from facevib.models.vib import SIGMA_BIAS_INIT
+
+
+def _reference_kl(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Independent reference: torch.distributions, summed per sample, averaged over the batch."""
+    per_element = kl_divergence(Normal(mu, sigma), Normal(torch.zeros_like(mu), torch.ones_like(mu)))
+    return per_element.flatten(1).sum(dim=1).mean()
+
+
+class _Raises(nn.Module):
+    """A sigma transform that must not run."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("sigma branch ran")
+
+
+class _SelfAttention(nn.Module):
+    """Adapter: nn.MultiheadAttention as a one-input branch (B, L, E) -> (B, L, E)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+class _Residual(nn.Module):
+    """x + cell(x): the VIB cell as the non-identity branch, sampled before the sum."""
+
+    def __init__(self, cell: VIBCell) -> None:
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, x: torch.Tensor, return_kl: bool = False):
+        out = self.cell(x, return_kl=return_kl)
+        if return_kl:
+            return x + out[0], out[1]
+        return x + out
+
+
+def test_gaussian_kl_matches_torch_distributions():
+    gen = torch.Generator().manual_seed(0)
+    mu = torch.randn(4, 3, 5, 5, generator=gen, dtype=torch.float64)
+    log_sigma = 0.7 * torch.randn(4, 3, 5, 5, generator=gen, dtype=torch.float64)
+    expected = _reference_kl(mu, log_sigma.exp())
+    torch.testing.assert_close(gaussian_kl(mu, log_sigma), expected, rtol=1e-12, atol=1e-12)
+    per_sample = gaussian_kl(mu, log_sigma, reduction="none")
+    assert per_sample.shape == (4,)
+    torch.testing.assert_close(per_sample.mean(), expected)
+
+
+def test_gaussian_kl_is_float32_for_half_inputs_and_rejects_bad_args():
+    mu = torch.randn(2, 64, 8, 8).to(torch.bfloat16)
+    log_sigma = torch.full_like(mu, -5.0)
+    assert gaussian_kl(mu, log_sigma).dtype == torch.float32
+    with pytest.raises(ValueError, match="shape"):
+        gaussian_kl(torch.zeros(2, 3), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="'sum'"):
+        gaussian_kl(torch.zeros(2, 3), torch.zeros(2, 3), reduction="sum")
+
+
+def test_softplus_sigma_is_finite_where_softplus_underflows():
+    pre = torch.tensor([-300.0, -120.0, -21.0, -5.0, 0.0, 30.0], requires_grad=True)
+    sigma, log_sigma = softplus_sigma(pre)
+    torch.testing.assert_close(sigma, F.softplus(pre))
+    moderate = pre.detach() > -100
+    torch.testing.assert_close(log_sigma[moderate], F.softplus(pre.detach()[moderate]).log())
+    assert torch.equal(log_sigma[:2], pre.detach()[:2])  # log(softplus(z)) == z there
+    (log_sigma.sum() + sigma.sum()).backward()
+    assert torch.isfinite(pre.grad).all()
+    # KL of a collapsed sigma is large but finite, so 0 * KL (a beta of 0) is 0, not NaN.
+    kl = gaussian_kl(torch.zeros(1, 6), log_sigma.detach().unsqueeze(0))
+    assert torch.isfinite(kl) and (0.0 * kl) == 0.0
+
+
+def test_reparameterize_uses_mu_and_sigma():
+    torch.manual_seed(0)
+    mu = torch.zeros(200_000)
+    sample = reparameterize(mu + 2.0, torch.full_like(mu, 0.5))
+    assert abs(sample.mean().item() - 2.0) < 0.01
+    assert abs(sample.std().item() - 0.5) < 0.01
+
+
+def test_sigma_starts_at_softplus_of_bias_init():
+    sigma_linear = nn.Linear(4, 3)
+    nn.init.zeros_(sigma_linear.weight)
+    nn.init.zeros_(sigma_linear.bias)
+    cell = VIBCell(nn.Linear(4, 3), sigma_linear, 3, channel_dim=-1)
+    assert SIGMA_BIAS_INIT == -5.0
+    log_sigma = cell.log_sigma(torch.randn(2, 4))
+    torch.testing.assert_close(log_sigma.exp(), torch.full((2, 3), F.softplus(torch.tensor(-5.0)).item()))
+
+
+def test_eval_returns_exactly_the_mean_without_running_sigma():
+    mean = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+    cell = VIBCell(mean, _Raises(), 8).eval()
+    x = torch.randn(2, 3, 6, 6)
+    assert torch.equal(cell(x), mean(x))
+
+
+def test_train_samples_have_predicted_mean_and_std():
+    torch.manual_seed(1)
+    cell = VIBCell(nn.Linear(5, 3), nn.Linear(5, 3), 3, channel_dim=-1, bias_init=0.0).train()
+    draws = 40_000
+    x = torch.randn(1, 5).expand(draws, 5)
+    with torch.no_grad():
+        mu = cell.mean(x[:1])[0]
+        sigma = F.softplus(cell.sigma(x[:1])[0] + cell.bias)
+        samples = cell(x)
+    # Standard errors: sigma / sqrt(N) for the mean, ~sigma / sqrt(2N) for the std.
+    assert ((samples.mean(0) - mu).abs() < 5 * sigma / draws**0.5).all()
+    assert ((samples.std(0) / sigma - 1).abs() < 5 / (2 * draws) ** 0.5).all()
+
+
+def test_cell_kl_equals_reference_on_its_own_mu_and_sigma():
+    torch.manual_seed(2)
+    cell = VIBCell(nn.Linear(6, 4), nn.Linear(6, 4), 4, channel_dim=-1, bias_init=-1.0)
+    x = torch.randn(7, 6)
+    _, kl = cell(x, return_kl=True)
+    with torch.no_grad():
+        expected = _reference_kl(cell.mean(x), F.softplus(cell.sigma(x) + cell.bias))
+    torch.testing.assert_close(kl.detach(), expected, rtol=1e-5, atol=1e-5)
+
+
+def _conv_cell() -> tuple[nn.Module, torch.Tensor]:
+    mean = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.PReLU(6))
+    return VIBCell(mean, nn.Conv2d(4, 6, 1), 6), torch.randn(3, 4, 5, 5)
+
+
+def _residual_cell() -> tuple[nn.Module, torch.Tensor]:
+    branch = nn.Sequential(nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4))
+    return _Residual(VIBCell(branch, nn.Conv2d(4, 4, 3, padding=1), 4)), torch.randn(3, 4, 5, 5)
+
+
+def _linear_cell() -> tuple[nn.Module, torch.Tensor]:
+    return VIBCell(nn.Linear(10, 8), nn.Linear(10, 8), 8, channel_dim=-1), torch.randn(3, 10)
+
+
+def _attention_cell() -> tuple[nn.Module, torch.Tensor]:
+    # Cheaper sigma: a linear map of each token instead of attention.
+    return VIBCell(_SelfAttention(8, 2), nn.Linear(8, 8), 8, channel_dim=-1), torch.randn(3, 5, 8)
+
+
+@pytest.mark.parametrize("build", [_conv_cell, _residual_cell, _linear_cell, _attention_cell])
+def test_cell_wraps_conv_residual_linear_and_attention(build):
+    torch.manual_seed(3)
+    module, x = build()
+    module.train()
+    out, kl = module(x, return_kl=True)
+    assert kl.dim() == 0 and torch.isfinite(kl)
+    (out.square().mean() + 1e-3 * kl).backward()
+    for name, param in module.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+    assert not torch.equal(module(x), module(x))  # training samples
+    module.eval()
+    cell = module.cell if isinstance(module, _Residual) else module
+    expected = cell.mean(x) + (x if isinstance(module, _Residual) else 0)
+    assert torch.equal(module(x), expected)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace is deprecated in torch 2.13
+def test_eval_cell_traces_without_sigma_ops():
+    module, x = _conv_cell()
+    traced = torch.jit.trace(module.eval(), x)
+    graph = str(traced.graph)
+    assert "softplus" not in graph and "randn" not in graph
+    assert torch.equal(traced(x), module(x))
+
+
+def test_cell_rejects_bad_configuration():
+    with pytest.raises(ValueError, match="batch"):
+        VIBCell(nn.Linear(2, 2), nn.Linear(2, 2), 2, channel_dim=0)
+    with pytest.raises(ValueError, match="num_channels"):
+        VIBCell(nn.Linear(2, 2), nn.Linear(2, 2), 0)
+    with pytest.raises(ValueError, match="forward_with_mean"):
+        VIBCell(None, nn.Linear(2, 2), 2, channel_dim=-1)(torch.zeros(1, 2))
