@@ -1,0 +1,1 @@
+"""Face data: RecordIO, datasets, transforms, verification and IJB files, synthetic sets."""

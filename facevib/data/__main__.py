@@ -1,0 +1,174 @@
+"""``python -m facevib.data {synth,pack,inspect}``: make, pack and look at face sets.
+
+Each subcommand is a thin shell over a library function (``facevib.data.synth``,
+``facevib.data.pack``, ``facevib.data.inspect``). User mistakes (missing folders, bad
+landmark lines, unreadable images, out-of-range options) print one ``error:`` line and
+exit with status 2; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from facevib.data.synth import SynthOptions, write_synthetic_dataset
+
+    options = {f.name: getattr(args, f.name) for f in fields(SynthOptions)}
+    summary = write_synthetic_dataset(args.out, **options)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    train = summary["train"]
+    print(f"wrote {args.out}: train.rec {train['images']} images of {train['identities']} identities")
+    for name, info in summary.get("bins", {}).items():
+        print(
+            f"  {name}.bin: {info['pairs']} pairs ({info['same']} same) from {info['identities']} held-out identities"
+        )
+    if "ijb" in summary:
+        ijb = summary["ijb"]
+        print(
+            f"  IJBC/: {ijb['images']} loose crops, {ijb['templates']} templates, {ijb['media']} media, "
+            f"{ijb['pairs']} pairs ({ijb['genuine_pairs']} genuine) from {ijb['subjects']} held-out subjects"
+        )
+    print(
+        f"  {summary['images_rendered']} images in {summary['seconds']:.1f} s "
+        f"({summary['images_per_second']:.0f}/s, {summary['workers']} workers)"
+    )
+    return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from facevib.data.pack import pack_folder
+
+    summary = pack_folder(
+        args.image_dir,
+        args.out_prefix,
+        landmarks=args.landmarks,
+        quality=args.quality,
+        threads=args.threads,
+        progress=None if args.progress == "auto" else args.progress == "on",
+    )
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        how = "aligned with norm_crop" if summary["aligned"] else "already aligned"
+        print(f"packed {summary['images']} images of {summary['identities']} identities ({how}) into {summary['rec']}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from facevib.data.inspect import bin_sheet, contact_sheet, summarize_bin, summarize_rec
+
+    if str(args.prefix).endswith(".bin"):
+        summary, images = summarize_bin(args.prefix)
+        if args.sheet:
+            from facevib.data.bins import read_bin
+
+            bin_sheet(images, read_bin(args.prefix).issame, args.sheet, pairs=args.identities)
+    else:
+        summary = summarize_rec(args.prefix)
+        if args.sheet:
+            contact_sheet(summary, args.sheet, identities=args.identities, per_identity=args.per_identity)
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=1))
+    else:
+        print("\n".join(summary.lines()))
+    if args.sheet:
+        print(f"contact sheet   {args.sheet}")
+    return 0
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    from facevib.data.synth import SynthOptions
+
+    parser = sub.add_parser(
+        "synth",
+        help="write the synthetic identity set (train.rec, .bin sets, IJBC/)",
+        description="Render synthetic identities and write them in the real formats: train.rec/idx + property "
+        "(MS1M layout), lfw.bin / cfp_fp.bin / agedb_30.bin from held-out identities, and an IJB-C-style IJBC/ "
+        "directory (loose crops, 5-point landmarks, detector scores, 1:1 pairs and 1:N galleries/probes).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    for f in fields(SynthOptions):
+        default = f.default if f.default is not MISSING else None
+        flag = "--" + f.name.replace("_", "-")
+        metavar = "N" if isinstance(default, int) else "X"
+        parser.add_argument(flag, type=type(default), default=default, metavar=metavar, help=f.metadata.get("help", ""))
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(run=_synth)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m facevib.data`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m facevib.data",
+        description="Make, pack and inspect face-recognition data sets (RecordIO, .bin, IJB).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{synth,pack,inspect}")
+    _add_synth(sub)
+
+    pack = sub.add_parser(
+        "pack",
+        help="pack an image folder (one sub-folder per identity) into MS1M-style RecordIO",
+        description="Pack IMAGE_DIR/<identity>/<image> into OUT_PREFIX.rec/.idx + property (labels in sorted folder "
+        "order; OUT_PREFIX.identities.tsv maps them back). Without --landmarks the images must be aligned 112x112 "
+        "crops; with it every image is aligned to the ArcFace template first.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    pack.add_argument("image_dir", type=Path, help="folder with one sub-folder of images per identity")
+    pack.add_argument("out_prefix", type=Path, help="output prefix: writes OUT_PREFIX.rec and OUT_PREFIX.idx")
+    pack.add_argument(
+        "--landmarks",
+        type=Path,
+        help="text file, one line per image: 'relative/path x1 y1 ... x5 y5 [score]' (ArcFace order) or "
+        "'relative/path x1 y1 x2 y2 x3 y3' (eyes, mouth centre); '#' starts a comment",
+    )
+    pack.add_argument("--quality", type=int, default=95, help="JPEG quality of the packed crops")
+    pack.add_argument(
+        "--threads", type=int, default=None, help="decode/align threads (default: one per CPU, at most 8)"
+    )
+    pack.add_argument(
+        "--progress", choices=("auto", "on", "off"), default="auto", help="progress bar (auto: on a terminal)"
+    )
+    pack.add_argument("--json", action="store_true", help="print the summary as JSON")
+    pack.set_defaults(run=_pack)
+
+    inspect = sub.add_parser(
+        "inspect",
+        help="summarise a RecordIO set or a .bin file, optionally with a contact sheet",
+        description="Print record/image/identity counts, the header layout, the label range, images per identity "
+        "and property consistency of a RecordIO set (PREFIX: a directory with train.rec, a prefix or a .rec path), "
+        "or the pair counts of a verification .bin.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    inspect.add_argument("prefix", type=Path, help="directory, prefix, .rec path, or .bin file")
+    inspect.add_argument("--sheet", type=Path, help="write a contact-sheet PNG here")
+    inspect.add_argument("--identities", type=int, default=8, help="identities (rows) on the sheet; pairs for a .bin")
+    inspect.add_argument("--per-identity", type=int, default=8, help="images per identity on the sheet")
+    inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+    inspect.set_defaults(run=_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (2 for user errors, reported on one line)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+        message = " ".join(str(err).split())  # one line, whatever the library's message layout
+        print(f"{parser.prog} {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Summarise a face set: a RecordIO training set or a verification ``.bin`` file.
+
+``python -m facevib.data inspect PREFIX [--sheet out.png]`` prints the record count, which
+header layout the set uses (the MS1M header + identity records, or plain records), the
+number of identities, the label range, images per identity (min/median/max), whether
+``property`` agrees, and optionally writes a contact sheet: one row per identity (spread
+over the label range), a few images each. ``PREFIX`` is ``dir`` (holding ``train.rec``),
+``dir/train`` or ``dir/train.rec``; a ``.bin`` path summarises a verification set instead.
+
+Labels of a set with identity records come from those records (no scan of the images);
+otherwise each record's 24-byte header is read, never its image.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from facevib.data.bins import read_bin
+from facevib.data.recordio import IndexedRecordReader, RecordIOError, unpack
+
+__all__ = ["RecSummary", "BinSummary", "resolve_prefix", "summarize_rec", "summarize_bin", "contact_sheet", "bin_sheet"]
+
+_FRAME = struct.Struct("<II")
+_HEADER = struct.Struct("<IfQQ")
+_MAGIC = 0xCED7230A
+
+
+@dataclass
+class RecSummary:
+    """What :func:`summarize_rec` found (``labels``: one per image, in key order)."""
+
+    rec: str
+    records: int
+    images: int
+    layout: str
+    identities: int
+    label_min: int
+    label_max: int
+    per_identity: tuple[int, int, float]  # min, max, median
+    property: str | None
+    problems: list[str] = field(default_factory=list)
+    image_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+
+    def lines(self) -> list[str]:
+        """Human-readable report."""
+        lo, hi, med = self.per_identity
+        out = [
+            f"file            {self.rec}",
+            f"records         {self.records}",
+            f"layout          {self.layout}",
+            f"images          {self.images}",
+            f"identities      {self.identities}",
+            f"label range     {self.label_min}..{self.label_max}",
+            f"per identity    min {lo}, median {med:g}, max {hi}",
+            f"property        {self.property if self.property is not None else '(none)'}",
+        ]
+        out += [f"problem         {p}" for p in self.problems] or ["problems        none"]
+        return out
+
+    def as_dict(self) -> dict:
+        """JSON-friendly summary (without the per-image arrays)."""
+        lo, hi, med = self.per_identity
+        return {
+            "rec": self.rec,
+            "records": self.records,
+            "images": self.images,
+            "layout": self.layout,
+            "identities": self.identities,
+            "label_min": self.label_min,
+            "label_max": self.label_max,
+            "per_identity": {"min": lo, "median": med, "max": hi},
+            "property": self.property,
+            "problems": self.problems,
+        }
+
+
+def resolve_prefix(prefix: str | os.PathLike) -> tuple[Path, Path]:
+    """``(rec, idx)`` for a directory, a ``.../train`` prefix or a ``.rec`` path."""
+    path = Path(prefix)
+    if path.is_dir():
+        path = path / "train"
+    if path.suffix in (".rec", ".idx"):
+        path = path.with_suffix("")
+    rec, idx = path.parent / (path.name + ".rec"), path.parent / (path.name + ".idx")
+    if not rec.is_file():
+        raise FileNotFoundError(f"no RecordIO file at {rec} (from {prefix})")
+    if not idx.is_file():
+        raise FileNotFoundError(f"no index {idx} next to {rec}")
+    return rec, idx
+
+
+def _peek_label(reader: IndexedRecordReader, key: int, fd: int) -> float | np.ndarray:
+    """The label of one record from its first bytes (the whole record only if it is split)."""
+    offset = reader.index[key]
+    head = os.pread(fd, _FRAME.size + _HEADER.size + 8, offset)
+    if len(head) >= _FRAME.size + _HEADER.size:
+        magic, word = _FRAME.unpack_from(head)
+        flag = _HEADER.unpack_from(head, _FRAME.size)[0]
+        if magic == _MAGIC and word >> 29 == 0 and flag == 0:
+            return _HEADER.unpack_from(head, _FRAME.size)[1]
+    return unpack(reader.read(key))[0].label  # array labels, split records, or an error to report
+
+
+def summarize_rec(prefix: str | os.PathLike) -> RecSummary:
+    """Read the layout and labels of a RecordIO set (see the module docstring)."""
+    rec, idx = resolve_prefix(prefix)
+    reader = IndexedRecordReader(rec, idx)
+    keys = np.array(reader.keys, np.int64)
+    problems: list[str] = []
+    header = unpack(reader.read(0))[0] if 0 in reader else None
+    layout = "plain records (no header record)"
+    labels = None
+    if header is not None and header.flag == 2 and len(keys) > 1:
+        first_id, end = (int(v) for v in np.asarray(header.label))
+        identity_keys = np.arange(first_id, end)
+        if 0 < first_id <= end and all(k in reader for k in identity_keys):
+            layout = f"MS1M header: record 0 labels [{first_id}, {end}], identity records {first_id}..{end - 1}"
+            ranges = np.array([np.asarray(unpack(reader.read(int(k)))[0].label, np.int64)[:2] for k in identity_keys])
+            image_keys = np.concatenate([np.arange(a, b) for a, b in ranges]) if len(ranges) else np.zeros(0, np.int64)
+            labels = np.repeat(np.arange(len(ranges)), ranges[:, 1] - ranges[:, 0]) if len(ranges) else image_keys
+            fd = os.open(rec, os.O_RDONLY)
+            try:  # spot-check that identity record c holds images labelled c
+                for c in np.linspace(0, len(ranges) - 1, min(100, len(ranges))).round().astype(int):
+                    if (
+                        ranges[c, 1] > ranges[c, 0]
+                        and float(np.asarray(_peek_label(reader, int(ranges[c, 0]), fd)).ravel()[0]) != c
+                    ):
+                        problems.append(
+                            f"identity record {int(identity_keys[c])} (label {c}) starts at an image with another label"
+                        )
+                        break
+            finally:
+                os.close(fd)
+            listed = set(keys.tolist()) - {0} - set(identity_keys.tolist())
+            if set(image_keys.tolist()) != listed:
+                problems.append(
+                    f"identity records cover {len(image_keys)} keys but the index has {len(listed)} image keys"
+                )
+        else:
+            problems.append(
+                f"record 0 looks like a header with labels [{first_id}, {end}] but those identity records are missing"
+            )
+    if labels is None:
+        image_keys = keys[keys != 0] if layout.startswith("MS1M") else keys
+        fd = os.open(rec, os.O_RDONLY)
+        try:
+            raw = [_peek_label(reader, int(k), fd) for k in image_keys]
+        finally:
+            os.close(fd)
+        arrays = sum(np.ndim(v) > 0 for v in raw)
+        if arrays:
+            layout += f"; {arrays} records carry array labels (first element used as the identity)"
+        labels = np.array([float(np.asarray(v).ravel()[0]) for v in raw], np.float64)
+        if not np.all(labels == np.round(labels)):
+            problems.append("some labels are not integers")
+        labels = labels.astype(np.int64)
+    counts = np.bincount(labels - labels.min()) if len(labels) else np.zeros(0, np.int64)
+    present = counts[counts > 0]
+    if len(present) != len(counts):
+        problems.append(f"labels are not contiguous: {len(counts) - len(present)} labels in the range have no image")
+    prop_path = rec.parent / "property"
+    prop = prop_path.read_text(encoding="ascii", errors="replace").strip() if prop_path.is_file() else None
+    if prop is not None:
+        first = prop.splitlines()[0].split(",")[0].strip() if prop else ""
+        if not first.isdigit() or int(first) != len(present):
+            problems.append(f"property says {first!r} classes, the records have {len(present)} identities")
+    return RecSummary(
+        rec=str(rec),
+        records=len(keys),
+        images=len(labels),
+        layout=layout,
+        identities=len(present),
+        label_min=int(labels.min()) if len(labels) else 0,
+        label_max=int(labels.max()) if len(labels) else -1,
+        per_identity=(int(present.min()), int(present.max()), float(np.median(present)))
+        if len(present)
+        else (0, 0, 0.0),
+        property=prop,
+        problems=problems,
+        image_keys=np.asarray(image_keys, np.int64),
+        labels=labels,
+    )
+
+
+@dataclass
+class BinSummary:
+    """What :func:`summarize_bin` found."""
+
+    path: str
+    pairs: int
+    same: int
+    image_shape: tuple[int, ...]
+
+    def lines(self) -> list[str]:
+        return [
+            f"file            {self.path}",
+            f"pairs           {self.pairs} ({self.same} same, {self.pairs - self.same} different)",
+            f"images          {2 * self.pairs} of {self.image_shape[1]}x{self.image_shape[0]}",
+        ]
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "pairs": self.pairs, "same": self.same, "image_shape": list(self.image_shape)}
+
+
+def summarize_bin(path: str | os.PathLike) -> tuple[BinSummary, np.ndarray]:
+    """Summary and decoded images of a verification ``.bin``."""
+    data = read_bin(path)
+    return BinSummary(str(path), len(data), int(data.issame.sum()), data.images.shape[1:]), data.images
+
+
+def _tile(rows: list[list[np.ndarray]], captions: list[str], cell: int = 112) -> np.ndarray:
+    width = max(len(r) for r in rows)
+    sheet = np.full((len(rows) * (cell + 4) + 4, width * (cell + 4) + 4, 3), 255, np.uint8)
+    for r, (images, caption) in enumerate(zip(rows, captions, strict=True)):
+        y = 4 + r * (cell + 4)
+        for c, image in enumerate(images):
+            x = 4 + c * (cell + 4)
+            sheet[y : y + cell, x : x + cell] = cv2.resize(image, (cell, cell), interpolation=cv2.INTER_AREA)
+        cv2.putText(sheet, caption, (6, y + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1, cv2.LINE_AA)
+    return sheet
+
+
+def contact_sheet(summary: RecSummary, out: str | os.PathLike, identities: int = 8, per_identity: int = 8) -> Path:
+    """Write a PNG with one row per identity (spread evenly over the labels), ``per_identity`` images each."""
+    if identities < 1 or per_identity < 1:
+        raise ValueError(f"a contact sheet needs >= 1 identity and image, got {identities} x {per_identity}")
+    reader = IndexedRecordReader(summary.rec)
+    distinct = np.unique(summary.labels)
+    if not len(distinct):
+        raise ValueError(f"{summary.rec}: no images to show")
+    chosen = distinct[np.linspace(0, len(distinct) - 1, min(identities, len(distinct))).round().astype(int)]
+    rows, captions = [], []
+    for label in chosen:
+        keys = summary.image_keys[summary.labels == label][:per_identity]
+        images = []
+        for key in keys:
+            body = unpack(reader.read(int(key)))[1]
+            bgr = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise RecordIOError(f"{summary.rec}: record key {int(key)} does not decode as an image")
+            images.append(bgr)
+        rows.append(images)
+        captions.append(f"id {int(label)}")
+    return _write_png(out, _tile(rows, captions))
+
+
+def bin_sheet(images: np.ndarray, issame: np.ndarray, out: str | os.PathLike, pairs: int = 8) -> Path:
+    """Contact sheet of the first ``pairs`` same and different pairs of a ``.bin`` (RGB images)."""
+    same, diff = np.flatnonzero(issame)[: pairs // 2], np.flatnonzero(~issame)[: pairs - pairs // 2]
+    rows, captions = [], []
+    for kind, chosen in (("same", same), ("diff", diff)):
+        for p in chosen:
+            rows.append([cv2.cvtColor(images[2 * p + k], cv2.COLOR_RGB2BGR) for k in (0, 1)])
+            captions.append(f"{kind} {int(p)}")
+    return _write_png(out, _tile(rows, captions))
+
+
+def _write_png(out: str | os.PathLike, sheet: np.ndarray) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), sheet):
+        raise ValueError(f"cannot write the contact sheet to {out} (is the extension .png?)")
+    return out
