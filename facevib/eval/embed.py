@@ -1,0 +1,284 @@
+"""Embedding aligned faces with a torch backbone or an exported ONNX model.
+
+:class:`Embedder` turns ``(N, 112, 112, 3)`` uint8 RGB crops into embeddings the way the
+evaluation protocols want them: each image and its horizontal flip go through the network
+(in one batch), and :meth:`Embedder.__call__` returns their **sum, not normalised**: the
+verification protocol and the IJB template aggregation both start from that sum (the IJB
+pipeline weights it before normalising, so normalising here would change the result).
+Input normalisation is :func:`facevib.data.transforms.images_to_tensor`, the one training uses.
+
+:func:`load_embedder` opens a facevib checkpoint or an arcface_torch state dict (through
+:func:`facevib.models.load_backbone`) or a ``.onnx`` file (through ONNX Runtime, on
+``CUDAExecutionProvider`` when one is requested and available, else on the CPU;
+:attr:`Embedder.backend` says which ran).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from facevib.data.transforms import images_to_tensor
+
+__all__ = ["Embedder", "load_embedder", "resolve_device", "flip_images"]
+
+BatchFn = Callable[[np.ndarray], np.ndarray]
+
+
+def flip_images(images: np.ndarray) -> np.ndarray:
+    """Horizontal flip of an ``(N, H, W, C)`` batch, as a contiguous copy."""
+    return np.ascontiguousarray(images[:, :, ::-1])
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None -> CUDA when torch sees one, else CPU; a CUDA device torch cannot see
+    raises ``ValueError`` rather than failing later inside the first batch."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"invalid device {device!r}: {err}") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but torch sees no CUDA device")
+    return resolved
+
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
+        shape = getattr(images, "shape", None)
+        raise ValueError(f"images must be an (N, H, W, 3) uint8 RGB array, got {type(images).__name__} {shape}")
+    return images
+
+
+class Embedder:
+    """Batched image + flip embeddings from any ``uint8 (B, H, W, 3) -> float32 (B, D)`` function.
+
+    Args:
+        forward: embeds one batch of RGB uint8 crops (no flip) into float32 ``(B, D)``.
+        batch_size: images per network forward pass; with flipping, each pass holds
+            ``batch_size // 2`` images and their flips.
+        backend: what runs the network, for reports (e.g. ``"torch:cuda:0"``,
+            ``"onnxruntime:CPUExecutionProvider"``).
+        uncertainty: optional per-image uncertainty function of the same input
+            (``(B,)``, higher = less certain), from models with sigma branches.
+    """
+
+    def __init__(
+        self,
+        forward: BatchFn,
+        *,
+        batch_size: int = 64,
+        backend: str = "custom",
+        uncertainty: BatchFn | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self._forward = forward
+        self._uncertainty = uncertainty
+        self.batch_size = int(batch_size)
+        self.backend = backend
+
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def from_module(
+        cls, model: nn.Module, *, device: str | torch.device | None = None, batch_size: int = 64
+    ) -> Embedder:
+        """Wrap a torch backbone. ``device=None`` keeps the module where it is; otherwise it is
+        moved there. Each batch runs in eval mode under ``no_grad`` and the module's previous
+        train/eval mode is restored afterwards, so a training loop can evaluate mid-run.
+        DataParallel/DistributedDataParallel wrappers are unwrapped (a wrapped forward on one
+        rank would wait for the others)."""
+        if isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
+            model = model.module
+        if device is None:
+            first = next(model.parameters(), None)
+            target = first.device if first is not None else torch.device("cpu")
+        else:
+            target = resolve_device(device)
+            model.to(target)
+
+        def run(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray) -> np.ndarray:
+            was_training = model.training
+            model.eval()
+            try:
+                with torch.no_grad():
+                    batch = images_to_tensor(images).to(target, non_blocking=True)
+                    return fn(batch).float().cpu().numpy()
+            finally:
+                model.train(was_training)
+
+        def embed(images: np.ndarray) -> np.ndarray:
+            return run(model, images)
+
+        def uncertainty(images: np.ndarray) -> np.ndarray:
+            return run(model.uncertainty, images)
+
+        has_sigma = bool(getattr(model, "has_uncertainty", False))
+        return cls(
+            embed, batch_size=batch_size, backend=f"torch:{target}", uncertainty=uncertainty if has_sigma else None
+        )
+
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike, *, device: str = "cpu", batch_size: int = 64) -> Embedder:
+        """Open an exported model with ONNX Runtime.
+
+        ``device`` ``"cuda"``/``"cuda:N"``/``"auto"`` asks for ``CUDAExecutionProvider``; when
+        this onnxruntime build has none, the CPU provider runs and :attr:`backend` says so.
+        The graph must take one ``(N, 3, H, W)`` float input and give one ``(N, D)`` output.
+        """
+        import onnxruntime as ort  # optional dependency (the `serve` extra), imported on use
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model {path} does not exist")
+        wants_cuda = device == "auto" or str(device).startswith("cuda")
+        has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+        providers: list = ["CPUExecutionProvider"]
+        if wants_cuda and has_cuda:
+            index = str(device).partition(":")[2]
+            options = {"device_id": int(index)} if index else {}
+            providers = [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
+        try:
+            session = ort.InferenceSession(str(path), providers=providers)
+        except (
+            ort_state.Fail,
+            ort_state.InvalidGraph,
+            ort_state.InvalidArgument,
+            ort_state.InvalidProtobuf,
+            ort_state.NoSuchFile,
+            ort_state.RuntimeException,
+        ) as err:  # onnxruntime's own types, not OSError
+            raise ValueError(f"{path}: ONNX Runtime cannot load it ({err})") from err
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            raise ValueError(f"{path}: expected one (N, 3, H, W) input, got {[(i.name, i.shape) for i in inputs]}")
+        if len(outputs) < 1 or len(outputs[0].shape) != 2:
+            raise ValueError(f"{path}: expected an (N, D) embedding output, got {[(o.name, o.shape) for o in outputs]}")
+        input_name, output_name = inputs[0].name, outputs[0].name
+
+        def run(images: np.ndarray) -> np.ndarray:
+            blob = images_to_tensor(images).numpy()
+            return np.asarray(session.run([output_name], {input_name: blob})[0], dtype=np.float32)
+
+        used = session.get_providers()[0]
+        backend = f"onnxruntime:{used}"
+        if wants_cuda and used != "CUDAExecutionProvider" and device != "auto":
+            backend += " (CUDA requested but unavailable in this onnxruntime build)"
+        return cls(run, batch_size=batch_size, backend=backend)
+
+    # ------------------------------------------------------------------ embedding
+
+    @property
+    def has_uncertainty(self) -> bool:
+        """Whether :meth:`uncertainty` is available (torch models with sigma branches)."""
+        return self._uncertainty is not None
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Embeddings of ``images`` alone (no flip), ``(N, D)`` float32, not normalised."""
+        images = _check_images(images)
+        parts = [self._forward(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
+        return self._stack(parts, len(images))
+
+    def embed_with_flip(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(embeddings, flipped-image embeddings)``, each ``(N, D)`` float32, not normalised.
+
+        Each forward pass holds a chunk and its flip, halving the number of passes.
+        """
+        images = _check_images(images)
+        chunk = max(1, self.batch_size // 2)
+        plain, flipped = [], []
+        for start in range(0, len(images), chunk):
+            part = images[start : start + chunk]
+            out = self._forward(np.concatenate([part, flip_images(part)]))
+            plain.append(out[: len(part)])
+            flipped.append(out[len(part) :])
+        return self._stack(plain, len(images)), self._stack(flipped, len(images))
+
+    def __call__(self, images: np.ndarray, flip: bool = True) -> np.ndarray:
+        """``(N, D)`` float32: embedding of each image plus that of its flip (``flip=True``),
+        or of the image alone; never normalised."""
+        if not flip:
+            return self.embed(images)
+        plain, flipped = self.embed_with_flip(images)
+        plain += flipped
+        return plain
+
+    def uncertainty(self, images: np.ndarray, flip: bool = True) -> np.ndarray:
+        """Per-image uncertainty ``(N,)`` float32 (with ``flip``: mean over image and flip).
+
+        Raises:
+            ValueError: the model gives no uncertainty (no sigma branches, or an ONNX graph,
+                which holds the deterministic mean only).
+        """
+        if self._uncertainty is None:
+            raise ValueError(
+                f"the model run by {self.backend} provides no per-image uncertainty: it needs a facevib "
+                "checkpoint of a model with sigma branches (cellvib_*/deepvib_*); ONNX exports hold only the mean"
+            )
+        images = _check_images(images)
+        chunk = max(1, self.batch_size // 2) if flip else self.batch_size
+        parts = []
+        for start in range(0, len(images), chunk):
+            part = images[start : start + chunk]
+            if flip:
+                out = np.asarray(self._uncertainty(np.concatenate([part, flip_images(part)])), dtype=np.float32)
+                parts.append((out[: len(part)] + out[len(part) :]) / 2)
+            else:
+                parts.append(np.asarray(self._uncertainty(part), dtype=np.float32))
+        values = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        if values.shape != (len(images),):
+            raise ValueError(f"uncertainty returned shape {values.shape} for {len(images)} images, expected (N,)")
+        return values
+
+    @staticmethod
+    def _stack(parts: list[np.ndarray], count: int) -> np.ndarray:
+        if not parts:
+            return np.zeros((0, 0), np.float32)
+        out = np.concatenate(parts).astype(np.float32, copy=False)
+        if out.ndim != 2 or out.shape[0] != count:
+            raise ValueError(f"the model returned shape {out.shape} for {count} images, expected (N, D)")
+        return out
+
+    def __repr__(self) -> str:
+        return f"Embedder(backend={self.backend!r}, batch_size={self.batch_size}, uncertainty={self.has_uncertainty})"
+
+
+def load_embedder(
+    path: str | os.PathLike,
+    device: str = "cpu",
+    batch_size: int = 64,
+    network: str | None = None,
+) -> Embedder:
+    """An :class:`Embedder` for a model file.
+
+    Args:
+        path: ``.onnx`` (ONNX Runtime), or a facevib checkpoint / arcface_torch ``state_dict``
+            (``.pt``/``.pth``, read by :func:`facevib.models.load_backbone`).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        batch_size: images per forward pass.
+        network: registered model name (e.g. ``"r100"``); required for a plain state dict.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: unreadable model, bad device, or a state dict without ``network``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    if path.suffix.lower() == ".onnx":
+        if network is not None:
+            raise ValueError(f"--network {network!r} applies to torch checkpoints, not to the ONNX file {path}")
+        return Embedder.from_onnx(path, device=device, batch_size=batch_size)
+    from facevib.models import load_backbone
+
+    target = resolve_device(device)
+    model = load_backbone(path, name=network)
+    return Embedder.from_module(model, device=target, batch_size=batch_size)
