@@ -1,0 +1,9 @@
+"""Training machinery: data order, optimisation, checkpoints, logging and the loop.
+
+Entry points (``train/arcface.py``) parse arguments and call :class:`Trainer`; nothing
+here parses arguments or starts processes.
+"""
+
+from facevib.engine.trainer import Trainer
+
+__all__ = ["Trainer"]

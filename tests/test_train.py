@@ -1,0 +1,270 @@
+"""Training end to end: train/arcface.py main() in-process and under real torchrun (gloo).
+
+Every run trains a tiny cellVIB-iResNet on the session's synthetic identity set, so a
+step costs milliseconds and the distributed machinery (rendezvous, DDP, Partial FC,
+checkpoints, elastic restarts) is what the time is spent on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from facevib.engine.checkpoint import list_checkpoints, load_checkpoint
+from facevib.models import create_model, load_backbone
+
+ROOT = Path(__file__).resolve().parents[1]
+ENTRY = "train/arcface.py"
+CONFIG = "configs/synthetic_r18_cellvib.py"
+TINY = {"layers": (1, 1, 1, 1), "widths": (8, 8, 16, 16), "embedding_dim": 32}
+TINY_MODEL = [f"model.kwargs.{key}={value!r}" for key, value in TINY.items()]
+
+
+def train_main(argv: list[str]) -> int:
+    """train/arcface.py's main(), imported from its file as a user would run it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_arcface", ROOT / ENTRY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
+
+
+def settings_for(data: Path, output: Path, *overrides: str, steps: int = 12) -> list[str]:
+    """Config overrides for a short, deterministic run of the tiny model on ``data``."""
+    return [
+        *TINY_MODEL,
+        f"data.rec={data}",
+        "data.batch_size=16",
+        "data.num_workers=1",
+        "data.val_targets=[]",
+        f"run.output={output}",
+        "run.epochs=0",
+        f"run.total_steps={steps}",
+        "run.log_every=1",
+        "run.checkpoint_every=6",
+        "run.keep_checkpoints=5",
+        "run.deterministic=true",
+        "schedule.warmup_steps=2",
+        *overrides,
+    ]
+
+
+def args_for(data: Path, output: Path, *overrides: str, steps: int = 12) -> list[str]:
+    """train/arcface.py arguments for :func:`settings_for`."""
+    settings = settings_for(data, output, *overrides, steps=steps)
+    return [str(ROOT / CONFIG), *[arg for s in settings for arg in ("--set", s)]]
+
+
+def read_metrics(output: Path, kind: str = "train") -> dict[int, dict]:
+    """step -> record of metrics.jsonl (the last record wins when a step was repeated)."""
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in records if r["kind"] == kind}
+
+
+def test_single_process_run_learns_and_writes_everything(synthetic_dir, tmp_path):
+    out = tmp_path / "run"
+    argv = args_for(synthetic_dir, out, "data.val_targets=lfw", f"data.val_dir={synthetic_dir}", steps=36)
+    assert train_main(argv) == 0
+
+    metrics = read_metrics(out)
+    assert sorted(metrics) == list(range(1, 37))
+    first = sum(metrics[s]["margin_loss"] for s in range(1, 6)) / 5
+    last = sum(metrics[s]["margin_loss"] for s in range(32, 37)) / 5
+    assert last < first - 0.5, (first, last)
+    cells = create_model("cellvib_r18", **TINY).num_cells
+    assert all(len(m["kl_cells"]) == cells and m["kl_loss"] > 0 for m in metrics.values())
+
+    info = json.loads((out / "config.json").read_text())
+    assert info["config"]["model"]["kwargs"]["widths"] == [8, 8, 16, 16]
+    assert info["total_steps"] == 36 and info["world_size"] == 1
+    assert [p.name for p in list_checkpoints(out)] == [f"checkpoint_{s:08d}.pt" for s in (6, 12, 18, 24, 30, 36)][-5:]
+    ckpt = load_checkpoint(list_checkpoints(out)[-1])
+    assert ckpt["step"] == 36 and ckpt["config"] == info["config"]
+    assert ckpt["partial_fc"]["weight"].shape == (24, 32)
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+    val = read_metrics(out, kind="val")
+    assert 0.5 <= val[36]["lfw/accuracy"] <= 1.0
+    model = load_backbone(out / "backbone.pt")
+    assert model(torch.zeros(2, 3, 112, 112)).shape == (2, 32)
+
+
+def test_resume_repeats_the_uninterrupted_run_exactly(synthetic_dir, tmp_path):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    assert train_main(args_for(synthetic_dir, full, steps=12)) == 0
+    # "Interrupt" after step 6: a new run folder holding only that checkpoint.
+    resumed.mkdir()
+    shutil.copy(full / "checkpoint_00000006.pt", resumed)
+    assert train_main([*args_for(synthetic_dir, resumed, steps=12), "--resume", "latest"]) == 0
+    a, b = read_metrics(full), read_metrics(resumed)
+    assert sorted(b) == list(range(7, 13))
+    for step in range(7, 13):
+        assert b[step]["loss"] == a[step]["loss"], step
+        assert b[step]["kl_cells"] == a[step]["kl_cells"], step
+    final_a = load_checkpoint(full / "checkpoint_00000012.pt")
+    final_b = load_checkpoint(resumed / "checkpoint_00000012.pt")
+    for key, value in final_a["backbone"].items():
+        torch.testing.assert_close(final_b["backbone"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_two_gloo_ranks_train_then_resume_on_one_rank(synthetic_dir, tmp_path, run_torchrun):
+    out = tmp_path / "run"
+    run_torchrun(2, ENTRY, *args_for(synthetic_dir, out, "data.batch_size=8", steps=18))
+    metrics = read_metrics(out)
+    assert sorted(metrics) == list(range(1, 19))
+    assert metrics[18]["margin_loss"] < metrics[1]["margin_loss"]
+    info = json.loads((out / "config.json").read_text())
+    assert info["world_size"] == 2 and info["global_batch"] == 16
+
+    # Continue on a single process with the same global batch: Partial FC re-sharded.
+    single = tmp_path / "single"
+    single.mkdir()
+    shutil.copy(out / "checkpoint_00000012.pt", single)
+    assert train_main([*args_for(synthetic_dir, single, "data.batch_size=16", steps=18), "--resume", "latest"]) == 0
+    resumed = read_metrics(single)
+    assert sorted(resumed) == list(range(13, 19))
+    # Same samples, same flips; only BatchNorm sees 16 instead of 2 x 8 images per batch.
+    for step in range(13, 19):
+        assert resumed[step]["margin_loss"] == pytest.approx(metrics[step]["margin_loss"], rel=0.05)
+
+
+def _worker_pids(launcher: subprocess.Popen) -> list[int]:
+    """PIDs of the processes torchrun started (its children)."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(launcher.pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+@pytest.mark.slow
+def test_killed_rank_restarts_and_resumes(synthetic_dir, tmp_path, torchrun_command):
+    out = tmp_path / "run"
+    argv = args_for(synthetic_dir, out, "data.batch_size=8", "run.checkpoint_every=5", steps=60)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = torchrun_command(2, ENTRY, *argv, "--resume", "latest", extra=("--max-restarts=1",))
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint_00000010.pt").exists():
+            assert launcher.poll() is None, launcher.stdout.read()
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.05)
+        victims = _worker_pids(launcher)
+        assert len(victims) == 2, victims
+        os.kill(victims[1], signal.SIGKILL)
+        output, _ = launcher.communicate(timeout=180)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 0, output[-5000:]
+    assert "resumed from" in output and "checkpoint_000000" in output
+    metrics = read_metrics(out)
+    assert max(metrics) == 60
+    assert load_checkpoint(list_checkpoints(out)[-1])["step"] == 60
+
+
+@pytest.mark.slow
+def test_two_nodes_join_by_c10d_rendezvous(synthetic_dir, tmp_path, free_port):
+    out = tmp_path / "run"
+    argv = args_for(synthetic_dir, out, "data.batch_size=8", steps=6)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = []
+    for node_rank in (0, 1):
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run",
+            "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node_rank}",
+            "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port}", "--rdzv_id=facevib-test",
+            ENTRY, *argv,
+        ]  # fmt: skip
+        nodes.append(
+            subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
+    outputs = [node.communicate(timeout=240)[0] for node in nodes]
+    for node, text in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, text[-5000:]
+    info = json.loads((out / "config.json").read_text())
+    assert info["world_size"] == 2
+    assert sorted(read_metrics(out)) == list(range(1, 7))
+
+
+def test_configuration_mistakes_exit_2_with_one_line(synthetic_dir, tmp_path, capsys):
+    cases = [
+        ([str(tmp_path / "nope.py")], "config file not found"),
+        (args_for(synthetic_dir, tmp_path / "a", "optim.lr=fast"), "optim.lr"),
+        (args_for(tmp_path / "no_data", tmp_path / "b"), "no_data"),
+        (args_for(synthetic_dir, tmp_path / "c", "model.kwargs.widths=(8, 8)"), "widths"),
+        (args_for(synthetic_dir, tmp_path / "d", "data.batch_size=4096"), "less than one global batch"),
+        ([*args_for(synthetic_dir, tmp_path / "e"), "--resume", str(tmp_path / "missing.pt")], "missing.pt"),
+    ]
+    for argv, message in cases:
+        assert train_main(argv) == 2, message
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err, err
+        assert "Traceback" not in err
+
+
+def test_non_finite_loss_stops_naming_the_step(synthetic_dir, tmp_path, capsys):
+    # A scale of 1e39 overflows float32: the loss is NaN from the first step on.
+    argv = args_for(synthetic_dir, tmp_path / "nan", "head.scale=1e39", "run.max_nonfinite_steps=2")
+    assert train_main(argv) == 1
+    captured = capsys.readouterr()
+    assert "step 0: non-finite loss" in captured.out and "step 1: non-finite loss" in captured.out
+    assert "non-finite loss nan at step 2" in captured.err and "3 such step(s)" in captured.err
+
+
+def test_init_backbone_takes_mean_branches_from_an_arcface_checkpoint(synthetic_dir, tmp_path):
+    from facevib.config import apply_overrides, load_config, validate
+    from facevib.distributed import DistEnv
+    from facevib.engine import Trainer
+
+    torch.manual_seed(3)
+    plain = create_model("r18", **TINY)  # arcface_torch key names
+    pretrained = tmp_path / "backbone.pth"
+    torch.save(plain.state_dict(), pretrained)
+    cfg = load_config(ROOT / CONFIG)
+    validate(apply_overrides(cfg, settings_for(synthetic_dir, tmp_path / "ft", f"model.init_backbone={pretrained}")))
+    trainer = Trainer(cfg, DistEnv())
+    loaded = trainer.backbone.state_dict()
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0, msg=key)
+    assert any(".vib." in key for key in loaded)
+
+
+def test_channels_last_bf16_and_compile_run(synthetic_dir, tmp_path):
+    # 16 channels at least: torch 2.13's CPU backward of a channels_last 1x1 stride-2 conv
+    # with 8 input channels corrupts the heap (seen here; it is not facevib's code).
+    argv = args_for(
+        synthetic_dir, tmp_path / "opts",
+        "model.kwargs.widths=(16, 16, 32, 32)", "run.channels_last=true", "run.amp=bf16",
+        "run.compile=true", "run.compile_backend=aot_eager", "run.deterministic=false", steps=3,
+    )  # fmt: skip
+    assert train_main(argv) == 0
+    metrics = read_metrics(tmp_path / "opts")
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics.values())
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_compiled_training(synthetic_dir, tmp_path):
+    argv = args_for(
+        synthetic_dir, tmp_path / "gpu",
+        "run.device=cuda", "run.amp=bf16", "run.channels_last=true", "run.compile=true",
+        "run.deterministic=false", steps=6,
+    )  # fmt: skip
+    assert train_main(argv) == 0
+    metrics = read_metrics(tmp_path / "gpu")
+    assert sorted(metrics) == list(range(1, 7))
+
+
+@pytest.mark.gpu
+def test_nccl_process_group_under_torchrun(synthetic_dir, tmp_path, run_torchrun):
+    out = tmp_path / "nccl"
+    run_torchrun(1, ENTRY, *args_for(synthetic_dir, out, "run.device=cuda", "run.deterministic=false", steps=6))
+    assert sorted(read_metrics(out)) == list(range(1, 7))

@@ -1,0 +1,64 @@
+"""Train a face-recognition backbone with an ArcFace head and Partial FC.
+
+    torchrun --nproc_per_node=8 train/arcface.py configs/ms1mv3_r100_cellvib.py
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \
+        train/arcface.py configs/ms1mv3_r100_cellvib.py --set data.batch_size=64
+    python train/arcface.py configs/synthetic_r18_cellvib.py          # one CPU process
+
+Add ``--resume latest`` to continue from the newest checkpoint in the run folder (what an
+elastic restart under ``torchrun --max-restarts=N`` needs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from facevib.config import apply_overrides, load_config, validate
+from facevib.distributed import init_distributed, shutdown_distributed
+from facevib.engine import Trainer
+from facevib.engine.trainer import NonFiniteLossError
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="config module, e.g. configs/ms1mv3_r100_cellvib.py")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a config field, e.g. --set optim.lr=0.05 (repeatable)",
+    )
+    parser.add_argument("--resume", default=None, help="'latest' (newest checkpoint in run.output, if any) or a path")
+    parser.add_argument("--output", default=None, help="shorthand for --set run.output=DIR")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, train, return a process exit code (2 for configuration mistakes)."""
+    args = get_args_parser().parse_args(argv)
+    is_main = os.environ.get("RANK", "0") == "0"
+    try:
+        cfg = load_config(args.config)
+        overrides = list(args.overrides) + ([f"run.output={args.output}"] if args.output else [])
+        validate(apply_overrides(cfg, overrides))
+        env = init_distributed(cfg.run.device)
+        Trainer(cfg, env, resume=args.resume).fit()
+    except (ValueError, FileNotFoundError) as exc:
+        if is_main:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as exc:
+        if is_main:
+            print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutdown_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
