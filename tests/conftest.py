@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,8 +47,6 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -55,10 +58,58 @@ def free_port() -> int:
     return _free_port()
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first found, then theirs)."""
+    found, frontier = [], [pid]
+    while frontier:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(frontier.pop())], capture_output=True, text=True)
+        children = [int(p) for p in out.stdout.split()]
+        found += children
+        frontier += children
+    return found
+
+
+def _terminate_tree(proc: subprocess.Popen) -> None:
+    """Stop a launcher and everything it started.
+
+    torchrun starts each worker in a session of its own, so killing the launcher's process
+    group would orphan them (blocked in a collective, forever): SIGTERM the launcher, which
+    stops its workers, then SIGKILL whatever of the tree is left.
+    """
+    if proc.poll() is not None:
+        return
+    tree = _descendants(proc.pid)
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture()
+def launch():
+    """Start a command (cwd: the checkout, output captured); at the end of the test any
+    still running is stopped together with every process it started."""
+    started: list[subprocess.Popen] = []
+
+    def start(cmd: list[str]) -> subprocess.Popen:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        _terminate_tree(proc)
+
+
 def _torchrun_command(nproc: int, *args: str, extra: tuple[str, ...] = ()) -> list[str]:
     """``python -m torch.distributed.run --standalone`` for ``nproc`` local ranks."""
-    import sys
-
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *extra, *args]
 
 
@@ -69,25 +120,17 @@ def torchrun_command():
 
 
 @pytest.fixture()
-def run_torchrun():
-    """Run a torchrun job to completion; fail the test with its output if it fails."""
-    import os
-    import subprocess
+def run_torchrun(launch):
+    """Run a torchrun job to completion and return its output; fail the test if it fails."""
 
-    def run(nproc: int, *args: str, extra: tuple[str, ...] = (), timeout: float = 240) -> subprocess.CompletedProcess:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.run(
-            _torchrun_command(nproc, *args, extra=extra),
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+    def run(nproc: int, *args: str, extra: tuple[str, ...] = (), timeout: float = 240) -> str:
+        proc = launch(_torchrun_command(nproc, *args, extra=extra))
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"torchrun still running after {timeout} s: {' '.join(args)}")
         if proc.returncode != 0:
-            pytest.fail(
-                f"torchrun exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}"
-            )
-        return proc
+            pytest.fail(f"torchrun exited {proc.returncode}\n{output[-8000:]}")
+        return output
 
     return run

@@ -73,7 +73,7 @@ def test_bad_inputs_are_named():
 @pytest.mark.slow
 def test_two_and_three_gloo_ranks_equal_one_full_fc(tmp_path, run_torchrun):
     reference = tmp_path / "one.pt"
-    subprocess.run([sys.executable, WORKER, str(reference)], check=True, cwd=ROOT)
+    subprocess.run([sys.executable, WORKER, str(reference)], check=True, cwd=ROOT, timeout=120)
     single = torch.load(reference)
     for world in (2, 3):
         out = tmp_path / f"world{world}.pt"

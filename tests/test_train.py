@@ -145,25 +145,19 @@ def _worker_pids(launcher: subprocess.Popen) -> list[int]:
 
 
 @pytest.mark.slow
-def test_killed_rank_restarts_and_resumes(synthetic_dir, tmp_path, torchrun_command):
+def test_killed_rank_restarts_and_resumes(synthetic_dir, tmp_path, launch, torchrun_command):
     out = tmp_path / "run"
     argv = args_for(synthetic_dir, out, "data.batch_size=8", "run.checkpoint_every=5", steps=60)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = torchrun_command(2, ENTRY, *argv, "--resume", "latest", extra=("--max-restarts=1",))
-    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "checkpoint_00000010.pt").exists():
-            assert launcher.poll() is None, launcher.stdout.read()
-            assert time.monotonic() < deadline, "no checkpoint after 120 s"
-            time.sleep(0.05)
-        victims = _worker_pids(launcher)
-        assert len(victims) == 2, victims
-        os.kill(victims[1], signal.SIGKILL)
-        output, _ = launcher.communicate(timeout=180)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
+    launcher = launch(torchrun_command(2, ENTRY, *argv, "--resume", "latest", extra=("--max-restarts=1",)))
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint_00000010.pt").exists():
+        assert launcher.poll() is None, launcher.stdout.read()
+        assert time.monotonic() < deadline, "no checkpoint after 120 s"
+        time.sleep(0.05)
+    victims = _worker_pids(launcher)
+    assert len(victims) == 2, victims
+    os.kill(victims[1], signal.SIGKILL)
+    output, _ = launcher.communicate(timeout=180)
     assert launcher.returncode == 0, output[-5000:]
     assert "resumed from" in output and "checkpoint_000000" in output
     metrics = read_metrics(out)
@@ -172,21 +166,27 @@ def test_killed_rank_restarts_and_resumes(synthetic_dir, tmp_path, torchrun_comm
 
 
 @pytest.mark.slow
-def test_two_nodes_join_by_c10d_rendezvous(synthetic_dir, tmp_path, free_port):
+def test_two_nodes_join_by_c10d_rendezvous(synthetic_dir, tmp_path, free_port, launch):
     out = tmp_path / "run"
     argv = args_for(synthetic_dir, out, "data.batch_size=8", steps=6)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    nodes = []
-    for node_rank in (0, 1):
-        cmd = [
-            sys.executable, "-m", "torch.distributed.run",
-            "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node_rank}",
-            "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port}", "--rdzv_id=facevib-test",
-            ENTRY, *argv,
-        ]  # fmt: skip
-        nodes.append(
-            subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        )
+    nodes = [
+        launch(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc_per_node=1",
+                f"--node_rank={node_rank}",
+                "--rdzv_backend=c10d",
+                f"--rdzv_endpoint=127.0.0.1:{free_port}",
+                "--rdzv_id=facevib-test",
+                ENTRY,
+                *argv,
+            ]
+        )  # fmt: skip
+        for node_rank in (0, 1)
+    ]
     outputs = [node.communicate(timeout=240)[0] for node in nodes]
     for node, text in zip(nodes, outputs, strict=True):
         assert node.returncode == 0, text[-5000:]
@@ -209,6 +209,23 @@ def test_configuration_mistakes_exit_2_with_one_line(synthetic_dir, tmp_path, ca
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err, err
         assert "Traceback" not in err
+
+
+def test_a_corrupt_record_stops_training_naming_file_key_and_offset(synthetic_dir, tmp_path, capsys):
+    from facevib.data.recordio import read_index
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train.rec", "train.idx", "property"):
+        shutil.copy(synthetic_dir / name, data)
+    offset = read_index(data / "train.idx")[5]
+    with open(data / "train.rec", "r+b") as rec:  # break the magic word of key 5
+        rec.seek(offset)
+        rec.write(b"\0\0\0\0")
+    assert train_main(args_for(data, tmp_path / "run", steps=40)) == 2  # 40 steps: every record is read
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{data / 'train.rec'}: record key 5 at byte offset {offset}: bad magic" in err
 
 
 def test_non_finite_loss_stops_naming_the_step(synthetic_dir, tmp_path, capsys):

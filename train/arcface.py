@@ -37,6 +37,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """The user-facing message of ``exc``.
+
+    An error raised in a DataLoader worker arrives wrapped, with the worker's traceback in
+    its message; the original message (file, key, byte offset) is its last line.
+    """
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, train, return a process exit code (2 for configuration mistakes)."""
     args = get_args_parser().parse_args(argv)
@@ -49,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         Trainer(cfg, env, resume=args.resume).fit()
     except (ValueError, FileNotFoundError) as exc:
         if is_main:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except NonFiniteLossError as exc:
         if is_main:

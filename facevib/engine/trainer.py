@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from facevib import __version__
 from facevib.config import TrainConfig, config_to_dict
@@ -64,9 +65,19 @@ class Trainer:
         resume: None, ``"latest"`` (newest checkpoint in ``run.output`` if there is one —
             what an elastic restart needs) or a checkpoint path.
         stream: where rank 0 prints progress (stdout by default).
+        dataset: use this instead of reading ``data.rec`` (e.g. in-memory images for a
+            benchmark); it must yield ``(3, H, W)`` uint8 RGB images with integer labels
+            and have ``num_classes``.
     """
 
-    def __init__(self, cfg: TrainConfig, env: DistEnv, resume: str | None = None, stream: TextIO | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        env: DistEnv,
+        resume: str | None = None,
+        stream: TextIO | None = None,
+        dataset: Dataset | None = None,
+    ):
         self.cfg = cfg
         self.env = env
         self.device = env.device
@@ -78,7 +89,9 @@ class Trainer:
         # uint8 samples, no per-sample flip: workers only read and decode (4x less to copy
         # between processes and to the GPU); flips and normalisation happen per batch on
         # the device, the flips drawn per global sample position so that a resume repeats them.
-        self.dataset = MXFaceDataset(cfg.data.rec, train=False, skip_corrupt=cfg.data.skip_corrupt, normalize=False)
+        if dataset is None:
+            dataset = MXFaceDataset(cfg.data.rec, train=False, skip_corrupt=cfg.data.skip_corrupt, normalize=False)
+        self.dataset = dataset
         self.num_classes = self.dataset.num_classes
         self.global_batch = cfg.data.batch_size * env.world_size
         self.steps_per_epoch = batches_per_epoch(len(self.dataset), self.global_batch)
