@@ -130,14 +130,16 @@ class Trainer:
     # ------------------------------------------------------------------ setup
 
     def _configure_backends(self) -> None:
-        if self.cfg.run.deterministic:
+        # Set both ways: these are process-wide switches that an earlier run in the same
+        # process (a notebook, a test) may have left on.
+        deterministic = self.cfg.run.deterministic
+        if deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
-        elif self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        torch.use_deterministic_algorithms(deterministic)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not deterministic
+            torch.backends.cuda.matmul.allow_tf32 = not deterministic
+            torch.backends.cudnn.allow_tf32 = not deterministic
 
     def _build_backbone(self) -> nn.Module:
         cfg = self.cfg.model
