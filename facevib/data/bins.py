@@ -24,6 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from facevib.data.imagecodec import decode_bgr
+
 __all__ = ["VerificationBin", "read_bin", "write_bin", "encode_jpeg", "BinFormatError"]
 
 IMAGE_SIZE = 112
@@ -145,9 +147,10 @@ def _decode_into(out: np.ndarray, bins: list, start: int, stop: int, path: Path,
     size = out.shape[1:3]
     for i in range(start, stop):
         buf = _as_buffer(bins[i], i, path)
-        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
-        if bgr is None:
-            raise BinFormatError(f"{path}: image {i} ({buf.size} bytes) does not decode as an image")
+        try:
+            bgr = decode_bgr(buf)
+        except ValueError as err:
+            raise BinFormatError(f"{path}: image {i} ({buf.size} bytes) does not decode as an image: {err}") from err
         if bgr.shape[:2] != size:
             if not resize:
                 raise BinFormatError(

@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 
 from facevib.data.bins import read_bin
-from facevib.data.recordio import IndexedRecordReader, RecordIOError, unpack
+from facevib.data.imagecodec import decode_bgr
+from facevib.data.recordio import IndexedRecordReader, unpack
 
 __all__ = ["RecSummary", "BinSummary", "resolve_prefix", "summarize_rec", "summarize_bin", "contact_sheet", "bin_sheet"]
 
@@ -242,10 +243,7 @@ def contact_sheet(summary: RecSummary, out: str | os.PathLike, identities: int =
         images = []
         for key in keys:
             body = unpack(reader.read(int(key)))[1]
-            bgr = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise RecordIOError(f"{summary.rec}: record key {int(key)} does not decode as an image")
-            images.append(bgr)
+            images.append(decode_bgr(body, where=f"{summary.rec}: record key {int(key)}"))
         rows.append(images)
         captions.append(f"id {int(label)}")
     return _write_png(out, _tile(rows, captions))

@@ -28,11 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from facevib.align import norm_crop
 from facevib.data.bins import encode_jpeg
+from facevib.data.imagecodec import decode_rgb
 from facevib.data.recordio import IndexedRecordWriter, RecordHeader, pack
 
 __all__ = [
@@ -173,10 +173,10 @@ def _prepare(root: Path, item: _Item, quality: int) -> tuple[bytes | None, str |
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as err:
         return None, f"{item.rel}: cannot read ({err.strerror})"
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
-        return None, f"{item.rel}: not a decodable image ({data.size} bytes)"
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    try:
+        rgb = decode_rgb(data)
+    except ValueError as err:
+        return None, f"{item.rel}: not a decodable image ({err})"
     if item.landmarks is None:
         if rgb.shape[:2] != (112, 112):
             return (

@@ -313,7 +313,9 @@ class Trainer:
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
         ):
             embeddings, kl = self.model(images, return_kl=True)
-        sampling = torch_generator(self.seed, Stream.CLASS_SAMPLING, self.step, env.rank)
+        sampling = None
+        if self.pfc.num_sample < self.pfc.num_local:  # negatives are drawn only when sampling
+            sampling = torch_generator(self.seed, Stream.CLASS_SAMPLING, self.step, env.rank)
         margin_loss = self.pfc(embeddings.float(), labels, generator=sampling)
         kl = kl.float()
         kl_loss = self.backbone.kl_loss(kl)

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from facevib.data.ijb import IJBFormatError, IJBSet
+from facevib.data.imagecodec import decode_rgb
 from facevib.eval.embed import Embedder
 from facevib.eval.identification import DEFAULT_FPIRS, average_galleries, identification_metrics
 from facevib.eval.roc import DEFAULT_FPRS, roc_auc, roc_curve, tpr_at_fpr, tpr_at_fpr_nearest
@@ -136,10 +136,10 @@ def load_features(path: str | os.PathLike) -> ImageFeatures:
 def _load_aligned(path: Path, landmarks: np.ndarray) -> np.ndarray:
     from facevib.align import norm_crop
 
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise IJBFormatError(f"{path}: cannot be read as an image")
-    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    try:
+        rgb = decode_rgb(np.fromfile(path, dtype=np.uint8))
+    except (OSError, ValueError) as err:
+        raise IJBFormatError(f"{path}: cannot be read as an image ({err})") from err
     try:
         return norm_crop(rgb, landmarks)
     except ValueError as err:  # e.g. degenerate landmarks: say which image
