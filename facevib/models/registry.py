@@ -1,7 +1,9 @@
 """A plain name -> builder registry and ``create_model``.
 
 Registered: ``r18 r34 r50 r100 r200`` (arcface_torch iResNets), ``cellvib_r*`` (cellVIB) and
-``deepvib_r*`` (Deep VIB), all built by one :class:`~facevib.models.iresnet.IResNet` class.
+``deepvib_r*`` (Deep VIB), all built by one :class:`~facevib.models.iresnet.IResNet` class;
+and the classifiers of the paper's other cell placements: ``mlp``/``deepvib_mlp``/``cellvib_mlp``,
+``inception``/``cellvib_inception``, ``vit_tiny``/``cellvib_vit_tiny``.
 """
 
 from __future__ import annotations
@@ -19,18 +21,24 @@ ModelBuilder = Callable[..., nn.Module]
 """Called with the user's overrides as keyword arguments; returns the model."""
 
 _REGISTRY: dict[str, ModelBuilder] = {}
+_FAMILY: dict[str, str] = {}
 
 
-def register_model(name: str, builder: ModelBuilder) -> None:
-    """Add ``name`` to the registry; a name can be registered once."""
+def register_model(name: str, builder: ModelBuilder, family: str = "iresnet") -> None:
+    """Add ``name`` to the registry under ``family``; a name can be registered once."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
     _REGISTRY[name] = builder
+    _FAMILY[name] = family
 
 
-def list_models() -> list[str]:
-    """Registered model names, in registration order (plain, cellvib_, deepvib_; by depth)."""
-    return list(_REGISTRY)
+def list_models(family: str | None = None) -> list[str]:
+    """Registered model names in registration order, all of them or those of one ``family``.
+
+    Families: ``iresnet`` (face backbones: plain, cellvib_, deepvib_; by depth), ``mlp``,
+    ``inception``, ``vit``.
+    """
+    return [name for name in _REGISTRY if family is None or _FAMILY[name] == family]
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
@@ -61,3 +69,25 @@ def _iresnet_builder(name: str, variant: str, layers: tuple[int, ...]) -> ModelB
 for _variant, _prefix in VARIANT_PREFIXES.items():
     for _depth, _layers in IRESNET_LAYERS.items():
         register_model(_prefix + _depth, _iresnet_builder(_prefix + _depth, _variant, _layers))
+
+
+# The classification families of the cellVIB paper's other experiments (MNIST MLP §4.1,
+# Inception §3.4, ViT supplement); one class per family, variants as data.
+def _register_cell_families() -> None:
+    from facevib.models.inception import INCEPTION_VARIANTS, InceptionNet
+    from facevib.models.mlp import MLP_VARIANTS, VIBMLP
+    from facevib.models.vit import VIT_VARIANTS, VisionTransformer
+
+    def builder(cls: type, name: str, variant: str) -> ModelBuilder:
+        return lambda **overrides: cls.from_overrides(name, variant, overrides)
+
+    for family, cls, variants in (
+        ("mlp", VIBMLP, MLP_VARIANTS),
+        ("inception", InceptionNet, INCEPTION_VARIANTS),
+        ("vit", VisionTransformer, VIT_VARIANTS),
+    ):
+        for variant, name in variants.items():
+            register_model(name, builder(cls, name, variant), family=family)
+
+
+_register_cell_families()
