@@ -21,8 +21,9 @@ TINY = {
         "num_heads": 2,
         "num_classes": 5,
     },
+    "cnn": {"in_channels": 1, "input_size": 8, "widths": (4, 8), "num_classes": 5},
 }
-INPUTS = {"mlp": (3, 20), "inception": (3, 3, 16, 16), "vit": (3, 3, 16, 16)}
+INPUTS = {"mlp": (3, 20), "inception": (3, 3, 16, 16), "vit": (3, 3, 16, 16), "cnn": (3, 1, 8, 8)}
 FAMILY_OF = {name: family for family in TINY for name in list_models(family)}
 
 
@@ -38,6 +39,7 @@ def test_registry_names_per_family():
     assert list_models("mlp") == ["mlp", "deepvib_mlp", "cellvib_mlp"]
     assert list_models("inception") == ["inception", "cellvib_inception"]
     assert list_models("vit") == ["vit_tiny", "cellvib_vit_tiny"]
+    assert list_models("cnn") == ["ifm_cnn"]
     assert set(list_models()) >= set(FAMILY_OF) | {"r100", "cellvib_r100"}
 
 
@@ -57,7 +59,7 @@ def test_forward_backward_reaches_every_parameter(name):
 @pytest.mark.parametrize(
     ("name", "cells"),
     [("mlp", 0), ("deepvib_mlp", 1), ("cellvib_mlp", 3), ("inception", 0), ("cellvib_inception", 2)]
-    + [("vit_tiny", 0), ("cellvib_vit_tiny", 2)],
+    + [("vit_tiny", 0), ("cellvib_vit_tiny", 2), ("ifm_cnn", 0)],
 )
 def test_number_of_cells(name, cells):
     model = _tiny(name)
@@ -110,6 +112,15 @@ def test_mlp_matches_the_paper_layout_and_its_kl_the_closed_form():
     expected = 0.5 * (mu.square() + sigma.square() - 2 * sigma.log() - 1).sum(dim=1).mean()
     torch.testing.assert_close(kl[0], expected)
     torch.testing.assert_close(small.kl_loss(kl), (torch.tensor([0.1, 0.2, 0.3]) * kl).sum())
+
+
+def test_ifm_cnn_matches_the_ifm_paper_table_1():
+    model = create_model("ifm_cnn")
+    assert model.layer_names == ("conv1", "conv2", "conv3", "conv4")
+    assert [model.get_submodule(n)[0].out_channels for n in model.layer_names] == [32, 64, 128, 128]
+    assert model.fc.in_features == 128 * 2 * 2 and model.get_submodule("conv1")[2].negative_slope == 0.2
+    logits, kl = model(torch.zeros(2, 1, 32, 32), return_kl=True)
+    assert logits.shape == (2, 10) and kl.shape == (0,) and model.kl_loss(kl).item() == 0.0
 
 
 def test_mlp_variants_place_cells_as_data():

@@ -3,7 +3,8 @@
 Registered: ``r18 r34 r50 r100 r200`` (arcface_torch iResNets), ``cellvib_r*`` (cellVIB) and
 ``deepvib_r*`` (Deep VIB), all built by one :class:`~facevib.models.iresnet.IResNet` class;
 and the classifiers of the paper's other cell placements: ``mlp``/``deepvib_mlp``/``cellvib_mlp``,
-``inception``/``cellvib_inception``, ``vit_tiny``/``cellvib_vit_tiny``.
+``inception``/``cellvib_inception``, ``vit_tiny``/``cellvib_vit_tiny``; and ``ifm_cnn``, the CNN
+of the information-flow-maximisation paper.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def list_models(family: str | None = None) -> list[str]:
     """Registered model names in registration order, all of them or those of one ``family``.
 
     Families: ``iresnet`` (face backbones: plain, cellvib_, deepvib_; by depth), ``mlp``,
-    ``inception``, ``vit``.
+    ``inception``, ``vit``, ``cnn``.
     """
     return [name for name in _REGISTRY if family is None or _FAMILY[name] == family]
 
@@ -74,6 +75,7 @@ for _variant, _prefix in VARIANT_PREFIXES.items():
 # The classification families of the cellVIB paper's other experiments (MNIST MLP §4.1,
 # Inception §3.4, ViT supplement); one class per family, variants as data.
 def _register_cell_families() -> None:
+    from facevib.models.convnet import IFMConvNet
     from facevib.models.inception import INCEPTION_VARIANTS, InceptionNet
     from facevib.models.mlp import MLP_VARIANTS, VIBMLP
     from facevib.models.vit import VIT_VARIANTS, VisionTransformer
@@ -85,6 +87,7 @@ def _register_cell_families() -> None:
         ("mlp", VIBMLP, MLP_VARIANTS),
         ("inception", InceptionNet, INCEPTION_VARIANTS),
         ("vit", VisionTransformer, VIT_VARIANTS),
+        ("cnn", IFMConvNet, {"plain": "ifm_cnn"}),
     ):
         for variant, name in variants.items():
             register_model(name, builder(cls, name, variant), family=family)
