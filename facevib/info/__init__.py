@@ -1,0 +1,34 @@
+"""Information measurement for facevib models: MI estimators checked against closed forms.
+
+All estimators return nats; :func:`to_bits` converts for plots.
+
+- :func:`vib_kl_bound`: per-cell upper bound on I(Z_i; Z_{i-1}) from the VIB KL
+  (cellVIB, arXiv:2403.15082, withdrawn).
+- :func:`label_mi_lower_bound`, :func:`probe_label_mi`: I(Z; Y) >= H(Y) - CE on held-out
+  data, from a model's logits or from a probe on an intermediate cell's features.
+- :func:`binning_mi`: whole-layer binning estimator of Li and Liu ("Information Bottleneck
+  Methods on Convolutional Neural Networks"), with saturation at log N flagged.
+- :func:`kernel_mi_bounds`: pairwise-distance upper / lower bounds of Kolchinsky and
+  Tracey ("Estimating Mixture Entropy with Pairwise Distances", Entropy 2017).
+"""
+
+from facevib.info.binning import DEFAULT_BIN_SIZE, BinningResult, binning_mi, unique_rows
+from facevib.info.entropy import LN2, entropy_from_counts, label_entropy, to_bits
+from facevib.info.kernel import KernelMIBounds, kernel_mi_bounds
+from facevib.info.vib_bounds import label_mi_lower_bound, probe_label_mi, vib_kl_bound
+
+__all__ = [
+    "DEFAULT_BIN_SIZE",
+    "LN2",
+    "BinningResult",
+    "KernelMIBounds",
+    "binning_mi",
+    "entropy_from_counts",
+    "kernel_mi_bounds",
+    "label_entropy",
+    "label_mi_lower_bound",
+    "probe_label_mi",
+    "to_bits",
+    "unique_rows",
+    "vib_kl_bound",
+]
