@@ -27,6 +27,7 @@ __all__ = [
     "OptimConfig",
     "ScheduleConfig",
     "RunConfig",
+    "IFMConfig",
     "TrainConfig",
     "load_config",
     "apply_overrides",
@@ -126,6 +127,20 @@ class RunConfig:
 
 
 @dataclass
+class IFMConfig:
+    """Information flow maximisation (facevib.info.ifm): L = L_clf - weight * sum_l F_l.
+
+    Off while ``weight`` is 0. ``pairs`` are "shallow:deep" module names of the backbone,
+    e.g. ["layer1.1:layer2.0", "layer2.1:layer3.0"] on an r18; the critics are trained
+    jointly and kept out of the backbone's state_dict and export.
+    """
+
+    pairs: list[str] = field(default_factory=list)
+    weight: float = 0.0  # lambda; the IFM paper uses 1
+    locations: int = 16  # feature locations sampled per image and pair each step
+
+
+@dataclass
 class TrainConfig:
     """Everything one training run needs; saved resolved with every run and checkpoint."""
 
@@ -135,13 +150,17 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    ifm: IFMConfig = field(default_factory=IFMConfig)
 
 
 # ----------------------------------------------------------------------------- loading
 
 
-def load_config(path: str | Path) -> TrainConfig:
+def load_config(path: str | Path, config_type: type | None = None) -> Any:
     """Load a config module (``config = TrainConfig(...)`` or ``get_config()``).
+
+    ``config_type`` is the class the module must define an instance of (default
+    :class:`TrainConfig`; the classification experiments pass their own).
 
     The config's folder is importable while it loads, so a config can start from another
     (``from ms1mv3_r100_cellvib import config as paper``) and change what differs.
@@ -165,8 +184,11 @@ def load_config(path: str | Path) -> TrainConfig:
         cfg = module.config
     else:
         raise ValueError(f"{path}: defines neither `config` nor `get_config()`")
-    if not isinstance(cfg, TrainConfig):
-        raise ValueError(f"{path}: `config` is a {type(cfg).__name__}, expected facevib.config.TrainConfig")
+    config_type = config_type or TrainConfig
+    if not isinstance(cfg, config_type):
+        raise ValueError(
+            f"{path}: `config` is a {type(cfg).__name__}, expected {config_type.__module__}.{config_type.__name__}"
+        )
     return cfg
 
 
@@ -328,7 +350,23 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     positive("run.keep_checkpoints", cfg.run.keep_checkpoints)
     positive("run.eval_every", cfg.run.eval_every, allow_zero=True)
     positive("run.max_nonfinite_steps", cfg.run.max_nonfinite_steps, allow_zero=True)
+    validate_ifm(cfg.ifm)
     return cfg
+
+
+def validate_ifm(ifm: IFMConfig) -> None:
+    """Check the IFM section: a weight >= 0, pairs given when it is on, locations > 0."""
+    if not ifm.weight >= 0:
+        raise ValueError(f"ifm.weight={ifm.weight!r}: must be >= 0")
+    if ifm.locations <= 0:
+        raise ValueError(f"ifm.locations={ifm.locations!r}: must be > 0")
+    if ifm.weight > 0:
+        from facevib.info.ifm import parse_pairs
+
+        try:
+            parse_pairs(ifm.pairs)
+        except ValueError as exc:
+            raise ValueError(f"ifm.pairs={ifm.pairs!r}: {exc}") from exc
 
 
 # ----------------------------------------------------------------------------- (de)serialising

@@ -9,6 +9,7 @@ import struct
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from facevib.data.classic import (
     CIFAR10C_CORRUPTIONS,
@@ -166,3 +167,69 @@ def test_shifted_digits_tie_textures_to_labels_only_in_training():
     # Where the upsampled digit is blank, the pixel is the texture scaled by its contrast.
     blank = cv2.resize((x_train[0] + 1) / 2, (32, 32), interpolation=cv2.INTER_LINEAR) <= 0
     assert blank.any() and (train[0, 0][blank] <= 0.6 * 2 - 1 + 1e-6).all()
+
+
+def _classic_main(argv: list[str]) -> int:
+    """train/classic.py's main(), loaded from its file as a user runs it."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("train_classic", Path(__file__).parents[1] / "train/classic.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
+
+
+def test_mnist_config_trains_end_to_end_on_a_stand_in(tmp_path, capsys):
+    """The paper's MNIST config on learnable IDX stand-ins: class k lights up row band k."""
+    import json
+    from pathlib import Path
+
+    config = str(Path(__file__).parents[1] / "configs/classic/mnist_mlp_cellvib.py")
+    rng = np.random.default_rng(0)
+    for prefix, count in (("train", 400), ("t10k", 100)):
+        labels = rng.integers(0, 10, size=count).astype(np.uint8)
+        images = rng.integers(0, 60, size=(count, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            images[i, 2 * label + 4 : 2 * label + 6, 4:24] = 255
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images, 0x08, True)
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels, 0x08, True)
+    out = tmp_path / "run"
+    sets = [
+        f"data.root={tmp_path}",
+        "model.kwargs.hidden=(32,)",
+        "model.kwargs.bottleneck=16",
+        "optim.lr=0.003",
+        "run.epochs=3",
+        f"run.output={out}",
+        "data.label_noise=0.2",
+    ]
+    assert _classic_main([config, *[a for s in sets for a in ("--set", s)]]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert len(report["history"]) == 3 and len(report["history"][-1]["kl"]) == 2  # two cells: hidden + K
+    assert report["accuracy"]["test"] > 0.9  # 20% noisy training labels, clean test labels
+    assert report["config"]["data"]["label_noise"] == 0.2
+    checkpoint = torch.load(out / "backbone.pt", weights_only=True)
+    assert checkpoint["arch"]["name"] == "cellvib_mlp"
+
+    assert _classic_main([config, "--set", f"data.root={tmp_path / 'none'}"]) == 2
+    assert "lacks train-images-idx3-ubyte" in capsys.readouterr().err
+    assert _classic_main([config]) == 2
+    assert "data.root is empty" in capsys.readouterr().err
+
+
+def test_shifted_digits_ifm_config_runs_offline(tmp_path):
+    import json
+    from pathlib import Path
+
+    config = str(Path(__file__).parents[1] / "configs/classic/shifted_digits_ifm.py")
+    out = tmp_path / "run"
+    sets = ["model.kwargs.widths=(4, 8, 8, 8)", "run.epochs=1", f"run.output={out}", "ifm.locations=2"]
+    assert _classic_main([config, *[a for s in sets for a in ("--set", s)]]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert set(report["accuracy"]) == {"test", "test_texture"}
+    assert len(report["history"][0]["flows"]) == 3
+    ifm = torch.load(out / "ifm.pt", weights_only=True)
+    assert ifm["pairs"] == [["conv1", "conv2"], ["conv2", "conv3"], ["conv3", "conv4"]]
+    backbone = torch.load(out / "backbone.pt", weights_only=True)["backbone"]
+    assert not any("critic" in key for key in backbone)

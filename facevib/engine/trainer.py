@@ -34,6 +34,7 @@ from facevib.engine.data import DataPosition, GlobalBatchSampler, batches_per_ep
 from facevib.engine.logger import MetricLogger, format_duration
 from facevib.engine.optim import build_optimizer, lr_factor, scaled_lr, set_lr
 from facevib.engine.seeding import Stream, derive_seed, seed_step, torch_generator
+from facevib.info.ifm import IFMRegularizer
 from facevib.losses import CombinedMarginLoss
 from facevib.models import create_model, load_arcface_state_dict
 from facevib.partial_fc import PartialFC
@@ -113,8 +114,14 @@ class Trainer:
         self.pfc.reset_parameters(torch_generator(self.seed, Stream.INIT, 1))
         self.pfc.to(self.device)
 
+        # IFM hookup: critics on the configured layer pairs, optimised with the backbone
+        # (their own param group after the Partial FC's); None while ifm.weight is 0.
+        self.ifm = self._build_ifm()
+        self.ifm_step = wrap_ddp(self.ifm, env) if self.ifm is not None else None
+
         self.base_lr = scaled_lr(cfg.optim, self.global_batch)
-        self.optimizer = build_optimizer(cfg.optim, [self.backbone, self.pfc], self.base_lr)
+        modules = [self.backbone, self.pfc] + ([self.ifm] if self.ifm is not None else [])
+        self.optimizer = build_optimizer(cfg.optim, modules, self.base_lr)
         self.amp_dtype = _amp_dtype(cfg.run.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
@@ -152,6 +159,17 @@ class Trainer:
         if self.cfg.run.channels_last:
             backbone.to(memory_format=torch.channels_last)
         return backbone
+
+    def _build_ifm(self) -> IFMRegularizer | None:
+        """IFM hookup: critics sized by one forward of zeros; hooks on the backbone's layers."""
+        ifm_cfg = self.cfg.ifm
+        if ifm_cfg.weight == 0:
+            return None
+        size = self.backbone.config.input_size
+        torch.manual_seed(derive_seed(self.seed, Stream.INIT, 2))
+        example = torch.zeros(2, 3, size, size, device=self.device)
+        ifm = IFMRegularizer.for_model(self.backbone, ifm_cfg.pairs, example, ifm_cfg.weight, ifm_cfg.locations)
+        return ifm.to(self.device)
 
     def _initialise_from(self, backbone: nn.Module, path: Path) -> None:
         """Load an arcface_torch ``backbone.pth`` (or a facevib checkpoint) into ``backbone``.
@@ -238,7 +256,7 @@ class Trainer:
             "rng": {"seed": self.seed, "scheme": "derived per (seed, stream, step, rank)"},
             "nonfinite_steps": self.nonfinite_steps,
             "config": config_to_dict(self.cfg),
-        }
+        } | ({"ifm": self.ifm.state_dict()} if self.ifm is not None else {})  # IFM hookup: critics apart
 
     def save(self) -> Path | None:
         """Write a checkpoint for the current step (all ranks call; rank 0 writes)."""
@@ -270,6 +288,10 @@ class Trainer:
                 f"{self.num_classes} classes x {self.backbone.embedding_dim} dims of {self.cfg.data.rec}"
             )
         self.backbone.load_state_dict(state["backbone"])
+        if self.ifm is not None:  # IFM hookup
+            if "ifm" not in state:
+                raise ValueError(f"{path}: checkpoint has no IFM critics but ifm.weight={self.cfg.ifm.weight} is set")
+            self.ifm.load_state_dict(state["ifm"])
         start, stop = self.pfc.class_start, self.pfc.class_stop
         with torch.no_grad():
             self.pfc.weight.copy_(weight[start:stop])
@@ -322,6 +344,10 @@ class Trainer:
         # The KL is a mean over *local* samples; dividing by the world size makes the summed
         # DDP gradients those of the global-batch mean.
         loss = margin_loss + kl_loss / env.world_size
+        flows = None
+        if self.ifm_step is not None:  # IFM hookup: L = L_clf - lambda * sum_l F_l (local term)
+            ifm_term, flows = self.ifm_step()
+            loss = loss + ifm_term / env.world_size
 
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -344,7 +370,10 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.backbone.parameters(), cfg.optim.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return {"loss": total, "margin_loss": values[0], "kl_loss": values[1], "kl_cells": values[2:], "lr": lr}
+        metrics = {"loss": total, "margin_loss": values[0], "kl_loss": values[1], "kl_cells": values[2:], "lr": lr}
+        if flows is not None:  # IFM hookup: this rank's F_l per layer pair
+            metrics["ifm_flows"] = flows.tolist()
+        return metrics
 
     def _on_nonfinite(self, total: float, values: list[float]) -> None:
         self.optimizer.zero_grad(set_to_none=True)
