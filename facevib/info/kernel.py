@@ -71,7 +71,11 @@ def kernel_mi_bounds(activations: ArrayLike, noise_var: float, labels: ArrayLike
     """
     if not noise_var > 0:
         raise ValueError(f"kernel_mi_bounds: noise_var must be > 0, got {noise_var!r}")
-    raw = activations.detach().cpu() if isinstance(activations, torch.Tensor) else torch.from_numpy(np.asarray(activations))
+    raw = (
+        activations.detach().cpu()
+        if isinstance(activations, torch.Tensor)
+        else torch.from_numpy(np.asarray(activations))
+    )
     if raw.dim() < 1 or raw.shape[0] < 2:
         raise ValueError(f"kernel_mi_bounds: need (N, ...) activations with N >= 2, got shape {tuple(raw.shape)}")
     h = raw.reshape(raw.shape[0], -1).double()
