@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from facevib.info import (
+    BinningAccumulator,
     binning_mi,
     kernel_mi_bounds,
     label_entropy,
@@ -97,6 +98,22 @@ def test_unique_rows_is_exact_across_column_chunks() -> None:
     # Same partition: a bijection between the two id sets.
     pairs = set(zip(ids.tolist(), reference.tolist(), strict=True))
     assert len(pairs) == len(set(ids.tolist())) == len(set(reference.tolist()))
+
+
+def test_streaming_accumulator_matches_exact_binning() -> None:
+    rng = np.random.default_rng(5)
+    layer = rng.integers(0, 3, size=(600, 2, 2, 2)) * 0.5  # codes 0, 0, 1: at most 256 patterns
+    y = rng.integers(0, 3, size=600)
+    exact = binning_mi(layer, y)
+    acc = BinningAccumulator()
+    for batch in np.array_split(layer, 7):
+        acc.add(batch)
+    streamed = acc.result(y)
+    assert not streamed.verified and exact.verified
+    assert streamed.num_codes == exact.num_codes and 1 < exact.num_codes < 600
+    assert streamed.h_t == pytest.approx(exact.h_t) and streamed.i_ty == pytest.approx(exact.i_ty)
+    with pytest.raises(ValueError, match="width"):
+        acc.add(np.zeros((2, 3)))
 
 
 def test_binning_rejects_bad_input() -> None:

@@ -15,7 +15,7 @@ All estimators return nats; :func:`to_bits` converts for plots.
   the same pieces a training-time regulariser uses.
 """
 
-from facevib.info.binning import DEFAULT_BIN_SIZE, BinningResult, binning_mi, unique_rows
+from facevib.info.binning import DEFAULT_BIN_SIZE, BinningAccumulator, BinningResult, binning_mi, unique_rows
 from facevib.info.entropy import LN2, entropy_from_counts, label_entropy, to_bits
 from facevib.info.jsd import (
     CRITIC_HIDDEN,
@@ -34,6 +34,7 @@ __all__ = [
     "CRITIC_HIDDEN",
     "DEFAULT_BIN_SIZE",
     "LN2",
+    "BinningAccumulator",
     "BinningResult",
     "Critic",
     "JSDEstimate",
