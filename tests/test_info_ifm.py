@@ -10,7 +10,8 @@ import torch
 
 from facevib.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from facevib.experiments import ArrayDataset, OptimSettings, fit_classifier
-from facevib.info.ifm import IFMRegularizer, parse_pairs, sample_pairs
+from facevib.info.ifm import IFMRegularizer, parse_pairs
+from facevib.info.jsd import sample_pairs
 from facevib.models import create_model
 
 TINY_CNN = {"in_channels": 1, "input_size": 16, "widths": (4, 8, 8), "num_classes": 3}
@@ -38,11 +39,12 @@ def test_pairs_match_locations_and_negatives_come_from_other_samples():
     assert torch.equal(b_y, a_y // 2) and torch.equal(b_x, a_x // 2)
     assert torch.equal(a_sample, torch.arange(5).repeat_interleave(20).float())
     assert (marginal[:, 0] // 1000 != marginal[:, 2] // 1000).all()
-    # Token sequences and vectors: one location per token / one per sample.
+    # Token sequences (a location per token) and vectors (one location per sample).
     j, m = sample_pairs(torch.randn(4, 7, 6), torch.randn(4, 7, 2), locations=3)
     assert j.shape == (12, 8)
-    j, m = sample_pairs(torch.randn(4, 6), torch.randn(4, 2), locations=3)
-    assert j.shape == (4, 8)
+    vectors = torch.arange(4.0).view(4, 1)
+    j, m = sample_pairs(vectors, vectors + 10, locations=3)
+    assert torch.equal(j[:, 1] - j[:, 0], torch.full((12,), 10.0)) and (m[:, 1] - m[:, 0] != 10).all()
     with pytest.raises(ValueError, match="do not share batch and locations"):
         sample_pairs(torch.randn(4, 7, 6), torch.randn(4, 5, 6), 3)
 

@@ -6,10 +6,9 @@ D_l estimates the Jensen-Shannon mutual information between them, and training m
 
     L = L_clf - lambda * sum_l F_l                                      (paper eq. 5)
 
-with F_l the JSD objective of D_l (eq. 3-4). Sample pairs (§3.2, Fig. 2): H_{l+1} is
-up-sampled to H_l's spatial size; a positive pair is the two feature vectors at the same
-location of the same sample, a negative pair a vector of H_l with one at a random location
-of *another* sample's H_{l+1}. Each pair is concatenated and fed to D_l.
+with F_l the JSD objective of D_l (eq. 3-4). Critic, objective and sample pairs (§3.2,
+Fig. 2: positives at the same location of the same sample, negatives at random locations
+of other samples, H_{l+1} up-sampled to H_l) come from :mod:`facevib.info.jsd`.
 
 The layers are read by forward hooks on named modules, so the backbone's code is
 untouched; the critics live in this module, not in the backbone, so the backbone's
@@ -23,14 +22,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["IFMRegularizer", "LayerTap", "feature_vectors", "parse_pairs", "sample_pairs"]
+from facevib.info.jsd import CRITIC_HIDDEN, Critic, feature_vectors, jsd_objective, sample_pairs
 
-CRITIC_HIDDEN = (256, 128, 64)  # network D of the IFM paper, Table 2
-_LEAKY_SLOPE = 0.2
+__all__ = ["IFMRegularizer", "LayerTap", "parse_pairs"]
 
 
 def parse_pairs(pairs: Sequence[str | Sequence[str]]) -> list[tuple[str, str]]:
@@ -90,78 +87,6 @@ class LayerTap:
         self.clear()
 
 
-def feature_vectors(features: Tensor, size: tuple[int, ...] | None = None) -> Tensor:
-    """(B, locations, channels) view of a layer output, resized to ``size`` when given.
-
-    (B, C, H, W) maps are resized (nearest) to ``size`` = (H', W') first; (B, L, E)
-    sequences and (B, D) vectors are taken as they are.
-    """
-    if features.dim() == 4:
-        if size is not None and tuple(features.shape[2:]) != tuple(size):
-            features = F.interpolate(features, size=size, mode="nearest")
-        return features.flatten(2).transpose(1, 2)
-    if features.dim() == 3:
-        return features
-    if features.dim() == 2:
-        return features.unsqueeze(1)
-    raise ValueError(f"IFM: unsupported layer output of shape {tuple(features.shape)}")
-
-
-def sample_pairs(shallow: Tensor, deep: Tensor, locations: int) -> tuple[Tensor, Tensor]:
-    """Positive and negative concatenated pairs for one layer pair (IFM paper §3.2).
-
-    Args:
-        shallow: H_l output.
-        deep: H_{l+1} output; up-sampled to H_l's spatial size when both are feature maps.
-        locations: locations drawn per sample (all of them when there are fewer).
-
-    Returns:
-        ``(joint, marginal)``, each (B * k, C_l + C_{l+1}). The marginal pairs take H_{l+1}
-        from another sample (a random non-zero shift of the batch index) at a random
-        location. Draws use torch's global generator.
-    """
-    size = tuple(shallow.shape[2:]) if shallow.dim() == 4 and deep.dim() == 4 else None
-    a = feature_vectors(shallow)
-    b = feature_vectors(deep, size)
-    batch, num_loc = a.shape[0], a.shape[1]
-    if b.shape[:2] != (batch, num_loc):
-        raise ValueError(
-            f"IFM: layer outputs of shapes {tuple(shallow.shape)} and {tuple(deep.shape)} do not share "
-            "batch and locations (pair feature maps with feature maps, token sequences of equal length)"
-        )
-    if batch < 2:
-        raise ValueError("IFM: negative pairs need at least 2 samples per batch")
-    device = a.device
-    k = min(locations, num_loc)
-    rows = torch.arange(batch, device=device).repeat_interleave(k)
-    loc = torch.randint(num_loc, (batch * k,), device=device)
-    joint = torch.cat([a[rows, loc], b[rows, loc]], dim=1)
-    shift = torch.randint(1, batch, (batch * k,), device=device)
-    other_loc = torch.randint(num_loc, (batch * k,), device=device)
-    marginal = torch.cat([a[rows, loc], b[(rows + shift) % batch, other_loc]], dim=1)
-    return joint, marginal
-
-
-def _critic(in_dim: int, hidden: Sequence[int]) -> nn.Sequential:
-    """Network D (IFM paper Table 2): FC-BN-LeakyReLU layers, then FC to one logit."""
-    layers: list[nn.Module] = []
-    for width in hidden:
-        layers += [nn.Linear(in_dim, width), nn.BatchNorm1d(width), nn.LeakyReLU(_LEAKY_SLOPE)]
-        in_dim = width
-    layers.append(nn.Linear(in_dim, 1))
-    return nn.Sequential(*layers)
-
-
-def jsd_lower_bound(joint_logits: Tensor, marginal_logits: Tensor) -> Tensor:
-    """Jensen-Shannon MI objective E_P[-softplus(-V)] - E_Q[softplus(V)] (f-GAN, Deep InfoMax).
-
-    It is the f-divergence bound of the IFM paper's eq. 3 with the JSD generator
-    (g_f(v) = log 2 - log(1 + e^-v), f*(t) = -log(2 - e^t)) without its constant 2 log 2;
-    maximal when D outputs 1 on joint pairs and 0 on marginal pairs.
-    """
-    return (-F.softplus(-joint_logits)).mean() - F.softplus(marginal_logits).mean()
-
-
 class IFMRegularizer(nn.Module):
     """Critics for chosen layer pairs of a model, and the ``-lambda * sum_l F_l`` term.
 
@@ -194,7 +119,7 @@ class IFMRegularizer(nn.Module):
         self.pairs = [tuple(p) for p in pairs]
         self.weight = float(weight)
         self.locations = locations
-        self.critics = nn.ModuleList(_critic(c_l + c_next, hidden) for c_l, c_next in channels)
+        self.critics = nn.ModuleList(Critic(c_l + c_next, hidden) for c_l, c_next in channels)
         self._tap: LayerTap | None = None
 
     @classmethod
@@ -256,8 +181,9 @@ class IFMRegularizer(nn.Module):
         flows = []
         for (shallow, deep), critic in zip(self.pairs, self.critics, strict=True):
             joint, marginal = sample_pairs(outputs[shallow], outputs[deep], self.locations)
-            logits = critic(torch.cat([joint, marginal]).float()).squeeze(1)
-            flows.append(jsd_lower_bound(logits[: len(joint)], logits[len(joint) :]))
+            # One critic call on both halves, so BatchNorm sees joint and marginal pairs together.
+            logits = critic(torch.cat([joint, marginal]).float())
+            flows.append(jsd_objective(logits[: len(joint)], logits[len(joint) :]))
         self._tap.clear()
         total = torch.stack(flows)
         return -self.weight * total.sum(), total.detach()
