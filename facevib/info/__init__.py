@@ -28,7 +28,7 @@ from facevib.info.jsd import (
     sample_pairs,
 )
 from facevib.info.kernel import KernelMIBounds, kernel_mi_bounds
-from facevib.info.vib_bounds import label_mi_lower_bound, probe_label_mi, vib_kl_bound
+from facevib.info.vib_bounds import LabelProbe, label_mi_lower_bound, probe_label_mi, vib_kl_bound
 
 __all__ = [
     "CRITIC_HIDDEN",
@@ -39,6 +39,7 @@ __all__ = [
     "Critic",
     "JSDEstimate",
     "KernelMIBounds",
+    "LabelProbe",
     "binning_mi",
     "entropy_from_counts",
     "feature_vectors",

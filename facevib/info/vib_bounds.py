@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from facevib.info.entropy import check_labels, entropy_from_counts
 
-__all__ = ["label_mi_lower_bound", "probe_label_mi", "vib_kl_bound"]
+__all__ = ["LabelProbe", "label_mi_lower_bound", "probe_label_mi", "vib_kl_bound"]
 
 
 @torch.no_grad()
@@ -91,6 +91,47 @@ def label_mi_lower_bound(
     return h_y - ce
 
 
+class LabelProbe:
+    """A multinomial logistic-regression probe q(y|z) on standardised features.
+
+    Fit once on training features, then :meth:`label_mi` gives H(Y) - CE on any set.
+    """
+
+    def __init__(self, features: ArrayLike, labels: ArrayLike, max_iter: int = 500, l2: float = 1.0) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        x = _flat(features, "features_train")
+        y = check_labels(labels, n=x.shape[0])
+        self.classes = np.unique(y)
+        if self.classes.size < 2:
+            raise ValueError("probe_label_mi: y_train holds a single class")
+        self.mean = x.mean(axis=0)
+        std = x.std(axis=0)
+        std[std == 0] = 1.0
+        self.std = std
+        self.model = LogisticRegression(C=l2, max_iter=max_iter)
+        self.model.fit((x - self.mean) / self.std, y)
+
+    def label_mi(self, features: ArrayLike, labels: ArrayLike) -> float:
+        """H(Y) - CE of the probe on ``(features, labels)`` (nats).
+
+        Raises:
+            ValueError: a feature width other than the training one, or a label the probe
+                never saw.
+        """
+        x = _flat(features, "features_test")
+        if x.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"probe_label_mi: {self.mean.shape[0]} train features vs {x.shape[1]} test features")
+        y = check_labels(labels, n=x.shape[0])
+        unseen = np.setdiff1d(np.unique(y), self.classes)
+        if unseen.size:
+            raise ValueError(f"probe_label_mi: test label {int(unseen[0])} never appears in y_train")
+        log_p = self.model.predict_log_proba((x - self.mean) / self.std)
+        column = np.searchsorted(self.classes, y)
+        ce = float(-log_p[np.arange(y.size), column].mean())
+        return label_mi_lower_bound(ce, y)
+
+
 def probe_label_mi(
     features_train: ArrayLike,
     y_train: ArrayLike,
@@ -112,29 +153,7 @@ def probe_label_mi(
         ValueError: mismatched shapes, fewer than two classes in ``y_train``, or a test
             label the probe never saw.
     """
-    from sklearn.linear_model import LogisticRegression
-
-    x_tr = _flat(features_train, "features_train")
-    x_te = _flat(features_test, "features_test")
-    if x_tr.shape[1] != x_te.shape[1]:
-        raise ValueError(f"probe_label_mi: {x_tr.shape[1]} train features vs {x_te.shape[1]} test features")
-    yt = check_labels(y_train, n=x_tr.shape[0])
-    ye = check_labels(y_test, n=x_te.shape[0])
-    classes = np.unique(yt)
-    if classes.size < 2:
-        raise ValueError("probe_label_mi: y_train holds a single class")
-    unseen = np.setdiff1d(np.unique(ye), classes)
-    if unseen.size:
-        raise ValueError(f"probe_label_mi: test label {int(unseen[0])} never appears in y_train")
-    mean = x_tr.mean(axis=0)
-    std = x_tr.std(axis=0)
-    std[std == 0] = 1.0
-    probe = LogisticRegression(C=l2, max_iter=max_iter)
-    probe.fit((x_tr - mean) / std, yt)
-    log_p = probe.predict_log_proba((x_te - mean) / std)
-    column = np.searchsorted(probe.classes_, ye)
-    ce = float(-log_p[np.arange(ye.size), column].mean())
-    return label_mi_lower_bound(ce, ye)
+    return LabelProbe(features_train, y_train, max_iter, l2).label_mi(features_test, y_test)
 
 
 def _flat(features: ArrayLike, name: str) -> np.ndarray:

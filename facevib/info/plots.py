@@ -1,0 +1,127 @@
+"""Figures of the information plane (bits): per-layer depth profiles (cellVIB Fig. 6), I(Z;Y)
+against I(Z;X) across runs (cellVIB Fig. 5), and per-layer paths over training (binning paper)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from facevib.info.entropy import to_bits
+from facevib.info.plane import InfoPlane
+
+__all__ = ["plot_depth", "plot_paths", "plot_plane"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(plane: InfoPlane) -> str:
+    return plane.model if plane.beta is None else f"{plane.model} beta={plane.beta:g}"
+
+
+def plot_depth(planes: Sequence[InfoPlane], path: str | Path) -> Path:
+    """I(Z_i; X) bound (KL, log scale) and I(Z_i; Y) (held-out solid, probe-train dotted) against depth."""
+    plt = _pyplot()
+    fig, (ax_x, ax_y) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for plane in planes:
+        cells = [(layer.depth, to_bits(layer.kl_bound)) for layer in plane.layers if layer.kl_bound is not None]
+        (line,) = ax_y.plot(
+            [layer.depth for layer in plane.layers],
+            [to_bits(layer.label_mi_test) for layer in plane.layers],
+            marker="o",
+            label=_label(plane),
+        )
+        ax_y.plot(
+            [layer.depth for layer in plane.layers],
+            [to_bits(layer.label_mi_train) for layer in plane.layers],
+            linestyle=":",
+            color=line.get_color(),
+        )
+        if cells:
+            ax_x.plot(*zip(*cells, strict=True), marker="o", color=line.get_color(), label=_label(plane))
+    ax_x.set_yscale("log")
+    ax_x.set(xlabel="layer (depth)", ylabel="I(Z_i; Z_{i-1}) upper bound, KL [bits]", title="I(Z; X) bound per cell")
+    h_y = to_bits(planes[0].h_y) if planes else None
+    if h_y is not None:
+        ax_y.axhline(h_y, color="grey", linewidth=0.8, linestyle="--")
+    ax_y.set(
+        xlabel="layer (depth)", ylabel="H(Y) - CE [bits]", title="I(Z; Y) lower bound (held-out; dotted: probe train)"
+    )
+    for ax in (ax_x, ax_y):
+        ax.grid(alpha=0.3)
+    ax_y.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_plane(planes: Sequence[InfoPlane], path: str | Path) -> Path:
+    """One point per run: I(Z; Y) lower bound (held-out) against the I(Z; X) bound of its last cell."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    by_model: dict[str, list[tuple[float, float, float | None]]] = {}
+    for plane in planes:
+        bound, i_zy = plane.point
+        if bound is not None:
+            by_model.setdefault(plane.model, []).append((to_bits(bound), to_bits(i_zy), plane.beta))
+    for model, points in by_model.items():
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=model)
+        for x, y, beta in points:
+            if beta is not None:
+                ax.annotate(f"{beta:g}", (x, y), fontsize=6, textcoords="offset points", xytext=(3, 3))
+    ax.set_xscale("log")
+    ax.set(xlabel="I(Z; X) upper bound (last cell KL) [bits]", ylabel="I(Z; Y) lower bound, held-out [bits]")
+    ax.set_title("information plane across runs (labels: beta)", fontsize=9)
+    ax.grid(alpha=0.3)
+    if by_model:
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_paths(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Binning I(T; Y) against I(X; T) per layer over training steps (colour = step).
+
+    ``history`` holds :class:`~facevib.info.recorder.InfoPlaneRecorder` records; points
+    where the layer is saturated at log N are drawn as crosses (no signal there).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    steps = [record["step"] for record in history]
+    cmap = plt.get_cmap("viridis")
+    span = max(1, max(steps) - min(steps)) if steps else 1
+    names = (
+        [name for name, layer in history[0]["layers"].items() if layer["binning"]["i_ty"] is not None]
+        if history
+        else []
+    )
+    for k, name in enumerate(names):
+        xs = [to_bits(r["layers"][name]["binning"]["i_xt"]) for r in history]
+        ys = [to_bits(r["layers"][name]["binning"]["i_ty"]) for r in history]
+        ax.plot(xs, ys, color="grey", linewidth=0.6, alpha=0.6)
+        for r, x, y in zip(history, xs, ys, strict=True):
+            saturated = r["layers"][name]["binning"]["saturated"]
+            ax.scatter(
+                x, y, color=cmap((r["step"] - min(steps)) / span), marker="x" if saturated else "o", s=18, zorder=3
+            )
+        ax.annotate(name, (xs[-1], ys[-1]), fontsize=6, textcoords="offset points", xytext=(3, -3 - 2 * k))
+    ax.set(xlabel="I(X; T) binning [bits]", ylabel="I(T; Y) binning [bits]")
+    ax.set_title("information-plane paths (colour: step; x: saturated at log N)", fontsize=9)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
