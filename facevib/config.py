@@ -28,6 +28,7 @@ __all__ = [
     "ScheduleConfig",
     "RunConfig",
     "IFMConfig",
+    "InfoConfig",
     "TrainConfig",
     "load_config",
     "apply_overrides",
@@ -141,6 +142,23 @@ class IFMConfig:
 
 
 @dataclass
+class InfoConfig:
+    """Information-plane recording (facevib.info.recorder) at every evaluation.
+
+    Off while ``record`` is False. Records at each evaluation (``run.eval_every`` steps and
+    the end of a run with ``data.val_targets``) on a fixed probe set from ``data.rec``:
+    ``max_classes`` identities, ``per_class`` images each, split alternately into the probe's
+    fitting half and the held-out half. Written to ``<run.output>/infoplane.json`` + PNGs and
+    logged as ``info/<layer>/...`` scalars (bits).
+    """
+
+    record: bool = False
+    max_classes: int = 20
+    per_class: int = 6  # >= 2, so every identity is on both sides
+    bin_size: float = 0.67  # binning width (the binning paper's)
+
+
+@dataclass
 class TrainConfig:
     """Everything one training run needs; saved resolved with every run and checkpoint."""
 
@@ -151,6 +169,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     run: RunConfig = field(default_factory=RunConfig)
     ifm: IFMConfig = field(default_factory=IFMConfig)
+    info: InfoConfig = field(default_factory=InfoConfig)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -351,7 +370,21 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     positive("run.eval_every", cfg.run.eval_every, allow_zero=True)
     positive("run.max_nonfinite_steps", cfg.run.max_nonfinite_steps, allow_zero=True)
     validate_ifm(cfg.ifm)
+    validate_info(cfg)
     return cfg
+
+
+def validate_info(cfg: TrainConfig) -> None:
+    """Check the info section: sizes, bin width, and an evaluation to record at."""
+    info = cfg.info
+    if info.max_classes < 2:
+        raise ValueError(f"info.max_classes={info.max_classes!r}: must be >= 2")
+    if info.per_class < 2:
+        raise ValueError(f"info.per_class={info.per_class!r}: must be >= 2 (one image per probe side)")
+    if not info.bin_size > 0:
+        raise ValueError(f"info.bin_size={info.bin_size!r}: must be > 0")
+    if info.record and not (cfg.run.eval_every or cfg.data.val_targets):
+        raise ValueError("info.record=True records at evaluations: set run.eval_every or data.val_targets")
 
 
 def validate_ifm(ifm: IFMConfig) -> None:

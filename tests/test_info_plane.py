@@ -137,13 +137,9 @@ def _face_images(num_classes: int, per_class: int) -> tuple[list[bytes], list[in
 
 def test_cli_on_face_recordio_and_bin(tmp_path, capsys) -> None:
     from facevib.data.bins import write_bin
-    from facevib.data.pack import write_ms1m, write_property
 
     images, labels = _face_images(num_classes=4, per_class=4)
-    rec_dir = tmp_path / "faces"
-    rec_dir.mkdir()
-    write_ms1m(rec_dir / "train", [4] * 4, images)
-    write_property(rec_dir, 4)
+    rec_dir = _write_faces(tmp_path / "faces", num_classes=4, per_class=4)
     # Pairs alternate same identity (images 4c, 4c+1) and different (4c+2 with the next identity's 4c'+3).
     order = [i for c in range(4) for i in (4 * c, 4 * c + 1, 4 * c + 2, (4 * c + 7) % 16)]
     issame = [labels[order[2 * i]] == labels[order[2 * i + 1]] for i in range(8)]
@@ -215,3 +211,59 @@ def test_recorder_end_to_end(digits, tmp_path) -> None:
     assert scalars[-1].value == pytest.approx(last["label_mi_test"] / math.log(2), rel=1e-5)
     with pytest.raises(ValueError, match="every"):
         InfoPlaneRecorder(model, recorder.train, recorder.test, every=-1)
+
+
+def _write_faces(directory: Path, num_classes: int, per_class: int) -> Path:
+    from facevib.data.pack import write_ms1m, write_property
+
+    images, _ = _face_images(num_classes, per_class)
+    directory.mkdir()
+    write_ms1m(directory / "train", [per_class] * num_classes, images)
+    write_property(directory, num_classes)
+    return directory
+
+
+def test_face_trainer_records_the_information_plane_at_evaluations(tmp_path) -> None:
+    from facevib.data.bins import write_bin
+
+    spec = importlib.util.spec_from_file_location("train_arcface", ROOT / "train" / "arcface.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = _write_faces(tmp_path / "faces", num_classes=4, per_class=8)
+    images, labels = _face_images(4, 8)
+    pairs = [(i, i + 1) if i % 4 == 0 else (i, (i + 8) % 32) for i in range(0, 32, 2)]
+    write_bin(data / "lfw.bin", [images[k] for pair in pairs for k in pair], [labels[a] == labels[b] for a, b in pairs])
+    out = tmp_path / "run"
+    settings = [
+        "model.kwargs.layers=(1, 1, 1, 1)",
+        "model.kwargs.widths=(4, 4, 8, 8)",
+        "model.kwargs.embedding_dim=16",
+        f"data.rec={data}",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "data.val_targets=['lfw']",
+        f"data.val_dir={data}",
+        f"run.output={out}",
+        "run.epochs=0",
+        "run.total_steps=4",
+        "run.eval_every=2",
+        "run.checkpoint_every=0",
+        "info.record=True",
+        "info.max_classes=4",
+        "info.per_class=4",
+    ]
+    argv = [str(ROOT / "configs" / "synthetic_r18_cellvib.py"), *[a for s in settings for a in ("--set", s)]]
+    assert module.main(argv) == 0
+    saved = json.loads((out / "infoplane.json").read_text())
+    assert [r["step"] for r in saved["records"]] == [2, 4]
+    layers = saved["records"][-1]["layers"]
+    assert list(layers)[-1] == EMBEDDING and len(layers) == 5  # 4 blocks + embedding
+    assert all(layers[name]["kl_bound"] > 0 for name in list(layers)[:4])  # every block is a cell
+    assert layers[EMBEDDING]["binning"]["num_samples"] == 8  # 4 identities x 2 held-out images
+    info_logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    info_logs = [r for r in info_logs if r["kind"] == "info"]
+    assert [r["step"] for r in info_logs] == [2, 4]
+    assert info_logs[-1]["layer1.0/kl_bound_bits"] == pytest.approx(layers["layer1.0"]["kl_bound"] / math.log(2))
+    assert (out / "infoplane_paths.png").is_file() and (out / "infoplane_depth.png").is_file()
+    bad = [*argv, "--set", "run.eval_every=0", "--set", "data.val_targets=[]"]
+    assert module.main(bad) == 2

@@ -118,6 +118,8 @@ class Trainer:
         # (their own param group after the Partial FC's); None while ifm.weight is 0.
         self.ifm = self._build_ifm()
         self.ifm_step = wrap_ddp(self.ifm, env) if self.ifm is not None else None
+        # Information-plane recording at every evaluation (rank 0); None unless info.record.
+        self.infoplane = self._build_infoplane()
 
         self.base_lr = scaled_lr(cfg.optim, self.global_batch)
         modules = [self.backbone, self.pfc] + ([self.ifm] if self.ifm is not None else [])
@@ -481,8 +483,27 @@ class Trainer:
             self.logger.log(self.step, flat, kind="val")
             summary = ", ".join(f"{name} {res['accuracy'] * 100:.2f}%" for name, res in results.items())
             self.logger.info(f"step {self.step}: verification {summary}")
+            if self.infoplane is not None:
+                self._record_infoplane()
         self.env.barrier()
         return results
+
+    # ------------------------------------------------------------------ information plane
+
+    def _build_infoplane(self):
+        """An :class:`~facevib.info.recorder.InfoPlaneRecorder` on a probe set from ``data.rec``."""
+        info = self.cfg.info
+        if not (info.record and self.env.is_main):
+            return None
+        from facevib.info.recorder import recorder_for_recordio
+
+        return recorder_for_recordio(self.backbone, self.cfg.data.rec, info.max_classes, info.per_class, info.bin_size)
+
+    def _record_infoplane(self) -> None:
+        """Measure the backbone's layers now; write the history and log the scalars (bits)."""
+        self.infoplane.record(self.step)
+        self.infoplane.write(self.output)
+        self.logger.log(self.step, self.infoplane.scalars(), kind="info")
 
     def _export_backbone(self) -> None:
         """Write ``backbone.pt``: the embedding model alone, for evaluation and export."""

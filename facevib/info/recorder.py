@@ -22,7 +22,7 @@ from facevib.info.entropy import to_bits
 from facevib.info.plane import InfoPlane, Samples, measure_plane
 from facevib.info.plots import plot_depth, plot_paths
 
-__all__ = ["InfoPlaneRecorder"]
+__all__ = ["InfoPlaneRecorder", "recorder_for_recordio"]
 
 HISTORY_FILE = "infoplane.json"
 
@@ -35,7 +35,8 @@ class InfoPlaneRecorder:
             measured in eval mode and returned to its mode.
         train: samples the per-layer probes are fitted on.
         test: held-out samples every estimate is computed on.
-        every: steps between records; :meth:`due` tells a loop when (0: never).
+        every: steps between records for loops that ask :meth:`due` (0: only when the
+            caller calls :meth:`record`, e.g. at its evaluations).
         bin_size: binning width.
         batch_size: forward batch size of the measurement.
     """
@@ -110,12 +111,32 @@ class InfoPlaneRecorder:
             plot_depth([self.last_plane], run_dir / "infoplane_depth.png")
         if tb_writer is not None:
             for entry in self.history[self._logged :]:
-                for name, layer in entry["layers"].items():
-                    for key, value in _scalars(layer).items():
-                        tb_writer.add_scalar(f"info/{name}/{key}", value, entry["step"])
+                for key, value in self.scalars(entry).items():
+                    tb_writer.add_scalar(f"info/{key}", value, entry["step"])
             tb_writer.flush()
             self._logged = len(self.history)
         return path
+
+    def scalars(self, entry: dict[str, Any] | None = None) -> dict[str, float]:
+        """``{"<layer>/<quantity>_bits": value}`` of one record (default: the latest), in bits."""
+        entry = entry if entry is not None else self.history[-1]
+        return {
+            f"{name}/{key}": value for name, layer in entry["layers"].items() for key, value in _scalars(layer).items()
+        }
+
+
+def recorder_for_recordio(
+    model: nn.Module, rec: str | os.PathLike[str], max_classes: int, per_class: int, bin_size: float = DEFAULT_BIN_SIZE
+) -> InfoPlaneRecorder:
+    """A recorder for a face training run, its probe set drawn from the training RecordIO.
+
+    ``max_classes`` identities with ``per_class`` images each, alternately split between the
+    probe's fitting half and the held-out half (see :func:`facevib.info.sources.load_samples`).
+    """
+    from facevib.info.sources import load_samples
+
+    train, test, _ = load_samples(str(rec), max_classes=max_classes, per_class=per_class)
+    return InfoPlaneRecorder(model, train, test, every=0, bin_size=bin_size)
 
 
 def _scalars(layer: dict[str, Any]) -> dict[str, float]:
