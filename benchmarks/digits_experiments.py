@@ -218,8 +218,16 @@ def plot_all(out: Path, results: dict[str, Any], sample_images: tuple[np.ndarray
                 color=color,
                 label=MLP_NAMES[name],
             )
+            offset = (3, 5) if name == "deepvib_mlp" else (3, -11)
             for r, x_, s in zip(rows, xs, ys, strict=True):
-                ax.annotate(f"b={r['beta']:g}", (x_, s["mean"]), fontsize=7, xytext=(3, -9), textcoords="offset points")
+                ax.annotate(
+                    f"b={r['beta']:g}",
+                    (x_, s["mean"]),
+                    fontsize=7,
+                    color=color,
+                    xytext=offset,
+                    textcoords="offset points",
+                )
         ax.set_xscale("log")
         ax.axhline(math.log2(10), color="grey", lw=0.8, ls=":")
         ax.set_xlabel("I(Z;X) upper bound = bottleneck KL [bits]")
@@ -243,6 +251,22 @@ def plot_all(out: Path, results: dict[str, Any], sample_images: tuple[np.ndarray
             (axes[1], "izy_probe", "-"),
             (axes[2], "binning_ity", "-"),
         ):
+            if key == "binning_ity":  # saturated estimates are flagged, not plotted as signal
+                kept = [
+                    [to_bits(p[d][key]) for p in profiles if not p[d]["binning_saturated"]] for d in range(len(depths))
+                ]
+                shown = [(d, v) for d, v in zip(depths, kept, strict=True) if len(v) > 1]
+                if shown:
+                    stats_ = [interval(v) for _, v in shown]
+                    ax.errorbar(
+                        [d for d, _ in shown],
+                        [s["mean"] for s in stats_],
+                        yerr=[s["ci95"] for s in stats_],
+                        marker="o",
+                        color=color,
+                        label=MLP_NAMES[name],
+                    )
+                continue
             values = [[to_bits(p[d][key]) for p in profiles] for d in range(len(depths))]
             stats_ = [interval(v) for v in values]
             label = f"{MLP_NAMES[name]} ({key.split('_')[-1]})" if ax is axes[0] else MLP_NAMES[name]
@@ -272,12 +296,24 @@ def plot_all(out: Path, results: dict[str, Any], sample_images: tuple[np.ndarray
     axes[0].set_yscale("log")
     axes[0].set_title(f"I(Z;X): kernel bounds (noise var {results['settings']['noise_var']})")
     axes[1].set_title("I(Z;Y): logistic probe lower bound")
-    axes[2].set_title("I(Z;Y): binning (bin 0.67)")
+    saturated = sum(p[d]["binning_saturated"] for ps in results["depth"].values() for p in ps for d in range(len(p)))
+    total = sum(len(p) for ps in results["depth"].values() for p in ps)
+    axes[2].set_title(f"I(Z;Y): binning (bin 0.67), {saturated}/{total} saturated")
+    if saturated == total:
+        axes[2].text(
+            0.5,
+            0.5,
+            "every layer saturated:\nH(T) = log N, no signal\n(flagged, not plotted)",
+            ha="center",
+            va="center",
+            transform=axes[2].transAxes,
+        )
     for ax in axes:
         ax.set_xlabel("layer (3 = bottleneck K)")
         ax.set_ylabel("bits")
         ax.set_xticks(depths)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     paths.append(out / "infoplane_depth.png")
     fig.savefig(paths[-1], dpi=120)
@@ -313,11 +349,15 @@ def plot_all(out: Path, results: dict[str, Any], sample_images: tuple[np.ndarray
         for key, style in (("test_digit", "-"), ("test_texture", "--")):
             curves = np.array([[r[key] for r in run["per_epoch"]] for run in runs])
             label = f"{'IFM' if use_ifm else 'baseline'} {key.split('_')[1]}"
-            axes[0].plot(epochs, 100 * curves.mean(0), ls=style, color=color, label=label)
+            stats_ = [interval(list(column)) for column in curves.T]
+            mean = np.array([100 * s["mean"] for s in stats_])
+            half = np.array([100 * s["ci95"] for s in stats_])
+            axes[0].plot(epochs, mean, ls=style, color=color, label=label)
+            axes[0].fill_between(epochs, mean - half, mean + half, color=color, alpha=0.12)
     axes[0].set_xlabel("epoch")
     axes[0].set_ylabel("test accuracy, random backgrounds [%]")
     axes[0].legend(fontsize=8)
-    axes[0].set_title("shifted digits: digit vs texture accuracy")
+    axes[0].set_title("shifted digits: digit vs texture accuracy (95% CI)")
     for ax, (images, title) in zip(
         axes[1:],
         ((sample_images[0], "training (texture = class)"), (sample_images[1], "test (random texture)")),
@@ -463,6 +503,16 @@ def main(argv: list[str] | None = None) -> int:
             summary[f"{variant}/{select}"] = {"digit": interval(digit), "texture": interval(texture)}
             print(
                 f"   {label + ' (' + select.replace('select_', 'best val ') + ')':28s} | {fmt(digit):>15s} | {fmt(texture):>15s}"
+            )
+    for select in ("select_digit", "final"):
+        for target in ("digit", "texture"):
+            diff = [
+                w[select][f"test_{target}"] - b[select][f"test_{target}"]
+                for w, b in zip(ifm_runs["with"], ifm_runs["without"], strict=True)
+            ]
+            summary[f"ifm_minus_baseline/{select}/{target}"] = d = interval(diff)
+            print(
+                f"   IFM - baseline ({select.replace('select_', 'best val ')}), acc({target}), paired: {100 * d['mean']:+.2f} +- {100 * d['ci95']:.2f}"
             )
     results["ifm_summary"] = summary
 
