@@ -8,7 +8,8 @@
 For every representation layer: the VIB cell's KL (upper bound on I(Z_i; Z_{i-1})), a
 lower bound on I(Z_i; Y) = H(Y) - cross-entropy of a probe (fitted on one half of the
 samples, scored on the other; a classifier's output uses its own logits), and the binning
-estimate with its saturation flag. --data is `digits` (scikit-learn's load_digits, the
+estimate with its saturation flag; with --jsd-steps, a JSD critic's bound between adjacent
+layers (the IFM paper's estimator). --data is `digits` (scikit-learn's load_digits, the
 classification experiments' split), a RecordIO folder (identities split across the two
 halves) or a verification .bin (label = same identity). Writes OUT/infoplane.json,
 OUT/infoplane_depth.png and, with several --model (runs at different beta),
@@ -43,6 +44,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-classes", type=int, default=50, help="RecordIO: identities used")
     parser.add_argument("--per-class", type=int, default=8, help="RecordIO: images per identity")
     parser.add_argument("--max-pairs", type=int, default=600, help=".bin: pairs used")
+    parser.add_argument(
+        "--jsd-steps", type=int, default=0, help="train a JSD critic between adjacent layers this many steps (0: off)"
+    )
     return parser
 
 
@@ -53,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("batch_size", "max_classes", "per_class", "max_pairs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.jsd_steps < 0:
+        parser.error(f"--jsd-steps must be >= 0, got {args.jsd_steps}")
     if not args.bin_size > 0:
         parser.error(f"--bin-size must be > 0, got {args.bin_size}")
     try:
@@ -73,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device or default_device(),
             batch_size=args.batch_size,
             bin_size=args.bin_size,
+            jsd_steps=args.jsd_steps,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)

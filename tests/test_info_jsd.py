@@ -80,3 +80,16 @@ def test_trained_critic_ranks_rho_and_matches_the_exact_jsd() -> None:
         exact = _exact_jsd(rho, d)
         # A lower bound, tight for a good critic; 600 held-out samples give ~0.02 nats of sampling error.
         assert abs(est - exact) <= 0.03, (rho, est, exact)
+
+
+def test_jsd_between_feature_maps_detects_the_dependent_deeper_map() -> None:
+    # H_l is a 3x3 map up-sampled to 6x6 (plus noise); H_{l+1} a noisy copy of two of its channels
+    # at 3x3: after up-sampling, every location of H_l pairs with the deep vector it depends on.
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(600, 4, 3, 3, generator=g)
+    shallow = F.interpolate(base, size=(6, 6), mode="nearest") + 0.1 * torch.randn(600, 4, 6, 6, generator=g)
+    dependent = base[:, :2] + 0.5 * torch.randn(600, 2, 3, 3, generator=g)
+    independent = torch.randn(600, 2, 3, 3, generator=g)
+    dep = jsd_mi(shallow, dependent, steps=150, hidden=(32, 16), locations=4).jsd
+    ind = jsd_mi(shallow, independent, steps=150, hidden=(32, 16), locations=4).jsd
+    assert dep > 0.1 and abs(ind) < 0.03, (dep, ind)

@@ -177,10 +177,17 @@ def test_measure_plane_binning_matches_direct_estimate(digits) -> None:
     assert plane.layers[0].binning.i_ty == pytest.approx(direct.i_ty)
     # Streaming (hashed) and exact binning agree on the same layer.
     streamed = measure_plane(
-        model, Samples(torch.from_numpy(x), y), Samples(torch.from_numpy(x_test), y_test), max_binning_elements=100
+        model,
+        Samples(torch.from_numpy(x), y),
+        Samples(torch.from_numpy(x_test), y_test),
+        max_binning_elements=100,
+        jsd_steps=60,
     )
     assert not streamed.layers[0].binning.verified
     assert streamed.layers[0].binning.num_codes == direct.num_codes
+    # A deterministic layer on top of another: its critic tells joint from shuffled pairs.
+    assert streamed.layers[0].jsd_prev is None and streamed.layers[1].jsd_prev > 0.1
+    assert plane.layers[1].jsd_prev is None  # off unless asked for
 
 
 def test_recorder_end_to_end(digits, tmp_path) -> None:

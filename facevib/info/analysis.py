@@ -26,6 +26,7 @@ def analyze_checkpoints(
     device: str = "cpu",
     batch_size: int = 128,
     bin_size: float = 0.67,
+    jsd_steps: int = 0,
 ) -> tuple[list[InfoPlane], dict[str, Path]]:
     """Load each checkpoint (``facevib.models.load_backbone``), measure it, write the outputs.
 
@@ -43,7 +44,7 @@ def analyze_checkpoints(
     for checkpoint in checkpoints:
         model = load_backbone(checkpoint).to(device)
         try:
-            plane = measure_plane(model, train, test, batch_size=batch_size, bin_size=bin_size)
+            plane = measure_plane(model, train, test, batch_size=batch_size, bin_size=bin_size, jsd_steps=jsd_steps)
         except ValueError as err:
             raise ValueError(f"{checkpoint}: {err}") from err
         planes.append(plane)
@@ -60,16 +61,21 @@ def analyze_checkpoints(
 
 def format_table(planes: Sequence[InfoPlane]) -> str:
     """Per-layer table in bits: KL bound, I(Z;Y) train / held-out, binning I(X;T), saturation."""
-    lines = [f"{'model':<24} {'layer':<12} {'KL bound':>10} {'I(Z;Y) tr':>10} {'I(Z;Y) te':>10} {'bin I(X;T)':>10}"]
+    with_jsd = any(layer.jsd_prev is not None for plane in planes for layer in plane.layers)
+    head = f"{'model':<24} {'layer':<12} {'KL bound':>10} {'I(Z;Y) tr':>10} {'I(Z;Y) te':>10} {'bin I(X;T)':>10}"
+    lines = [head + (f" {'JSD prev':>9}" if with_jsd else "")]
     for plane in planes:
         label = plane.model if plane.beta is None else f"{plane.model} b={plane.beta:g}"
         for layer in plane.layers:
             kl = "-" if layer.kl_bound is None else f"{to_bits(layer.kl_bound):.2f}"
             sat = " sat" if layer.binning.saturated else ""
-            lines.append(
+            row = (
                 f"{label:<24} {layer.name:<12} {kl:>10} {to_bits(layer.label_mi_train):>10.3f} "
-                f"{to_bits(layer.label_mi_test):>10.3f} {to_bits(layer.binning.i_xt):>10.2f}{sat}"
+                f"{to_bits(layer.label_mi_test):>10.3f} {to_bits(layer.binning.i_xt):>10.2f}"
             )
+            if with_jsd:
+                row += f" {'-' if layer.jsd_prev is None else f'{to_bits(layer.jsd_prev):.3f}':>9}"
+            lines.append(row + sat)
     lines.append(f"(bits; H(Y) held-out = {to_bits(planes[0].h_y):.3f}; 'sat' = binning at log N, no signal)")
     return "\n".join(lines)
 

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from facevib.info.binning import DEFAULT_BIN_SIZE, BinningAccumulator, BinningResult, binning_mi
 from facevib.info.entropy import check_labels, label_entropy
+from facevib.info.jsd import jsd_mi
 from facevib.info.vib_bounds import LabelProbe, label_mi_lower_bound
 from facevib.models.cellnet import CellNetwork
 from facevib.models.iresnet import IResNet
@@ -91,6 +92,9 @@ class LayerInfo:
     label_mi_train: float  # I(Z_i; Y) lower bound on the probe's own training samples
     label_mi_test: float  # I(Z_i; Y) lower bound on held-out samples
     binning: BinningResult  # held-out samples (i_ty None for a verification set)
+    # JSD(joint || marginals) lower bound between Z_{i-1} and Z_i from a trained critic
+    # (IFM paper's estimator; held-out part of the test samples); None unless asked for.
+    jsd_prev: float | None = None
 
 
 @dataclass
@@ -198,6 +202,7 @@ class _Pass:
     rows: dict[str, _LayerRows] | None
     kl: np.ndarray | None
     logits: np.ndarray | None
+    raw: dict[str, Tensor] | None  # full layer outputs (CPU), kept only for the JSD estimator
 
 
 def _pool(features: Tensor) -> Tensor:
@@ -218,6 +223,7 @@ def _run(
     keep_rows: bool,
     bin_size: float,
     max_binning_elements: int,
+    keep_raw: bool = False,
 ) -> _Pass:
     modules = dict(model.named_modules())
     captured: dict[str, Tensor] = {}
@@ -233,6 +239,7 @@ def _run(
     has_cells = any(isinstance(m, VIBCell) for m in model.modules())
     pooled: dict[str, list[np.ndarray]] = {name: [] for name in layers}
     rows = {name: _LayerRows(bin_size, max_binning_elements) for name in layers} if keep_rows else None
+    raw: dict[str, list[Tensor]] | None = {name: [] for name in layers} if keep_raw else None
     kl_sum: np.ndarray | None = None
     outputs: list[np.ndarray] = []
     was_training = model.training
@@ -253,6 +260,8 @@ def _run(
                 pooled[name].append(_pool(feats).cpu().numpy())
                 if rows is not None:
                     rows[name].add(feats.flatten(1).cpu().numpy())
+                if raw is not None:
+                    raw[name].append(feats.cpu())
     finally:
         for handle in handles:
             handle.remove()
@@ -263,6 +272,7 @@ def _run(
         rows=rows,
         kl=None if kl_sum is None else kl_sum / x.shape[0],
         logits=np.concatenate(outputs) if is_classifier else None,
+        raw=None if raw is None else {name: torch.cat(parts) for name, parts in raw.items()},
     )
 
 
@@ -281,6 +291,7 @@ def measure_plane(
     bin_size: float = DEFAULT_BIN_SIZE,
     max_binning_elements: int = _MAX_BINNING_ELEMENTS,
     probe_max_iter: int = 300,
+    jsd_steps: int = 0,
 ) -> InfoPlane:
     """Measure every representation layer of ``model`` (see the module docstring).
 
@@ -293,11 +304,15 @@ def measure_plane(
         max_binning_elements: a layer's held-out rows are kept for the exact count up to
             this many values, and streamed by hash beyond.
         probe_max_iter: iterations of each logistic probe.
+        jsd_steps: when > 0, train a JSD critic (:func:`facevib.info.jsd.jsd_mi`) for that many
+            steps between each pair of adjacent layers on the held-out outputs (feature maps:
+            the deeper map up-sampled, positives at the same location); keeps every layer's
+            full outputs in memory, so meant for small models.
     """
     layers = representation_layers(model)
     cells = cell_layer_index(model, layers)
     fit = _run(model, train.x, layers, batch_size, False, bin_size, max_binning_elements)
-    held = _run(model, test.x, layers, batch_size, True, bin_size, max_binning_elements)
+    held = _run(model, test.x, layers, batch_size, True, bin_size, max_binning_elements, keep_raw=jsd_steps > 0)
     if held.kl is not None and held.kl.shape[0] != len(cells):
         raise ValueError(f"information plane: {held.kl.shape[0]} KL entries for {len(cells)} VIB cells")
     kl_of: dict[int, float] = {}
@@ -330,9 +345,20 @@ def measure_plane(
                 label_mi_train=mi_train,
                 label_mi_test=mi_test,
                 binning=held.rows[name].result(test.y),
+                jsd_prev=_adjacent_jsd(held.raw, layers[depth - 2], name, jsd_steps)
+                if depth > 1 and held.raw
+                else None,
             )
         )
     return result
+
+
+def _adjacent_jsd(raw: dict[str, Tensor], shallow: str, deep: str, steps: int) -> float:
+    """JSD bound between two layers' outputs, or between pooled vectors when their layouts differ."""
+    a, b = raw[shallow], raw[deep]
+    if a.dim() != b.dim() or (a.dim() == 3 and a.shape[1] != b.shape[1]):
+        a, b = _pool(a), _pool(b)  # e.g. the last feature map against the embedding vector
+    return jsd_mi(a, b, steps=steps, hidden=(64, 32), locations=4).jsd
 
 
 def _beta(model: nn.Module) -> float | None:
