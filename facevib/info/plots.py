@@ -54,8 +54,11 @@ def plot_depth(planes: Sequence[InfoPlane], path: str | Path) -> Path:
     ax_y.set(
         xlabel="layer (depth)", ylabel="H(Y) - CE [bits]", title="I(Z; Y) lower bound (held-out; dotted: probe train)"
     )
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_x, ax_y):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_y.legend(fontsize=7)
     return _save(fig, path)
 
