@@ -66,6 +66,7 @@ def test_critic_shape() -> None:
     assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in critic) == 2
 
 
+@pytest.mark.slow
 def test_trained_critic_ranks_rho_and_matches_the_exact_jsd() -> None:
     d = 2
     rhos = (0.0, 0.3, 0.6, 0.9)
@@ -82,6 +83,7 @@ def test_trained_critic_ranks_rho_and_matches_the_exact_jsd() -> None:
         assert abs(est - exact) <= 0.03, (rho, est, exact)
 
 
+@pytest.mark.slow
 def test_jsd_between_feature_maps_detects_the_dependent_deeper_map() -> None:
     # H_l is a 3x3 map up-sampled to 6x6 (plus noise); H_{l+1} a noisy copy of two of its channels
     # at 3x3: after up-sampling, every location of H_l pairs with the deep vector it depends on.

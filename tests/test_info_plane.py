@@ -69,6 +69,7 @@ def checkpoints(digits, tmp_path_factory) -> dict[float, Path]:
     return paths
 
 
+@pytest.mark.slow
 def test_cli_on_digits_matches_independent_bounds(digits, checkpoints, tmp_path, capsys) -> None:
     out = tmp_path / "res"
     rc = _cli().main(["--model", *map(str, checkpoints.values()), "--data", "digits", "--out", str(out)])
@@ -135,6 +136,7 @@ def _face_images(num_classes: int, per_class: int) -> tuple[list[bytes], list[in
     return images, labels
 
 
+@pytest.mark.slow
 def test_cli_on_face_recordio_and_bin(tmp_path, capsys) -> None:
     from facevib.data.bins import write_bin
 
@@ -230,6 +232,7 @@ def _write_faces(directory: Path, num_classes: int, per_class: int) -> Path:
     return directory
 
 
+@pytest.mark.slow
 def test_face_trainer_records_the_information_plane_at_evaluations(tmp_path) -> None:
     from facevib.data.bins import write_bin
 

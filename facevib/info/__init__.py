@@ -13,6 +13,11 @@ All estimators return nats; :func:`to_bits` converts for plots.
 - :func:`jsd_mi`: Jensen-Shannon bound between adjacent layers from a trained critic
   (IFM, Shen, Li, Liu); :class:`Critic`, :func:`jsd_objective` and :func:`sample_pairs` are
   the same pieces a training-time regulariser uses.
+
+Whole models: :mod:`facevib.info.plane` (``measure_plane``: every layer's KL bound, probe
+I(Z;Y), binning and optional JSD), :mod:`facevib.info.recorder` (``InfoPlaneRecorder``:
+the same over training), :mod:`facevib.info.analysis` (what ``eval/infoplane.py`` runs);
+:mod:`facevib.info.ifm` is the IFM training regulariser.
 """
 
 from facevib.info.binning import DEFAULT_BIN_SIZE, BinningAccumulator, BinningResult, binning_mi, unique_rows

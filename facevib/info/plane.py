@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 EMBEDDING = "embedding"  # pseudo layer name of an iResNet's output
+PROBE_L2_GRID = (0.01, 0.1, 1.0)  # probe strengths tried per layer (chosen on the probe's training side)
 _MAX_BINNING_ELEMENTS = 1 << 26  # rows kept for the exact count; wider layers are streamed
 
 
@@ -334,7 +335,7 @@ def measure_plane(
         else:
             f_train = _probe_features(fit.pooled[name], train)
             f_test = _probe_features(held.pooled[name], test)
-            probe = LabelProbe(f_train, y_train, max_iter=probe_max_iter)
+            probe = LabelProbe(f_train, y_train, max_iter=probe_max_iter, l2=PROBE_L2_GRID)
             mi_train, mi_test = probe.label_mi(f_train, y_train), probe.label_mi(f_test, y_test)
         result.layers.append(
             LayerInfo(
