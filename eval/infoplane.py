@@ -8,7 +8,8 @@
 For every representation layer: the VIB cell's KL (upper bound on I(Z_i; Z_{i-1})), a
 lower bound on I(Z_i; Y) = H(Y) - cross-entropy of a probe (fitted on one half of the
 samples, scored on the other; a classifier's output uses its own logits), and the binning
-estimate with its saturation flag; with --jsd-steps, a JSD critic's bound between adjacent
+estimate with its saturation flag; with --kernel-noise-var, the Kolchinsky-Tracey bounds on
+the layer plus Gaussian noise; with --jsd-steps, a JSD critic's bound between adjacent
 layers (the IFM paper's estimator). --data is `digits` (scikit-learn's load_digits, the
 classification experiments' split), a RecordIO folder (identities split across the two
 halves) or a verification .bin (label = same identity). Writes OUT/infoplane.json,
@@ -45,6 +46,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--per-class", type=int, default=8, help="RecordIO: images per identity")
     parser.add_argument("--max-pairs", type=int, default=600, help=".bin: pairs used")
     parser.add_argument(
+        "--kernel-noise-var",
+        type=float,
+        default=None,
+        help="add Kolchinsky-Tracey kernel bounds with Gaussian noise of this variance on each layer",
+    )
+    parser.add_argument(
         "--jsd-steps", type=int, default=0, help="train a JSD critic between adjacent layers this many steps (0: off)"
     )
     return parser
@@ -59,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.jsd_steps < 0:
         parser.error(f"--jsd-steps must be >= 0, got {args.jsd_steps}")
+    if args.kernel_noise_var is not None and not args.kernel_noise_var > 0:
+        parser.error(f"--kernel-noise-var must be > 0, got {args.kernel_noise_var}")
     if not args.bin_size > 0:
         parser.error(f"--bin-size must be > 0, got {args.bin_size}")
     try:
@@ -80,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             bin_size=args.bin_size,
             jsd_steps=args.jsd_steps,
+            kernel_noise_var=args.kernel_noise_var,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)

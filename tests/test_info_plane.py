@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from facevib.data.classic.digits import load_digits_split
-from facevib.info import binning_mi, vib_kl_bound
+from facevib.info import binning_mi, kernel_mi_bounds, vib_kl_bound
 from facevib.info.plane import EMBEDDING, Samples, measure_plane
 from facevib.info.recorder import InfoPlaneRecorder
 from facevib.models import create_model
@@ -170,11 +170,16 @@ def test_measure_plane_binning_matches_direct_estimate(digits) -> None:
     x, y, x_test, y_test = digits
     torch.manual_seed(1)
     model = create_model("mlp", **MLP)
-    plane = measure_plane(model, Samples(torch.from_numpy(x), y), Samples(torch.from_numpy(x_test), y_test))
+    plane = measure_plane(
+        model, Samples(torch.from_numpy(x), y), Samples(torch.from_numpy(x_test), y_test), kernel_noise_var=0.5
+    )
     assert all(layer.kl_bound is None for layer in plane.layers) and plane.beta is None
     with torch.no_grad():
         hidden = model.layers[0](torch.from_numpy(x_test).flatten(1))
     direct = binning_mi(hidden.numpy(), y_test)
+    kernel = kernel_mi_bounds(hidden.numpy(), 0.5, y_test)
+    assert plane.layers[0].kernel.upper == pytest.approx(kernel.upper)
+    assert plane.layers[0].kernel.label_lower == pytest.approx(kernel.label_lower)
     assert plane.layers[0].binning.h_t == pytest.approx(direct.h_t)
     assert plane.layers[0].binning.i_ty == pytest.approx(direct.i_ty)
     # Streaming (hashed) and exact binning agree on the same layer.
@@ -189,6 +194,7 @@ def test_measure_plane_binning_matches_direct_estimate(digits) -> None:
     assert streamed.layers[0].binning.num_codes == direct.num_codes
     # A deterministic layer on top of another: its critic tells joint from shuffled pairs.
     assert streamed.layers[0].jsd_prev is None and streamed.layers[1].jsd_prev > 0.1
+    assert streamed.layers[0].kernel is None
     assert plane.layers[1].jsd_prev is None  # off unless asked for
 
 

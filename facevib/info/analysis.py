@@ -27,6 +27,7 @@ def analyze_checkpoints(
     batch_size: int = 128,
     bin_size: float = 0.67,
     jsd_steps: int = 0,
+    kernel_noise_var: float | None = None,
 ) -> tuple[list[InfoPlane], dict[str, Path]]:
     """Load each checkpoint (``facevib.models.load_backbone``), measure it, write the outputs.
 
@@ -44,7 +45,15 @@ def analyze_checkpoints(
     for checkpoint in checkpoints:
         model = load_backbone(checkpoint).to(device)
         try:
-            plane = measure_plane(model, train, test, batch_size=batch_size, bin_size=bin_size, jsd_steps=jsd_steps)
+            plane = measure_plane(
+                model,
+                train,
+                test,
+                batch_size=batch_size,
+                bin_size=bin_size,
+                jsd_steps=jsd_steps,
+                kernel_noise_var=kernel_noise_var,
+            )
         except ValueError as err:
             raise ValueError(f"{checkpoint}: {err}") from err
         planes.append(plane)
@@ -63,7 +72,8 @@ def format_table(planes: Sequence[InfoPlane]) -> str:
     """Per-layer table in bits: KL bound, I(Z;Y) train / held-out, binning I(X;T), saturation."""
     with_jsd = any(layer.jsd_prev is not None for plane in planes for layer in plane.layers)
     head = f"{'model':<24} {'layer':<12} {'KL bound':>10} {'I(Z;Y) tr':>10} {'I(Z;Y) te':>10} {'bin I(X;T)':>10}"
-    lines = [head + (f" {'JSD prev':>9}" if with_jsd else "")]
+    with_kernel = any(layer.kernel is not None for plane in planes for layer in plane.layers)
+    lines = [head + (f" {'JSD prev':>9}" if with_jsd else "") + (f" {'kernel I(X;T)':>15}" if with_kernel else "")]
     for plane in planes:
         label = plane.model if plane.beta is None else f"{plane.model} b={plane.beta:g}"
         for layer in plane.layers:
@@ -75,6 +85,9 @@ def format_table(planes: Sequence[InfoPlane]) -> str:
             )
             if with_jsd:
                 row += f" {'-' if layer.jsd_prev is None else f'{to_bits(layer.jsd_prev):.3f}':>9}"
+            if with_kernel:
+                k = layer.kernel
+                row += f" {'-' if k is None else f'{to_bits(k.lower):.2f}-{to_bits(k.upper):.2f}':>15}"
             lines.append(row + sat)
     lines.append(f"(bits; H(Y) held-out = {to_bits(planes[0].h_y):.3f}; 'sat' = binning at log N, no signal)")
     return "\n".join(lines)

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from facevib.info.binning import DEFAULT_BIN_SIZE, BinningAccumulator, BinningResult, binning_mi
 from facevib.info.entropy import check_labels, label_entropy
 from facevib.info.jsd import jsd_mi
+from facevib.info.kernel import KernelMIBounds, kernel_mi_bounds
 from facevib.info.vib_bounds import LabelProbe, label_mi_lower_bound
 from facevib.models.cellnet import CellNetwork
 from facevib.models.iresnet import IResNet
@@ -96,6 +97,9 @@ class LayerInfo:
     # JSD(joint || marginals) lower bound between Z_{i-1} and Z_i from a trained critic
     # (IFM paper's estimator; held-out part of the test samples); None unless asked for.
     jsd_prev: float | None = None
+    # Kolchinsky-Tracey bounds with Gaussian noise of variance kernel_noise_var added to the
+    # layer (held-out samples); None unless asked for, or when the layer was streamed.
+    kernel: KernelMIBounds | None = None
 
 
 @dataclass
@@ -196,6 +200,12 @@ class _LayerRows:
             return self.stream.result(labels)
         return binning_mi(np.concatenate(self.rows), labels, self.bin_size)
 
+    def kernel(self, noise_var: float, labels: np.ndarray | None) -> KernelMIBounds | None:
+        """Kernel bounds on the kept rows; None when the layer was too wide to keep them."""
+        if self.stream is not None:
+            return None
+        return kernel_mi_bounds(np.concatenate(self.rows), noise_var, labels)
+
 
 @dataclass
 class _Pass:
@@ -293,6 +303,7 @@ def measure_plane(
     max_binning_elements: int = _MAX_BINNING_ELEMENTS,
     probe_max_iter: int = 300,
     jsd_steps: int = 0,
+    kernel_noise_var: float | None = None,
 ) -> InfoPlane:
     """Measure every representation layer of ``model`` (see the module docstring).
 
@@ -309,7 +320,12 @@ def measure_plane(
             steps between each pair of adjacent layers on the held-out outputs (feature maps:
             the deeper map up-sampled, positives at the same location); keeps every layer's
             full outputs in memory, so meant for small models.
+        kernel_noise_var: when given, the pairwise-distance bounds of
+            :func:`facevib.info.kernel.kernel_mi_bounds` on each layer plus Gaussian noise of
+            this variance (layers kept for the exact binning count only).
     """
+    if kernel_noise_var is not None and not kernel_noise_var > 0:
+        raise ValueError(f"kernel_noise_var must be > 0, got {kernel_noise_var!r}")
     layers = representation_layers(model)
     cells = cell_layer_index(model, layers)
     fit = _run(model, train.x, layers, batch_size, False, bin_size, max_binning_elements)
@@ -349,6 +365,7 @@ def measure_plane(
                 jsd_prev=_adjacent_jsd(held.raw, layers[depth - 2], name, jsd_steps)
                 if depth > 1 and held.raw
                 else None,
+                kernel=None if kernel_noise_var is None else held.rows[name].kernel(kernel_noise_var, test.y),
             )
         )
     return result

@@ -46,8 +46,15 @@ def plot_depth(planes: Sequence[InfoPlane], path: str | Path) -> Path:
         )
         if cells:
             ax_x.plot(*zip(*cells, strict=True), marker="o", color=line.get_color(), label=_label(plane))
+        kernel = [(layer.depth, to_bits(layer.kernel.upper)) for layer in plane.layers if layer.kernel is not None]
+        if kernel:  # kernel upper bound (noisy layer), dashed: defined for deterministic layers too
+            ax_x.plot(*zip(*kernel, strict=True), linestyle="--", marker="x", color=line.get_color())
     ax_x.set_yscale("log")
-    ax_x.set(xlabel="layer (depth)", ylabel="I(Z_i; Z_{i-1}) upper bound, KL [bits]", title="I(Z; X) bound per cell")
+    ax_x.set(
+        xlabel="layer (depth)",
+        ylabel="upper bound [bits]",
+        title="I(Z; X): cell KL (solid), kernel upper bound (dashed)",
+    )
     h_y = to_bits(planes[0].h_y) if planes else None
     if h_y is not None:
         ax_y.axhline(h_y, color="grey", linewidth=0.8, linestyle="--")
