@@ -54,8 +54,8 @@ class Samples:
     """Inputs and labels for one side (probe training or held-out) of a measurement.
 
     ``pairs`` / ``pair_labels`` describe a verification set instead of class labels: the
-    label of pair (a, b) is 1 for the same identity, and a layer's pair feature is
-    |f(a) - f(b)| of the pooled features.
+    label of pair (a, b) is 1 for the same identity, and a layer's pair features are
+    [|f(a) - f(b)|, f(a) * f(b)] of its L2-normalised pooled features.
     """
 
     x: Tensor
@@ -288,9 +288,13 @@ def _run(
 
 
 def _probe_features(features: np.ndarray, samples: Samples) -> np.ndarray:
+    """Per-sample features, or per-pair [|a - b|, a * b] of L2-normalised features (the
+    products sum to the cosine similarity verification thresholds on)."""
     if samples.pairs is None:
         return features
-    return np.abs(features[samples.pairs[:, 0]] - features[samples.pairs[:, 1]])
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    a, b = unit[samples.pairs[:, 0]], unit[samples.pairs[:, 1]]
+    return np.concatenate([np.abs(a - b), a * b], axis=1)
 
 
 def measure_plane(
