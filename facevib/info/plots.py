@@ -95,34 +95,49 @@ def plot_plane(planes: Sequence[InfoPlane], path: str | Path) -> Path:
 
 
 def plot_paths(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Binning I(T; Y) against I(X; T) per layer over training steps (colour = step).
+    """Per-layer paths over training steps (colour = step), two planes side by side.
 
-    ``history`` holds :class:`~facevib.info.recorder.InfoPlaneRecorder` records; points
-    where the layer is saturated at log N are drawn as crosses (no signal there).
+    Left, the binning paper's: binning I(T; Y) against I(X; T); points where the layer is
+    saturated at log N are crosses (no signal there). Right, the variational one: held-out
+    H(Y) - CE against the cell's KL bound (log scale), for VIB cells. ``history`` holds
+    :class:`~facevib.info.recorder.InfoPlaneRecorder` records.
     """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, (ax_bin, ax_vib) = plt.subplots(1, 2, figsize=(12, 4.5))
     steps = [record["step"] for record in history]
     cmap = plt.get_cmap("viridis")
-    span = max(1, max(steps) - min(steps)) if steps else 1
-    names = (
-        [name for name, layer in history[0]["layers"].items() if layer["binning"]["i_ty"] is not None]
-        if history
-        else []
-    )
-    for k, name in enumerate(names):
-        xs = [to_bits(r["layers"][name]["binning"]["i_xt"]) for r in history]
-        ys = [to_bits(r["layers"][name]["binning"]["i_ty"]) for r in history]
-        ax.plot(xs, ys, color="grey", linewidth=0.6, alpha=0.6)
-        for r, x, y in zip(history, xs, ys, strict=True):
-            saturated = r["layers"][name]["binning"]["saturated"]
-            ax.scatter(
-                x, y, color=cmap((r["step"] - min(steps)) / span), marker="x" if saturated else "o", s=18, zorder=3
+    low, span = (min(steps), max(1, max(steps) - min(steps))) if steps else (0, 1)
+    layers = history[0]["layers"] if history else {}
+
+    def path_of(ax: Any, name: str, k: int, xy: Any, marker: Any) -> None:
+        points = [xy(r["layers"][name]) for r in history]
+        ax.plot([p[0] for p in points], [p[1] for p in points], color="grey", linewidth=0.6, alpha=0.6)
+        for r, (x, y) in zip(history, points, strict=True):
+            color = cmap((r["step"] - low) / span)
+            ax.scatter(x, y, color=color, marker=marker(r["layers"][name]), s=18, zorder=3)
+        ax.annotate(name, points[-1], fontsize=6, textcoords="offset points", xytext=(3, -3 - 2 * k))
+
+    for k, (name, layer) in enumerate(layers.items()):
+        if layer["binning"]["i_ty"] is not None:
+            path_of(
+                ax_bin,
+                name,
+                k,
+                lambda rec: (to_bits(rec["binning"]["i_xt"]), to_bits(rec["binning"]["i_ty"])),
+                lambda rec: "x" if rec["binning"]["saturated"] else "o",
             )
-        ax.annotate(name, (xs[-1], ys[-1]), fontsize=6, textcoords="offset points", xytext=(3, -3 - 2 * k))
-    ax.set(xlabel="I(X; T) binning [bits]", ylabel="I(T; Y) binning [bits]")
-    ax.set_title("information-plane paths (colour: step; x: saturated at log N)", fontsize=9)
-    ax.grid(alpha=0.3)
+        if layer["kl_bound"] is not None:
+            path_of(
+                ax_vib, name, k, lambda rec: (to_bits(rec["kl_bound"]), to_bits(rec["label_mi_test"])), lambda rec: "o"
+            )
+    ax_bin.set(xlabel="I(X; T) binning [bits]", ylabel="I(T; Y) binning [bits]")
+    ax_bin.set_title("binning paths (colour: step; x: saturated at log N)", fontsize=9)
+    ax_vib.set(xlabel="I(Z_i; Z_{i-1}) upper bound, KL [bits]", ylabel="I(Z; Y) lower bound, held-out [bits]")
+    ax_vib.set_title("VIB-cell paths (colour: step)", fontsize=9)
+    if any(layer["kl_bound"] is not None for layer in layers.values()):
+        ax_vib.set_xscale("log")
+    for ax in (ax_bin, ax_vib):
+        ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
