@@ -15,9 +15,9 @@ import pytest
 
 from facevib.align import norm_crop, three_point_landmarks
 from facevib.data.recordio import IndexedRecordReader, unpack
-from facevib.data.synth import write_synthetic_dataset
-from facevib.data.synth_params import sample_conditions, sample_identity
-from facevib.data.synth_render import render_face
+from facevib.synth import write_synthetic_dataset
+from facevib.synth.params import sample_conditions, sample_identity
+from facevib.synth.render import render_face
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -287,7 +287,6 @@ def test_cli_missing_model_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_on_the_synthetic_set(request: pytest.FixtureRequest, tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    pytest.importorskip("facevib.data.synth", reason="facevib.data.synth (synthetic set writer) not available yet")
     synthetic = request.getfixturevalue("synthetic_dir")
     script = _load_script("verification")
     out = tmp_path / "out"

@@ -414,7 +414,6 @@ def test_cli_cache_of_another_model_is_refused(known: dict, tmp_path: Path, caps
 def test_cli_on_the_synthetic_set(
     request: pytest.FixtureRequest, tiny_checkpoints: dict[str, Path], tmp_path: Path
 ) -> None:
-    pytest.importorskip("facevib.data.synth", reason="facevib.data.synth (synthetic set writer) not available yet")
     synthetic = request.getfixturevalue("synthetic_dir")
     out = tmp_path / "out"
     argv = ["--data-root", str(synthetic), "--model", str(tiny_checkpoints["r18"]), "--out", str(out), "--no-progress"]

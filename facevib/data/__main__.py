@@ -1,6 +1,6 @@
 """``python -m facevib.data {synth,pack,inspect}``: make, pack and look at face sets.
 
-Each subcommand is a thin shell over a library function (``facevib.data.synth``,
+Each subcommand is a thin shell over a library function (``facevib.synth``,
 ``facevib.data.pack``, ``facevib.data.inspect``). User mistakes (missing folders, bad
 landmark lines, unreadable images, out-of-range options) print one ``error:`` line and
 exit with status 2; a traceback means a bug.
@@ -18,7 +18,7 @@ __all__ = ["main", "build_parser"]
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from facevib.data.synth import SynthOptions, write_synthetic_dataset
+    from facevib.synth import SynthOptions, write_synthetic_dataset
 
     options = {f.name: getattr(args, f.name) for f in fields(SynthOptions)}
     summary = write_synthetic_dataset(args.out, **options)
@@ -86,7 +86,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
-    from facevib.data.synth import SynthOptions
+    from facevib.synth import SynthOptions
 
     parser = sub.add_parser(
         "synth",
