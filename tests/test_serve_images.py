@@ -125,7 +125,7 @@ def test_landmark_mode_is_facevib_align_and_normalise_matches_training() -> None
     mode, faces = prepare_faces(spec, input_size=112, max_pixels=10**8, detector=None)
     assert mode == "landmarks" and len(faces) == 1
     np.testing.assert_array_equal(faces[0].crop, norm_crop(photo, landmarks))
-    blob = normalise(faces[0].crop[None], (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    blob = normalise(faces[0].crop[None], (127.5,) * 3, (127.5,) * 3)
     expected = (faces[0].crop.transpose(2, 0, 1)[None].astype(np.float32) / 255.0 - 0.5) / 0.5
     np.testing.assert_allclose(blob, expected, atol=1e-6)
 

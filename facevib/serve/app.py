@@ -343,7 +343,7 @@ async def verify(request: Request) -> JSONResponse:
         {
             "score": score,
             "threshold": threshold,
-            "match": score >= threshold,
+            "match": score > threshold,  # the calibration contract: accept iff cosine > threshold
             "threshold_source": source,
             "target_fpr": target_fpr,
         }
@@ -378,7 +378,7 @@ async def info(request: Request) -> dict[str, Any]:
 
     settings = state.settings
     return {
-        "model": runtime.metadata.to_dict(),
+        "model": runtime.metadata.as_dict(),
         "runtime": runtime.info(),
         "batching": {
             "max_batch": settings.max_batch,

@@ -201,11 +201,17 @@ def _align(image: np.ndarray, landmarks: np.ndarray, size: int, field: str) -> n
         raise ServeError("invalid_landmarks", str(err), f"{field}.landmarks") from None
 
 
-def normalise(crops: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """``(N, S, S, 3)`` uint8 RGB -> ``(N, 3, S, S)`` float32 ``(x / 255 - mean) / std``, per channel."""
-    scale = (1.0 / (255.0 * np.asarray(std, dtype=np.float32))).reshape(1, 3, 1, 1)
-    shift = (np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)).reshape(1, 3, 1, 1)
+def normalise(crops: np.ndarray, mean: Sequence[float], std: Sequence[float], *, bgr: bool = False) -> np.ndarray:
+    """``(N, S, S, 3)`` uint8 RGB -> ``(N, 3, S, S)`` float32 ``(pixel - mean) / std`` per channel.
+
+    ``mean`` and ``std`` are on the 0-255 scale, in the model's channel order (the model
+    metadata's ``preprocess``); ``bgr`` feeds the channels reversed.
+    """
+    if bgr:
+        crops = crops[..., ::-1]
+    inv_std = (1.0 / np.asarray(std, dtype=np.float32)).reshape(1, 3, 1, 1)
+    shift = (np.asarray(mean, dtype=np.float32) * inv_std.reshape(3)).reshape(1, 3, 1, 1)
     out = crops.transpose(0, 3, 1, 2).astype(np.float32)
-    out *= scale
+    out *= inv_std
     out -= shift
     return out

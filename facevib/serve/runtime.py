@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from facevib.onnx_meta import ModelMetadata
+from facevib.align import arcface_template
+from facevib.onnx_meta import ModelMetadata, read_metadata
 
 __all__ = ["ModelRuntime", "pad_sizes"]
 
@@ -114,7 +115,8 @@ class ModelRuntime:
                 f"CUDA was requested (device={device}) but ONNX Runtime runs on {active[0]}: the CUDA provider "
                 "failed to start (check the CUDA and cuDNN libraries onnxruntime-gpu needs); serving on the CPU"
             )
-        metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map)
+        metadata = read_metadata(session)  # MetadataError is a ValueError naming the key
+        _check_alignment(metadata, warnings)
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise ValueError(f"{path}: expected one (N, 3, S, S) input, got {[(i.name, i.shape) for i in inputs]}")
@@ -194,6 +196,19 @@ class ModelRuntime:
             "outputs": [self.embedding_output] + ([self.uncertainty_output] if self.uncertainty_output else []),
             "warnings": self.warnings,
         }
+
+
+def _check_alignment(metadata: ModelMetadata, warnings: list[str]) -> None:
+    """Landmark and detection modes warp onto facevib.align's ArcFace template: say so if the
+    model was trained on another one."""
+    preprocess = metadata.preprocess
+    template = np.asarray(preprocess["template"], dtype=np.float64)
+    ours = arcface_template(metadata.input_size)
+    if preprocess["alignment"] != "arcface_5pt" or not np.allclose(template, ours, atol=1e-3):
+        warnings.append(
+            f"the model's metadata names alignment {preprocess['alignment']!r} with template {template.tolist()}; "
+            "the server aligns photos to the ArcFace 5-point template (aligned crops are used as sent)"
+        )
 
 
 def _providers(device: str, available: list[str], warnings: list[str]) -> list:

@@ -80,7 +80,7 @@ class MultipartEmbedRequest(BaseModel):
 class EmbedEnvelope(_Strict):
     """First validation step of ``/v1/embed``: the images are checked one by one afterwards."""
 
-    images: list[dict[str, Any]] = Field(min_length=1)
+    images: list[Any] = Field(min_length=1)
 
 
 class VerifyRequest(_Strict):
@@ -141,7 +141,7 @@ class EmbedResponse(BaseModel):
 class VerifyResponse(BaseModel):
     score: float = Field(description="Cosine similarity of the two embeddings.")
     threshold: float
-    match: bool = Field(description="score >= threshold.")
+    match: bool = Field(description="score > threshold (the calibration's rule).")
     threshold_source: Literal["request", "calibration", "server"] = Field(
         description="request: the request's threshold; calibration: the model's calibrated threshold; "
         "server: the server's --threshold setting."

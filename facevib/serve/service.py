@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -79,8 +80,10 @@ class Service:
         self.pool = pool
         self._detector = detector
         self._count_faces = count_faces
-        mean, std = runtime.metadata.preprocess_mean_std()
-        self._mean, self._std = mean, std
+        preprocess = runtime.metadata.preprocess
+        self._normalise = functools.partial(
+            normalise, mean=preprocess["mean"], std=preprocess["std"], bgr=preprocess["color"] == "BGR"
+        )
 
     # ------------------------------------------------------------------ stages
 
@@ -109,7 +112,7 @@ class Service:
     async def _infer(self, crops: list[np.ndarray], deadline: float) -> tuple[tuple[np.ndarray, ...], float, float]:
         """Embeddings (and uncertainty) of ``crops`` through the batcher; (outputs, queue_s, infer_s)."""
         loop = asyncio.get_running_loop()
-        inputs = await loop.run_in_executor(self.pool, normalise, np.stack(crops), self._mean, self._std)
+        inputs = await loop.run_in_executor(self.pool, self._normalise, np.stack(crops))
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise ServeError("timeout", f"request deadline of {self.settings.request_timeout_s:g} s passed")
