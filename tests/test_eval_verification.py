@@ -14,6 +14,7 @@ from sklearn.model_selection import KFold
 from torch import nn
 
 from facevib.data.bins import VerificationBin, write_bin
+from facevib.data.transforms import images_to_tensor
 from facevib.eval.embed import Embedder
 from facevib.eval.verification import (
     INSIGHTFACE_THRESHOLDS,
@@ -21,6 +22,7 @@ from facevib.eval.verification import (
     evaluate_verification,
     kfold_splits,
     load_bins,
+    unique_images,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,6 +193,31 @@ def test_evaluate_bins_on_a_training_module_gives_the_known_answer_and_restores_
     assert got["embedding_norm"] == pytest.approx(expected["embedding_norm"], rel=1e-5)
     assert got["xnorm"] == pytest.approx(np.linalg.norm(net.expected(colours), axis=1).mean(), rel=1e-5)
     assert got["tar_at_far"] == pytest.approx(expected["tar_at_far"])
+
+
+def test_evaluate_bins_embeds_each_distinct_image_once_with_the_same_result() -> None:
+    # Pairs reusing a pool of photos, as LFW does: 30 pairs over 12 distinct images.
+    net = ColourNet().eval()
+    pool, _, _ = _uniform_pairs(6, seed=3)
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(pool), size=60)
+    images, issame = pool[picks], rng.random(30) < 0.5
+    seen: list[int] = []
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        seen.append(len(batch))
+        with torch.no_grad():
+            return net(images_to_tensor(batch)).numpy()
+
+    got = evaluate_bins(Embedder(forward, batch_size=8), [VerificationBin("pool", images, issame)], n_folds=3)["pool"]
+    distinct = len(np.unique(picks))
+    assert got["unique_images"] == distinct and sum(seen) == 2 * distinct  # each image and its flip, once
+    plain = Embedder(forward, batch_size=8)
+    reference = evaluate_verification(plain(images), issame, n_folds=3)  # every row embedded
+    assert got["fold_accuracies"] == pytest.approx(reference["fold_accuracies"])
+    assert got["embedding_norm"] == pytest.approx(reference["embedding_norm"], rel=1e-6)
+    first, inverse = unique_images(images)
+    assert np.array_equal(images[first][inverse], images) and np.array_equal(np.sort(first), first)
 
 
 def _write_bins(folder: Path, names: list[str]) -> None:

@@ -197,7 +197,7 @@ def _available_cpus() -> int:
 def _run(jobs: list, workers: int) -> Iterator:
     """Results of ``jobs`` in order, computed by ``workers`` processes (1: in this process).
 
-    Workers are fresh interpreters (``python -m facevib.synth.jobs``), not forks or
+    Workers are fresh interpreters (``python -m facevib.synth.worker``), not forks or
     multiprocessing children: a fork would copy a caller's threads and locks mid-state
     (torch, cv2), and spawn/forkserver re-import the caller's main script, which fails in
     scripts without an ``if __name__ == "__main__"`` guard. Job ``i`` goes to worker
@@ -216,7 +216,7 @@ def _run(jobs: list, workers: int) -> Iterator:
             for w in range(workers):
                 job_file = Path(tmp) / f"jobs-{w}.pickle"
                 job_file.write_bytes(pickle.dumps(jobs[w::workers]))
-                command = [sys.executable, "-m", "facevib.synth.jobs", str(job_file)]
+                command = [sys.executable, "-m", "facevib.synth.worker", str(job_file)]
                 procs.append(subprocess.Popen(command, stdout=subprocess.PIPE, env=env))
             for i, job in enumerate(jobs):
                 proc = procs[i % workers]

@@ -169,10 +169,3 @@ def worker_main(job_file: str) -> int:
             return 1
     return 0
 
-
-if __name__ == "__main__":
-    # Import by name: run as a script this file is "__main__", but the jobs unpickle as
-    # facevib.synth.jobs classes, which run_job must recognise.
-    from facevib.synth.jobs import worker_main as _main
-
-    sys.exit(_main(sys.argv[1]))
