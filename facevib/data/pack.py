@@ -33,6 +33,14 @@ import numpy as np
 from facevib.align import norm_crop
 from facevib.data.bins import encode_jpeg
 from facevib.data.imagecodec import decode_rgb
+from facevib.data.ms1m_layout import (
+    FIRST_IMAGE_KEY,
+    HEADER_KEY,
+    MS1MHeader,
+    identity_ranges_for_counts,
+    identity_record,
+    labels_from_ranges,
+)
 from facevib.data.recordio import IndexedRecordWriter, RecordHeader, pack
 
 __all__ = [
@@ -57,44 +65,35 @@ def write_ms1m(prefix: str | os.PathLike, counts: Sequence[int], payloads: Itera
     """Write ``prefix.rec``/``.idx`` in the MS1M layout (see :func:`write_property` for ``property``).
 
     ``counts[c]`` is the number of images of label ``c``; ``payloads`` yields the encoded
-    images grouped by label in order. Layout (as in the MS1M/Glint sets insightface
-    distributes): key 0 is a header with ``flag = 2`` and labels
-    ``[first identity record key, end key]``; keys ``1..n`` are the images with scalar
-    labels; then one identity record per label with labels ``[first image key, last + 1]``.
+    images grouped by label in order. The layout is :mod:`facevib.data.ms1m_layout`'s: key 0
+    the header record, keys ``1..n`` the images with scalar labels, then one identity
+    record per label with its image-key range.
     """
     prefix = Path(prefix)
-    total = int(sum(counts))
     if any(c < 1 for c in counts):
         raise ValueError(f"{prefix}: every identity needs at least one image, counts {list(counts)[:10]}")
-    first_identity = total + 1
-    end = first_identity + len(counts)
+    ranges = identity_ranges_for_counts(counts)
+    header = MS1MHeader.for_counts(int(sum(counts)), len(counts))
+    total = header.num_images
     rec, idx = prefix.parent / (prefix.name + ".rec"), prefix.parent / (prefix.name + ".idx")
-    written = 0
     with IndexedRecordWriter(rec, idx) as writer:
-        writer.write_key(0, pack(RecordHeader(2, np.array([first_identity, end], np.float32), 0, 0)))
+        writer.write_key(HEADER_KEY, pack(header.record()))
         images = iter(payloads)
-        key = 1
-        for label, count in enumerate(counts):
-            for _ in range(count):
-                payload = next(images, None)
-                if payload is None:
-                    raise ValueError(f"{rec}: only {written} images given for {total} announced")
-                writer.write_key(key, pack(RecordHeader(0, float(label), key, 0), payload))
-                key += 1
-                written += 1
+        for key, label in zip(header.image_keys.tolist(), labels_from_ranges(ranges).tolist(), strict=True):
+            payload = next(images, None)
+            if payload is None:
+                raise ValueError(f"{rec}: only {key - FIRST_IMAGE_KEY} images given for {total} announced")
+            writer.write_key(key, pack(RecordHeader(0, float(label), key, 0), payload))
         if next(images, None) is not None:
             raise ValueError(f"{rec}: more images given than the {total} announced")
-        start = 1
-        for count in counts:
-            writer.write_key(key, pack(RecordHeader(2, np.array([start, start + count], np.float32), key, 0)))
-            start += count
-            key += 1
+        for key, (start, end) in zip(header.identity_keys.tolist(), ranges.tolist(), strict=True):
+            writer.write_key(key, pack(identity_record(key, start, end)))
     return {
         "rec": str(rec),
         "idx": str(idx),
         "images": total,
         "identities": len(counts),
-        "header": [first_identity, end],
+        "header": [header.first_identity_key, header.end_key],
     }
 
 
