@@ -27,7 +27,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(ServeSettings):
         # Strings here; ServeSettings.from_strings converts and checks them, as it does env vars.
-        parser.add_argument(flag_name(f.name), dest=f.name, default=None, help=f"{f.metadata['help']} [{env_name(f.name)}]")
+        parser.add_argument(
+            flag_name(f.name), dest=f.name, default=None, help=f"{f.metadata['help']} [{env_name(f.name)}]"
+        )
     return parser
 
 

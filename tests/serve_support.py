@@ -128,8 +128,9 @@ def with_calibration(src: Path, dst: Path, threshold: float, target_fpr: float) 
     from facevib.onnx_meta import Calibration, ModelMetadata, default_preprocess
 
     calibration = Calibration(threshold, target_fpr, 0.0, 0.9, 20_000, 3_000, True, "tests")
-    metadata = ModelMetadata("0.1.0", "r18", dict(TINY), TINY["embedding_dim"], 112, default_preprocess(112),
-                             calibration=calibration)
+    metadata = ModelMetadata(
+        "0.1.0", "r18", dict(TINY), TINY["embedding_dim"], 112, default_preprocess(112), calibration=calibration
+    )
     model = onnx.load(str(src))
     del model.metadata_props[:]
     for key, value in metadata.to_props().items():
@@ -140,7 +141,9 @@ def with_calibration(src: Path, dst: Path, threshold: float, target_fpr: float) 
 
 
 @contextmanager
-def running_server(*args: str, env: dict[str, str] | None = None, timeout: float = 60.0) -> Iterator[tuple[str, subprocess.Popen]]:
+def running_server(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60.0
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """``python serve/app.py ARGS --port P`` on 127.0.0.1; yields (base URL, process) once /health is 200."""
     from conftest import _free_port, _terminate_tree
 

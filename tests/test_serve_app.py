@@ -137,11 +137,23 @@ def _good() -> str:
 BAD_EMBED = [
     # (description, images, status, code, field)
     ("bad base64", lambda: [{"data": "not*base64"}], 422, "invalid_base64", "images[0].data"),
-    ("not an image", lambda: [{"data": b64(b"hello, this is text")}], 422, "unsupported_image_format", "images[0].data"),
+    (
+        "not an image",
+        lambda: [{"data": b64(b"hello, this is text")}],
+        422,
+        "unsupported_image_format",
+        "images[0].data",
+    ),
     ("undecodable PNG", lambda: [{"data": b64(b"\x89PNG\r\n\x1a\n" + bytes(40))}], 422, None, "images[0].data"),
     ("truncated JPEG", lambda: [{"data": _truncated_jpeg()}], 422, "invalid_image", "images[0].data"),
     ("decompression bomb", lambda: [{"data": _bomb()}], 413, "image_too_large", "images[0].data"),
-    ("4 landmarks", lambda: [{"data": _good(), "landmarks": [[1, 2]] * 4}], 422, "validation_error", "images[0].landmarks"),
+    (
+        "4 landmarks",
+        lambda: [{"data": _good(), "landmarks": [[1, 2]] * 4}],
+        422,
+        "validation_error",
+        "images[0].landmarks",
+    ),
     (
         "3-number point",
         lambda: [{"data": _good(), "landmarks": [[1, 2, 3]] + [[1, 2]] * 4}],
@@ -156,12 +168,27 @@ BAD_EMBED = [
         "validation_error",
         "images[0].landmarks[0][0]",
     ),
-    ("wrong crop size", lambda: [{"data": b64(png(np.zeros((100, 90, 3), np.uint8))), "aligned": True}], 422,
-     "wrong_crop_size", "images[0].data"),
-    ("no landmarks, no detector", lambda: [{"data": b64(png(np.zeros((200, 150, 3), np.uint8)))}], 422,
-     "no_landmarks", "images[0].landmarks"),
-    ("unknown field", lambda: [{"data": _good(), "landmark": [[1, 2]] * 5}], 422, "validation_error",
-     "images[0].landmark"),
+    (
+        "wrong crop size",
+        lambda: [{"data": b64(png(np.zeros((100, 90, 3), np.uint8))), "aligned": True}],
+        422,
+        "wrong_crop_size",
+        "images[0].data",
+    ),
+    (
+        "no landmarks, no detector",
+        lambda: [{"data": b64(png(np.zeros((200, 150, 3), np.uint8)))}],
+        422,
+        "no_landmarks",
+        "images[0].landmarks",
+    ),
+    (
+        "unknown field",
+        lambda: [{"data": _good(), "landmark": [[1, 2]] * 5}],
+        422,
+        "validation_error",
+        "images[0].landmark",
+    ),
     ("data missing", lambda: [{}], 422, "validation_error", "images[0].data"),
     ("not an object", lambda: ["abc"], 422, "validation_error", "images[0]"),
 ]
@@ -185,39 +212,85 @@ def _raw(text: str) -> dict:
     return {"content": text.encode(), "headers": {"content-type": "application/json"}}
 
 
+def _landmarks_json(first: float) -> str:
+    """A body whose first landmark coordinate is ``first`` (NaN/Infinity: JSON extensions many clients emit)."""
+    return json.dumps({"images": [{"data": _good(), "landmarks": [[first, 1.0]] + [[1.0, 2.0]] * 4}]})
+
+
 BAD_REQUESTS = [
-    ("NaN landmark", "/v1/embed", lambda: _raw('{"images": [{"data": "%s", "landmarks": [[NaN, 1], [1, 2], [1, 2], '
-                                               '[1, 2], [1, 2]]}]}' % _good()), 422, "images[0].landmarks[0][0]"),
-    ("infinite landmark", "/v1/embed", lambda: _raw('{"images": [{"data": "%s", "landmarks": [[1e999, 1], [1, 2], '
-                                                    '[1, 2], [1, 2], [1, 2]]}]}' % _good()), 422,
-     "images[0].landmarks[0][0]"),
+    ("NaN landmark", "/v1/embed", lambda: _raw(_landmarks_json(float("nan"))), 422, "images[0].landmarks[0][0]"),
+    ("infinite landmark", "/v1/embed", lambda: _raw(_landmarks_json(float("inf"))), 422, "images[0].landmarks[0][0]"),
     ("malformed JSON", "/v1/embed", lambda: _raw('{"images": ['), 400, "body"),
     ("no images", "/v1/embed", lambda: {"json": {"images": []}}, 422, "images"),
     ("images not a list", "/v1/embed", lambda: {"json": {"images": "x"}}, 422, "images"),
     ("too many images", "/v1/embed", lambda: {"json": {"images": [{"data": "eA=="}] * 9}}, 422, "images"),
-    ("text/plain", "/v1/embed", lambda: {"content": b"hello", "headers": {"content-type": "text/plain"}}, 415,
-     "content-type"),
+    (
+        "text/plain",
+        "/v1/embed",
+        lambda: {"content": b"hello", "headers": {"content-type": "text/plain"}},
+        415,
+        "content-type",
+    ),
     ("no content type", "/v1/verify", lambda: {"content": b"{}"}, 415, "content-type"),
     ("body too large", "/v1/embed", lambda: {"json": {"images": [{"data": "A" * 3_000_000}]}}, 413, "body"),
-    ("embedding of wrong size", "/v1/verify", lambda: {"json": {"a": {"embedding": [0.1] * 31}, "b": {"embedding": [0.1] * 32}}},
-     422, "a.embedding"),
-    ("NaN embedding", "/v1/verify", lambda: _raw('{"a": {"embedding": [NaN%s]}, "b": {"embedding": [1]}}' % (", 1" * 31)),
-     422, "a.embedding[0]"),
-    ("zero embedding", "/v1/verify", lambda: {"json": {"a": {"embedding": [0.0] * 32}, "b": {"embedding": [0.1] * 32}}},
-     422, "a.embedding"),
-    ("bad base64 in verify", "/v1/verify", lambda: {"json": {"a": {"data": "!!"}, "b": {"embedding": [0.1] * 32}}},
-     422, "a.data"),
-    ("bad landmarks in verify", "/v1/verify", lambda: {"json": {"a": {"data": _good(), "landmarks": [[0, 0]] * 6},
-                                                                "b": {"embedding": [0.1] * 32}}}, 422, "a.landmarks"),
-    ("threshold out of range", "/v1/verify", lambda: {"json": {"a": {"embedding": [0.1] * 32},
-                                                               "b": {"embedding": [0.1] * 32}, "threshold": 2}},
-     422, "threshold"),
-    ("multipart without images", "/v1/embed", lambda: {"files": [("other", ("a.png", b"x", "image/png"))]}, 422, "other"),
+    (
+        "embedding of wrong size",
+        "/v1/verify",
+        lambda: {"json": {"a": {"embedding": [0.1] * 31}, "b": {"embedding": [0.1] * 32}}},
+        422,
+        "a.embedding",
+    ),
+    (
+        "NaN embedding",
+        "/v1/verify",
+        lambda: _raw(json.dumps({"a": {"embedding": [float("nan")] + [1.0] * 31}, "b": {"embedding": [1.0]}})),
+        422,
+        "a.embedding[0]",
+    ),
+    (
+        "zero embedding",
+        "/v1/verify",
+        lambda: {"json": {"a": {"embedding": [0.0] * 32}, "b": {"embedding": [0.1] * 32}}},
+        422,
+        "a.embedding",
+    ),
+    (
+        "bad base64 in verify",
+        "/v1/verify",
+        lambda: {"json": {"a": {"data": "!!"}, "b": {"embedding": [0.1] * 32}}},
+        422,
+        "a.data",
+    ),
+    (
+        "bad landmarks in verify",
+        "/v1/verify",
+        lambda: {"json": {"a": {"data": _good(), "landmarks": [[0, 0]] * 6}, "b": {"embedding": [0.1] * 32}}},
+        422,
+        "a.landmarks",
+    ),
+    (
+        "threshold out of range",
+        "/v1/verify",
+        lambda: {"json": {"a": {"embedding": [0.1] * 32}, "b": {"embedding": [0.1] * 32}, "threshold": 2}},
+        422,
+        "threshold",
+    ),
+    (
+        "multipart without images",
+        "/v1/embed",
+        lambda: {"files": [("other", ("a.png", b"x", "image/png"))]},
+        422,
+        "other",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "path", "request_kwargs", "status", "field"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
-def test_bad_requests_get_their_4xx_naming_the_field(client: TestClient, name, path, request_kwargs, status, field) -> None:
+@pytest.mark.parametrize(
+    ("name", "path", "request_kwargs", "status", "field"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS]
+)
+def test_bad_requests_get_their_4xx_naming_the_field(
+    client: TestClient, name, path, request_kwargs, status, field
+) -> None:
     response = client.post(path, **request_kwargs())
     assert response.status_code == status, response.text
     body = response.json()
@@ -259,8 +332,13 @@ def test_api_key_guards_everything_but_health(models) -> None:
     settings = ServeSettings(model=str(models.plain), api_key="s3cret")
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         assert client.get("/health").status_code == 200
-        for method, path in (("get", "/v1/info"), ("get", "/metrics"), ("get", "/openapi.json"), ("post", "/v1/embed"),
-                             ("post", "/v1/verify")):
+        for method, path in (
+            ("get", "/v1/info"),
+            ("get", "/metrics"),
+            ("get", "/openapi.json"),
+            ("post", "/v1/embed"),
+            ("post", "/v1/verify"),
+        ):
             response = client.request(method, path)
             assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized", path
             wrong = client.request(method, path, headers={"X-API-Key": "s3cre7"})
@@ -289,6 +367,7 @@ def test_settings_from_environment_and_errors(models) -> None:
     env = {"FACEVIB_MODEL": str(models.plain), "FACEVIB_MAX_BATCH": "4", "FACEVIB_MAX_DELAY_MS": "2.5"}
     settings = ServeSettings.from_env(env)
     assert (settings.model, settings.max_batch, settings.max_delay_ms) == (str(models.plain), 4, 2.5)
+    assert ServeSettings.from_env({"FACEVIB_API_KEY": ""}).api_key is None  # compose's `${KEY:-}`
     with pytest.raises(ValueError, match="max_batch must be int"):
         ServeSettings.from_env({"FACEVIB_MAX_BATCH": "many"})
     with pytest.raises(ValueError, match="max_queue"):

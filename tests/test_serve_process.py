@@ -7,6 +7,8 @@ answer here also shows that ``facevib.serve`` and what it imports work without i
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
 import socket
 import subprocess
@@ -19,7 +21,17 @@ import httpx
 import hypothesis
 import numpy as np
 import pytest
-from serve_support import ROOT, aligned_crops, b64, png, running_server, serve_models, server_log, torch_embeddings, unit
+from serve_support import (
+    ROOT,
+    aligned_crops,
+    b64,
+    png,
+    running_server,
+    serve_models,
+    server_log,
+    torch_embeddings,
+    unit,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -42,8 +54,6 @@ sys.meta_path.insert(0, _NoTorch())
 @pytest.fixture(scope="module")
 def no_torch_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Environment whose interpreters cannot import torch (a sitecustomize meta-path blocker)."""
-    import os
-
     folder = tmp_path_factory.mktemp("no_torch")
     (folder / "sitecustomize.py").write_text(BLOCKER)
     paths = [str(folder), str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
@@ -59,10 +69,13 @@ def server(no_torch_env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen
 
 
 def test_the_blocker_really_blocks_torch(no_torch_env: dict[str, str]) -> None:
-    import os
-
-    out = subprocess.run([sys.executable, "-c", "import torch"], env={**os.environ, **no_torch_env},
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", "import torch"],
+        env={**os.environ, **no_torch_env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode != 0 and "blocked for the serving test" in out.stderr
 
 
@@ -88,7 +101,9 @@ def test_64_simultaneous_requests_each_get_their_own_embedding(server) -> None:
     expected = unit(torch_embeddings(serve_models().model, crops))
 
     async def one(client: httpx.AsyncClient, i: int) -> list[float]:
-        response = await client.post(f"{url}/v1/embed", json={"images": [{"data": b64(png(crops[i])), "aligned": True}]})
+        response = await client.post(
+            f"{url}/v1/embed", json={"images": [{"data": b64(png(crops[i])), "aligned": True}]}
+        )
         assert response.status_code == 200, response.text
         return response.json()["results"][0]["faces"][0]["embedding"]
 
@@ -129,7 +144,9 @@ def test_schemathesis_finds_no_server_error(server) -> None:
         def check(case) -> None:
             response = case.call(base_url=url, timeout=30)
             seen.append(response.status_code)
-            assert response.status_code < 500, f"{case.method} {case.path}: {response.status_code} {response.text[:300]}"
+            assert response.status_code < 500, (
+                f"{case.method} {case.path}: {response.status_code} {response.text[:300]}"
+            )
 
         check()
     assert len(seen) >= 20 and any(400 <= s < 500 for s in seen)
@@ -162,7 +179,7 @@ def test_items_of_a_client_that_went_away_are_dropped() -> None:
     models = serve_models()
     with running_server("--model", str(models.plain), "--max-batch", "64", "--max-delay-ms", "1500") as (url, _):
         port = int(url.rsplit(":", 1)[1])
-        body = ('{"images": [{"data": "%s"}]}' % b64(png(aligned_crops()[0]))).encode()
+        body = json.dumps({"images": [{"data": b64(png(aligned_crops()[0]))}]}).encode()
         head = f"POST /v1/embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(head.encode() + body)
@@ -189,6 +206,12 @@ def test_items_of_a_client_that_went_away_are_dropped() -> None:
 )
 def test_cli_configuration_mistakes_exit_2_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:
     (tmp_path / "x.onnx").write_bytes(b"")
-    out = subprocess.run([sys.executable, str(ROOT / "serve" / "app.py"), *args], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=60, env={**__import__("os").environ, "FACEVIB_MODEL": ""})
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "serve" / "app.py"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "FACEVIB_MODEL": ""},
+    )
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -79,8 +79,9 @@ class ServerState:
 
     def ready_service(self) -> Service:
         if self.service is None:
-            raise ServeError("unavailable", "the model is not loaded (starting up or shutting down)",
-                             headers={"Retry-After": "5"})
+            raise ServeError(
+                "unavailable", "the model is not loaded (starting up or shutting down)", headers={"Retry-After": "5"}
+            )
         return self.service
 
 
@@ -350,7 +351,9 @@ async def verify(request: Request) -> JSONResponse:
     )
 
 
-def _threshold(requested: float | None, runtime: ModelRuntime, settings: ServeSettings) -> tuple[float, str, float | None]:
+def _threshold(
+    requested: float | None, runtime: ModelRuntime, settings: ServeSettings
+) -> tuple[float, str, float | None]:
     if requested is not None:
         return float(requested), "request", None
     calibration = runtime.metadata.calibration
@@ -429,7 +432,9 @@ async def health(request: Request) -> JSONResponse:
     runtime = service.runtime
     started = time.perf_counter()
     try:
-        result = await service.batcher.submit(runtime.fixed_input(), timeout_s=min(10.0, state.settings.request_timeout_s))
+        result = await service.batcher.submit(
+            runtime.fixed_input(), timeout_s=min(10.0, state.settings.request_timeout_s)
+        )
     except QueueFull:
         raise ServeError("overloaded", "queue full", headers={"Retry-After": "1"}) from None
     except DeadlineExceeded:
@@ -441,7 +446,11 @@ async def health(request: Request) -> JSONResponse:
     if not np.allclose(result.outputs[0][0], runtime.reference_output, rtol=1e-3, atol=1e-4):
         raise ServeError("unavailable", "inference on the fixed input no longer matches its start-up output")
     return JSONResponse(
-        {"status": "ok", "model": runtime.metadata.model_name, "inference_ms": round(1e3 * (time.perf_counter() - started), 3)}
+        {
+            "status": "ok",
+            "model": runtime.metadata.model_name,
+            "inference_ms": round(1e3 * (time.perf_counter() - started), 3),
+        }
     )
 
 

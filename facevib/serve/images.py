@@ -167,7 +167,9 @@ def prepare_faces(
         return mode, [FaceCrop(image, None, None, None)]
     if mode == "landmarks":
         assert spec.landmarks is not None
-        return mode, [FaceCrop(_align(image, spec.landmarks, input_size, spec.field), None, _points(spec.landmarks), None)]
+        return mode, [
+            FaceCrop(_align(image, spec.landmarks, input_size, spec.field), None, _points(spec.landmarks), None)
+        ]
     if detector is None:
         raise ServeError(
             "no_landmarks",

@@ -29,7 +29,10 @@ class ServeMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "facevib_requests", "HTTP requests answered, by endpoint and status code", ["endpoint", "status"], registry=r
+            "facevib_requests",
+            "HTTP requests answered, by endpoint and status code",
+            ["endpoint", "status"],
+            registry=r,
         )
         self.request_seconds = Histogram(
             "facevib_request_duration_seconds",
@@ -39,13 +42,21 @@ class ServeMetrics:
             registry=r,
         )
         self.errors = Counter("facevib_errors", "Errors answered, by error code", ["code"], registry=r)
-        self.faces = Counter("facevib_faces", "Faces embedded, by mode (aligned, landmarks, detect)", ["mode"], registry=r)
+        self.faces = Counter(
+            "facevib_faces", "Faces embedded, by mode (aligned, landmarks, detect)", ["mode"], registry=r
+        )
         batch_buckets = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, max_batch})
         self.batch_size = Histogram(
-            "facevib_batch_size", "Faces per inference run", buckets=[b for b in batch_buckets if b <= max_batch], registry=r
+            "facevib_batch_size",
+            "Faces per inference run",
+            buckets=[b for b in batch_buckets if b <= max_batch],
+            registry=r,
         )
         self.inference_seconds = Histogram(
-            "facevib_inference_duration_seconds", "Run time of one inference batch", buckets=_LATENCY_BUCKETS, registry=r
+            "facevib_inference_duration_seconds",
+            "Run time of one inference batch",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_seconds = Histogram(
             "facevib_queue_duration_seconds",
@@ -55,7 +66,9 @@ class ServeMetrics:
         )
         self.queue_depth = Gauge("facevib_queue_depth", "Faces waiting in the batching queue", registry=r)
         self.dropped = Counter(
-            "facevib_dropped", "Queued items dropped before inference (cancelled: client gone; deadline)", ["reason"],
+            "facevib_dropped",
+            "Queued items dropped before inference (cancelled: client gone; deadline)",
+            ["reason"],
             registry=r,
         )
         self.model_info = Gauge(

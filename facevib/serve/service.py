@@ -128,7 +128,9 @@ class Service:
 
     # ------------------------------------------------------------------ endpoints
 
-    async def embed(self, specs: Sequence[ImageSpec | ServeError], options: DetectOptions | None = None) -> EmbedOutcome:
+    async def embed(
+        self, specs: Sequence[ImageSpec | ServeError], options: DetectOptions | None = None
+    ) -> EmbedOutcome:
         """Embed every face of every image; one image's error does not fail the others."""
         started = time.monotonic()
         deadline = started + self.settings.request_timeout_s

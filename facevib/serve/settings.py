@@ -41,7 +41,9 @@ class ServeSettings:
     max_queue: int = _help("faces allowed to wait; beyond, requests get 503 with Retry-After", default=512)
     request_timeout_s: float = _help("deadline of a request in the queue and inference (504 beyond)", default=30.0)
     max_body_mb: float = _help("largest request body (413 beyond)", default=32.0)
-    max_image_pixels: int = _help("largest image, width x height, read from its header (413 beyond)", default=40_000_000)
+    max_image_pixels: int = _help(
+        "largest image, width x height, read from its header (413 beyond)", default=40_000_000
+    )
     max_images: int = _help("largest number of images in one /v1/embed request", default=64)
     threshold: float | None = _help(
         "cosine threshold of /v1/verify for models without a calibrated one in their metadata", default=None
@@ -118,9 +120,10 @@ class ServeSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeSettings:
-        """Settings from ``FACEVIB_<FIELD>`` variables (``FACEVIB_MAX_BATCH=16``); unset ones keep defaults."""
+        """Settings from ``FACEVIB_<FIELD>`` variables (``FACEVIB_MAX_BATCH=16``); unset or empty ones
+        keep their defaults (so ``FACEVIB_API_KEY=`` in a compose file means no key)."""
         environ = os.environ if environ is None else environ
-        values = {f.name: environ.get(env_name(f.name)) for f in dataclasses.fields(cls)}
+        values = {f.name: environ.get(env_name(f.name)) or None for f in dataclasses.fields(cls)}
         return cls.from_strings(values)
 
     def public(self) -> dict[str, Any]:
