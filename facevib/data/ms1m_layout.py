@@ -37,6 +37,7 @@ __all__ = [
     "HEADER_KEY",
     "MS1MHeader",
     "MS1MLayoutError",
+    "RANGE_LABELS",
     "check_identity_records",
     "identity_ranges_for_counts",
     "identity_record",
