@@ -1,6 +1,6 @@
 """The verification-set protocol (LFW, CFP-FP, AgeDB-30, CALFW, CPLFW), as insightface runs it.
 
-Protocol (``../shared/BRIEF.md`` §3, insightface ``eval/verification.py``):
+Protocol (insightface's ``eval/verification.py``):
 
 1. embed each image and its horizontal flip, sum the two, L2-normalise (float64);
 2. squared L2 distance ``d`` between the two normalised embeddings of each pair

@@ -8,11 +8,15 @@ One class, variants as data:
   the embedding. The state_dict uses arcface_torch's key names, so their ``backbone.pth``
   loads with ``strict=True``.
 * ``cell``   (``cellvib_r*``): the residual branch of each selected block is the mean
-  transform of a :class:`~facevib.models.vib.VIBCell` (seeds/000 Fig. 4): its sample is
+  transform of a :class:`~facevib.models.vib.VIBCell` (cellVIB paper, Fig. 4): its sample is
   taken before the sum with the identity. The sigma transform has the same shape as the
   residual branch with inner width ``planes * sigma_ratio`` (paper Table 1: 64+16, ...).
 * ``deep``   (``deepvib_r*``): Deep VIB (Alemi et al.), one VIB at the embedding: the mu
   head is the plain head, the sigma head is pooled BN2d-avgpool-FC-BN1d.
+
+Papers: cellVIB is Zhai, Ju, Lan, Xiao, "Cell Variational Information Bottleneck Network",
+arXiv:2403.15082 (the arXiv version was withdrawn); Deep VIB is Alemi, Fischer, Dillon, Murphy,
+"Deep Variational Information Bottleneck", arXiv:1612.00410.
 
 VIB parameters live under ``*.vib.*`` keys, apart from arcface_torch's names.
 """
