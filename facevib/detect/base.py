@@ -57,6 +57,11 @@ class Face:
         return float(self.bbox[3] - self.bbox[1])
 
     @property
+    def size(self) -> float:
+        """The longer side of the box: what ``min_face_size`` is compared with."""
+        return max(self.width, self.height)
+
+    @property
     def area(self) -> float:
         return max(self.width, 0.0) * max(self.height, 0.0)
 
@@ -86,7 +91,8 @@ class Detector(Protocol):
         """Faces in ``image`` (``H x W x 3`` uint8 RGB), largest box first.
 
         Args:
-            min_face_size: smallest face side in pixels to look for (None: the detector's default).
+            min_face_size: smallest face to return, in pixels of the longer box side (None: the
+                detector's default; MTCNN also starts its image pyramid there, so it is faster).
             threshold: smallest score to keep (None: the detector's default).
             max_faces: keep at most this many (the largest); None keeps all.
         """
@@ -110,9 +116,7 @@ def check_image(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def check_options(
-    min_face_size: float | None, threshold: float | None, max_faces: int | None
-) -> None:
+def check_options(min_face_size: float | None, threshold: float | None, max_faces: int | None) -> None:
     """``ValueError`` naming the option for values no detector can honour."""
     if min_face_size is not None and not (np.isfinite(min_face_size) and min_face_size > 0):
         raise ValueError(f"min_face_size must be a positive number of pixels, got {min_face_size!r}")
