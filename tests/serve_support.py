@@ -114,30 +114,20 @@ def serve_models() -> ServeModels:
         emb = unit(torch_embeddings(model, aligned_crops()))
         cross = float(emb[0] @ emb[1])
         threshold = round((cross + 1.0) / 2.0, 6)  # the two photos do not match; a photo matches itself
-        calibrated = with_calibration(plain, folder / "tiny_calibrated.onnx", threshold, 1e-4)
+        calibrated = with_calibration(model, plain, folder / "tiny_calibrated.onnx", threshold, 1e-4)
         torch.manual_seed(1)
         slower = export_onnx(create_model("r18", **SLOWER).eval(), folder / "slower.onnx", dynamo=False)
         _MODELS = ServeModels(model, plain, calibrated, threshold, 1e-4, slower)
     return _MODELS
 
 
-def with_calibration(src: Path, dst: Path, threshold: float, target_fpr: float) -> Path:
+def with_calibration(model: nn.Module, src: Path, dst: Path, threshold: float, target_fpr: float) -> Path:
     """A copy of ``src`` whose metadata carries a known calibration (as `--calibrate` would write)."""
-    import onnx
-
-    from facevib.onnx_meta import Calibration, ModelMetadata, default_preprocess
+    from facevib.export import build_metadata, write_metadata
+    from facevib.onnx_meta import Calibration
 
     calibration = Calibration(threshold, target_fpr, 0.0, 0.9, 20_000, 3_000, True, "tests")
-    metadata = ModelMetadata(
-        "0.1.0", "r18", dict(TINY), TINY["embedding_dim"], 112, default_preprocess(112), calibration=calibration
-    )
-    model = onnx.load(str(src))
-    del model.metadata_props[:]
-    for key, value in metadata.to_props().items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(model, str(dst))
-    return dst
+    return write_metadata(src, build_metadata(model, calibration=calibration), out=dst)
 
 
 @contextmanager

@@ -300,6 +300,15 @@ def test_bad_requests_get_their_4xx_naming_the_field(
     assert ok == 200
 
 
+def test_streamed_body_over_the_limit_is_cut_off(client: TestClient) -> None:
+    """No Content-Length (chunked upload): the limit is enforced while the body streams in."""
+    chunks = iter([b'{"images": [{"data": "'] + [b"A" * 500_000] * 6)
+    response = client.post("/v1/embed", content=chunks, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+    files = [("images", ("big.png", b"\x89PNG" + bytes(3_000_000), "image/png"))]
+    assert client.post("/v1/embed", files=files).status_code == 413  # multipart, declared length
+
+
 def test_unknown_routes_and_methods_use_the_error_shape(client: TestClient) -> None:
     missing = client.get("/v2/nothing")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"

@@ -151,6 +151,8 @@ def test_schemathesis_finds_no_server_error(server) -> None:
         check()
     assert len(seen) >= 20 and any(400 <= s < 500 for s in seen)
     assert httpx.get(f"{url}/health").status_code == 200
+    log = server_log(server[1])
+    assert "Traceback" not in log and "unhandled error" not in log, log[-3000:]
 
 
 def test_overload_answers_503_with_retry_after_and_recovers() -> None:
