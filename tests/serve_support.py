@@ -134,12 +134,17 @@ def with_calibration(model: nn.Module, src: Path, dst: Path, threshold: float, t
 def running_server(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60.0
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``python serve/app.py ARGS --port P`` on 127.0.0.1; yields (base URL, process) once /health is 200."""
+    """``python serve/app.py ARGS --port P`` (or ``uvicorn --factory facevib.serve:create_app`` when the
+    first arg is ``"uvicorn"``) on 127.0.0.1; yields (base URL, process) once /health is 200."""
     from conftest import _free_port, _terminate_tree
 
     port = _free_port()
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    cmd = [sys.executable, str(ROOT / "serve" / "app.py"), *args, "--host", "127.0.0.1", "--port", str(port)]
+    if args and args[0] == "uvicorn":  # the factory, configured by FACEVIB_* variables only
+        cmd = [sys.executable, "-m", "uvicorn", "--factory", "facevib.serve:create_app", *args[1:]]
+    else:
+        cmd = [sys.executable, str(ROOT / "serve" / "app.py"), *args]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
     log = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"

@@ -381,6 +381,8 @@ def test_settings_from_environment_and_errors(models) -> None:
         ServeSettings.from_env({"FACEVIB_MAX_BATCH": "many"})
     with pytest.raises(ValueError, match="max_queue"):
         ServeSettings(max_batch=64, max_queue=8)
+    with pytest.raises(ValueError, match=r"max_queue \(16\) must be >= max_images \(64\)"):
+        ServeSettings(max_batch=8, max_queue=16)
     with pytest.raises(ValueError, match="device"):
         ServeSettings(device="tpu")
     with pytest.raises(ValueError, match="no model"):

@@ -157,7 +157,18 @@ def test_schemathesis_finds_no_server_error(server) -> None:
 
 def test_overload_answers_503_with_retry_after_and_recovers() -> None:
     models = serve_models()
-    args = ("--model", str(models.slower), "--max-batch", "1", "--max-queue", "1", "--max-delay-ms", "0")
+    args = (
+        "--model",
+        str(models.slower),
+        "--max-batch",
+        "1",
+        "--max-queue",
+        "1",
+        "--max-images",
+        "1",
+        "--max-delay-ms",
+        "0",
+    )
     with running_server(*args) as (url, _):
         crop = b64(png(aligned_crops()[0]))
 
@@ -178,8 +189,10 @@ def test_overload_answers_503_with_retry_after_and_recovers() -> None:
 
 
 def test_items_of_a_client_that_went_away_are_dropped() -> None:
-    models = serve_models()
-    with running_server("--model", str(models.plain), "--max-batch", "64", "--max-delay-ms", "1500") as (url, _):
+    """Also the `uvicorn --factory` entry, configured by environment variables alone."""
+    env = {"FACEVIB_MODEL": str(serve_models().plain), "FACEVIB_MAX_BATCH": "64", "FACEVIB_MAX_DELAY_MS": "1500"}
+    with running_server("uvicorn", env=env) as (url, _):
+        assert httpx.get(f"{url}/v1/info").json()["batching"]["max_delay_ms"] == 1500
         port = int(url.rsplit(":", 1)[1])
         body = json.dumps({"images": [{"data": b64(png(aligned_crops()[0]))}]}).encode()
         head = f"POST /v1/embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"

@@ -64,6 +64,9 @@ class ServeSettings:
             raise ValueError(f"max_delay_ms must be in [0, 10000], got {self.max_delay_ms}")
         if self.max_queue < self.max_batch:
             raise ValueError(f"max_queue ({self.max_queue}) must be >= max_batch ({self.max_batch})")
+        if self.max_queue < self.max_images:
+            # A request's faces enter the queue together: a smaller queue could never take it.
+            raise ValueError(f"max_queue ({self.max_queue}) must be >= max_images ({self.max_images})")
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be in 1..65535, got {self.port}")
         for name in ("intra_op_threads", "decode_workers"):
