@@ -361,6 +361,12 @@ class IResNet(nn.Module):
         return self.num_cells > 0
 
     @property
+    def uncertainty_cells(self) -> tuple[int, ...]:
+        """Global block indices of the cells scored by :meth:`forward_with_uncertainty`
+        (empty for Deep VIB, whose score comes from the embedding VIB, and for plain models)."""
+        return tuple(sorted(self._score_blocks))
+
+    @property
     def embedding_dim(self) -> int:
         """Size of the embedding."""
         return self.config.embedding_dim
