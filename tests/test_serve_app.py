@@ -337,6 +337,23 @@ def test_health_info_metrics_openapi(client: TestClient, models) -> None:
     assert {"EmbedRequest", "ImageInput", "VerifyRequest", "ErrorResponse"} <= set(schema["components"]["schemas"])
 
 
+def test_health_is_503_when_the_model_drifts_or_is_not_loaded(models) -> None:
+    app = create_app(ServeSettings(model=str(models.plain)))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/health").status_code == 200
+        runtime = app.state.serve.runtime
+        good = runtime.reference_output
+        runtime.reference_output = good + 1.0  # as if the runtime now computed something else
+        broken = client.get("/health")
+        runtime.reference_output = good
+        assert client.get("/health").status_code == 200
+    assert broken.status_code == 503 and "no longer matches" in broken.json()["error"]["message"]
+    # After shutdown (as before start-up) nothing is loaded: 503 with Retry-After, not a crash.
+    stopped = TestClient(app, raise_server_exceptions=False).get("/health")
+    assert stopped.status_code == 503 and stopped.json()["error"]["code"] == "unavailable"
+    assert stopped.headers["retry-after"] == "5"
+
+
 def test_api_key_guards_everything_but_health(models) -> None:
     settings = ServeSettings(model=str(models.plain), api_key="s3cret")
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
