@@ -5,6 +5,7 @@
 #   docker run --gpus all -p 8000:8000 -v $PWD/models:/models:ro facevib-serve --model /models/model.onnx
 #   docker run --gpus all -p 8000:8000 -v $PWD/models:/models:ro -e FACEVIB_MODEL=/models/model.onnx \
 #       -e FACEVIB_API_KEY=change-me facevib-serve
+#   docker run ... --entrypoint uvicorn facevib-serve --factory facevib.serve:create_app --host 0.0.0.0
 #
 # onnxruntime-gpu 1.19+ wheels on PyPI are built for CUDA 12 and cuDNN 9, which this base
 # provides. If they do not match, ONNX Runtime falls back to the CPU; the server then says so
@@ -24,14 +25,14 @@ RUN apt-get update \
 
 WORKDIR /opt/facevib
 # The serving dependencies only (the `serve-gpu` extra without onnx, plus the base numpy and
-# OpenCV): facevib itself goes in with --no-deps because its base dependencies include torch,
-# which the server never imports (tests/test_serve_process.py runs it with torch blocked).
+# OpenCV). facevib itself is not pip-installed: its base dependencies include torch, which the
+# server never imports (tests/test_serve_process.py runs it with torch blocked), so the source
+# tree is put on PYTHONPATH instead, data files (detector weights) included.
 RUN pip install "numpy>=1.24" "opencv-python-headless>=4.8,<5" "onnxruntime-gpu>=1.19" "fastapi>=0.110" \
         "uvicorn>=0.27" "python-multipart>=0.0.9" "prometheus-client>=0.17"
-COPY pyproject.toml README.md ./
 COPY facevib facevib
 COPY serve serve
-RUN pip install --no-deps .
+ENV PYTHONPATH=/opt/facevib
 
 # Run as an unprivileged user; models are mounted read-only.
 RUN useradd --system --uid 10001 --no-create-home facevib
