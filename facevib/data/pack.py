@@ -15,7 +15,12 @@ has one line per image, whitespace-separated, ``#`` starting a comment::
     relative/path.jpg x1 y1 x2 y2 x3 y3                      (3 points: eyes, mouth centre)
 
 with paths relative to ``IMAGE_DIR`` (``/``-separated, no whitespace). Every image needs a
-line and every line an image. Unreadable images, missing landmarks or wrong sizes are
+line and every line an image.
+
+With ``--detect`` (a detector from :func:`facevib.detect.load_detector`) the images are raw
+photos: each is aligned on the landmarks of its largest detected face. Photos where no face
+is found are left out, counted in the summary and listed in ``OUT_PREFIX.no_face.txt``; an
+identity left with no photo is left out too (listed in the summary). Unreadable images, missing landmarks or wrong sizes are
 collected over the whole run and reported together with counts (the partial output is
 removed): an image is never skipped silently.
 """
@@ -27,6 +32,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,6 +48,9 @@ from facevib.data.ms1m_layout import (
     labels_from_ranges,
 )
 from facevib.data.recordio import IndexedRecordWriter, RecordHeader, pack
+
+if TYPE_CHECKING:
+    from facevib.detect import Detector
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -197,8 +206,13 @@ def pack_folder(
     quality: int = 95,
     threads: int | None = None,
     progress: bool | None = None,
+    detector: Detector | None = None,
+    min_face_size: float | None = None,
 ) -> dict:
     """Pack ``image_dir`` into ``out_prefix.rec/.idx`` + ``property`` (see the module docstring).
+
+    ``detector`` (instead of ``landmarks``) aligns raw photos on their largest detected face,
+    looking for faces of at least ``min_face_size`` pixels (None: the detector's default).
 
     Returns a summary (counts, paths). Raises ``PackError`` with counts and examples when
     any image cannot be packed, after reading all of them; nothing is left behind then.
@@ -209,7 +223,12 @@ def pack_folder(
     if not 1 <= quality <= 100:
         raise PackError(f"JPEG quality must be in [1, 100], got {quality}")
     identities = list_identities(root)
+    if detector is not None and landmarks is not None:
+        raise PackError("give a landmarks file or a face detector (--detect), not both")
     table = read_landmarks(landmarks) if landmarks is not None else None
+    detected = None
+    if detector is not None:
+        identities, table, detected = _detect_landmarks(root, identities, detector, min_face_size, threads, progress)
     items: list[_Item] = []
     for _, images in identities:
         items.extend(_Item(rel, table.get(rel) if table is not None else None) for rel in images)
@@ -269,4 +288,49 @@ def pack_folder(
     (prefix.parent / (prefix.name + ".identities.tsv")).write_text(mapping, encoding="utf-8")
     summary.update(rec=str(prefix.parent / (prefix.name + ".rec")), idx=str(prefix.parent / (prefix.name + ".idx")))
     summary["aligned"] = table is not None
+    if detected is not None:
+        listing = prefix.parent / (prefix.name + ".no_face.txt")
+        listing.write_text("".join(f"{rel}\n" for rel in detected["no_face"]), encoding="utf-8")
+        summary["detection"] = {**{k: v for k, v in detected.items() if k != "no_face"}, "no_face_list": str(listing)}
     return summary
+
+
+def _detect_landmarks(
+    root: Path,
+    identities: list[tuple[str, list[str]]],
+    detector: Detector,
+    min_face_size: float | None,
+    threads: int | None,
+    progress: bool | None,
+) -> tuple[list[tuple[str, list[str]]], dict[str, np.ndarray], dict]:
+    """Landmarks of each photo's largest face; identities without photos with a face are dropped.
+
+    Returns the identities that keep at least one photo (with only those photos), the landmarks
+    table, and the detection summary (counts, the photos without a face, dropped identities).
+    """
+    from facevib.detect.folder import detect_files
+
+    photos = [rel for _, images in identities for rel in images]
+    found = detect_files(root, photos, detector, min_face_size=min_face_size, threads=threads, progress=progress)
+    if found.errors:
+        more = f"; ... and {len(found.errors) - _SHOWN} more" if len(found.errors) > _SHOWN else ""
+        raise PackError(
+            f"{len(found.errors)} of {len(photos)} images under {root} could not be read, nothing was written: "
+            + "; ".join(found.errors[:_SHOWN])
+            + more
+        )
+    kept = [(name, [rel for rel in images if rel in found.landmarks]) for name, images in identities]
+    dropped = [name for name, images in kept if not images]
+    kept = [(name, images) for name, images in kept if images]
+    if not kept:
+        raise PackError(f"no face found in any of the {len(photos)} photos under {root}")
+    summary = {
+        "detector": detector.name,
+        "photos": len(photos),
+        "with_face": len(found.landmarks),
+        "without_face": len(found.no_face),
+        "several_faces": sum(1 for count in found.faces.values() if count > 1),
+        "no_face": list(found.no_face),
+        "dropped_identities": dropped,
+    }
+    return kept, found.landmarks, summary

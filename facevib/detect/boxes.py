@@ -26,21 +26,22 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, *, mode: st
     if len(boxes) == 0:
         return np.zeros(0, dtype=np.int64)
     x1, y1, x2, y2 = (boxes[:, k].astype(np.float64) for k in range(4))
-    areas = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    areas = np.maximum(x2 - x1, 0.0) * np.maximum(y2 - y1, 0.0)
     order = np.argsort(-scores, kind="stable")
     keep = []
     while order.size:
         best, rest = order[0], order[1:]
         keep.append(best)
-        inter_w = np.clip(np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]), 0, None)
-        inter_h = np.clip(np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]), 0, None)
-        inter = inter_w * inter_h
+        if not rest.size:
+            break
+        inter = np.maximum(np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]), 0.0)
+        inter *= np.maximum(np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]), 0.0)
         if mode == "union":
             denom = areas[best] + areas[rest] - inter
         else:
             denom = np.minimum(areas[best], areas[rest])
-        overlap = np.divide(inter, denom, out=np.zeros_like(inter), where=denom > 0)
-        order = rest[overlap <= iou_threshold]
+        # overlap <= threshold, written without a division (denominators are >= 0; empty boxes never suppress).
+        order = rest[(inter <= iou_threshold * denom) | (denom <= 0)]
     return np.asarray(keep, dtype=np.int64)
 
 
