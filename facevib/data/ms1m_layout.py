@@ -25,6 +25,7 @@ the file, key and byte offset (insightface would fail later with an index error)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -50,7 +51,7 @@ __all__ = [
 HEADER_KEY = 0
 FIRST_IMAGE_KEY = 1
 RANGE_LABELS = 2  # a header or identity record's labels start with a [first, end) key range
-_MAX_KEY = 2**31  # float32 labels hold every integer key below 2**24; anything near 2**31 is corrupt
+_MAX_KEY = 2**31  # keys are stored as float32 labels; a value this large is garbage, not a key
 
 
 class MS1MLayoutError(RecordIOError):
@@ -174,7 +175,7 @@ def check_identity_records(
     labels: np.ndarray,
     image_bytes: np.ndarray,
     offsets: np.ndarray,
-    rec: object,
+    rec: str | os.PathLike[str],
 ) -> np.ndarray:
     """Check the identity records of ``header`` and return their ``(num_identities, 2)`` int64 ranges.
 
