@@ -21,13 +21,15 @@ __all__ = ["BUILTIN", "Detector", "Face", "largest_first", "load_detector"]
 BUILTIN = "mtcnn"
 
 
-def load_detector(spec: str | Path | None = None, *, providers: list[str] | None = None) -> Detector:
+def load_detector(spec: str | Path | None = None, *, providers: list[str] | None = None, threads: int = 0) -> Detector:
     """The detector named by ``spec``.
 
     Args:
         spec: ``None`` or ``"mtcnn"``: the built-in MTCNN; a path to an ``.onnx`` file: an SCRFD
             model (insightface's ``det_*.onnx`` layout).
         providers: ONNX Runtime execution providers (default: CPU).
+        threads: ONNX Runtime intra-op threads per call (0: ONNX Runtime's default, all cores);
+            callers that detect in several threads at once (the server) pass 1.
 
     Raises:
         FileNotFoundError: ``spec`` looks like a path and no such file exists.
@@ -36,7 +38,7 @@ def load_detector(spec: str | Path | None = None, *, providers: list[str] | None
     if spec is None or str(spec).strip().lower() == BUILTIN:
         from facevib.detect.mtcnn import MTCNN
 
-        return MTCNN(providers=providers)
+        return MTCNN(providers=providers, threads=threads)
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(
@@ -45,4 +47,4 @@ def load_detector(spec: str | Path | None = None, *, providers: list[str] | None
         )
     from facevib.detect.scrfd import SCRFD
 
-    return SCRFD(path, providers=providers)
+    return SCRFD(path, providers=providers, threads=threads)

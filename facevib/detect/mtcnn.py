@@ -26,7 +26,6 @@ cascade; a landmark fraction ``f`` of a box starting at ``x1`` of width ``w`` is
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -137,7 +136,7 @@ def _empty_boxes() -> tuple[np.ndarray, np.ndarray]:
 
 
 class MTCNN:
-    """The built-in face detector (see the module docstring). Thread-safe.
+    """The built-in face detector (see the module docstring). Thread-safe: it holds no per-call state.
 
     Args:
         config: cascade parameters; ``detect``'s options override ``min_face_size`` and the
@@ -159,7 +158,6 @@ class MTCNN:
     ) -> None:
         self.config = config or MTCNNConfig()
         self.nets = nets if nets is not None else OrtNets(providers=providers, threads=threads)
-        self._lock = threading.Lock()  # only guards lazily computed state below; inference is lock-free
 
     def describe(self) -> dict[str, Any]:
         paths = getattr(self.nets, "paths", {})
