@@ -21,7 +21,7 @@ import pytest
 
 from facevib.align import norm_crop
 from facevib.report.document import Bullets, Code, Heading, Paragraph, Table, to_html, to_markdown
-from facevib.report.stats import Z95, pooled_correct, wilson_interval
+from facevib.report.stats import Z95, fold_interval, pooled_correct, student_t95, wilson_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 MAKE = shutil.which("make")
@@ -75,6 +75,34 @@ def test_pooled_correct_counts_unequal_folds() -> None:
     correct = [int(rng.integers(0, s + 1)) for s in sizes]
     assert pooled_correct([c / s for c, s in zip(correct, sizes, strict=True)], pairs) == sum(correct)
     assert len(sizes) == folds and sum(sizes) == pairs
+
+
+@pytest.mark.parametrize("df", [1, 2, 5, 9, 10, 20, 30, 120])
+def test_student_t_quantiles_equal_scipy(df: int) -> None:
+    stats = pytest.importorskip("scipy.stats")
+    assert student_t95(df) == pytest.approx(stats.t.ppf(0.975, df), abs=5e-4)
+
+
+def test_student_t_errs_wide_between_table_rows() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    assert student_t95(27) >= stats.t.ppf(0.975, 27) and student_t95(500) == pytest.approx(Z95)
+
+
+def _expected_interval(folds: list[float], pairs: int) -> tuple[float, float, bool]:
+    """(low, high, from_folds) from scipy's t interval and the Wilson definition, the wider one."""
+    stats = pytest.importorskip("scipy.stats")
+    mean, sem = float(np.mean(folds)), float(stats.sem(folds))
+    t_low, t_high = stats.t.interval(0.95, len(folds) - 1, loc=mean, scale=sem)
+    w_low, w_high = _wilson_by_root_finding(pooled_correct(folds, pairs), pairs)
+    if t_high - t_low > w_high - w_low:
+        return max(t_low, 0.0), min(t_high, 1.0), True
+    return w_low, w_high, False
+
+
+def test_fold_interval_equals_scipy() -> None:
+    folds = [0.8, 0.86, 0.9, 0.78, 0.84, 0.81, 0.88, 0.79, 0.83, 0.85]
+    low, high, from_folds = _expected_interval(folds, 3000)
+    assert from_folds and fold_interval(folds) == pytest.approx((low, high), abs=1e-4)
 
 
 # ---------------------------------------------------------------- document
@@ -207,9 +235,9 @@ def test_demo_pipeline_end_to_end(tmp_path: Path, launch) -> None:
     # Report: the numbers of the evaluation files, with their intervals, in both renderings.
     report, page = (out / "REPORT.md").read_text(), (out / "report.html").read_text()
     lfw = json.loads((out / "arcface" / "eval" / "verification.json").read_text())["results"]["lfw"]
-    correct = round(lfw["accuracy"] * lfw["pairs"])
-    low, high = _wilson_by_root_finding(correct, lfw["pairs"])
+    low, high, from_folds = _expected_interval(lfw["fold_accuracies"], lfw["pairs"])
     cell = f"{100 * lfw['accuracy']:.2f} ± {100 * lfw['accuracy_std']:.2f} [{100 * low:.1f}, {100 * high:.1f}]"
+    cell += "" if from_folds else " (p)"
     assert cell in report and f"<td>{cell}</td>" in page
     images = re.findall(r"!\[[^]]*\]\((plots/[a-z_]+\.png)\)", report)
     assert sorted(images) == ["plots/kl_per_cell.png", "plots/roc.png", "plots/training_curves.png"]

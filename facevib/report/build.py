@@ -25,7 +25,7 @@ import numpy as np
 from facevib.report import plots
 from facevib.report.document import Block, Bullets, Code, Heading, Image, Paragraph, Table, write
 from facevib.report.runs import RunResults
-from facevib.report.stats import pooled_correct, wilson_interval
+from facevib.report.stats import accuracy_interval, wilson_interval
 
 __all__ = ["ReportInputs", "build_blocks", "write_report"]
 
@@ -67,9 +67,9 @@ def _interval(low: float, high: float) -> str:
 def _accuracy_cell(result: dict[str, Any] | None) -> str:
     if not result:
         return "-"
-    correct = pooled_correct(result["fold_accuracies"], result["pairs"])
-    low, high = wilson_interval(correct, result["pairs"])
-    return f"{_pct(result['accuracy'])} ± {_pct(result['accuracy_std'])} {_interval(low, high)}"
+    (low, high), source = accuracy_interval(result["fold_accuracies"], result["pairs"])
+    mark = "" if source == "folds" else " (p)"
+    return f"{_pct(result['accuracy'])} ± {_pct(result['accuracy_std'])} {_interval(low, high)}{mark}"
 
 
 def _tpr_point(summary: dict[str, Any] | None, fpr: float) -> dict[str, Any] | None:
@@ -127,11 +127,13 @@ def _results_table(runs: Sequence[RunResults]) -> Table:
             rows.append(row)
     note = (
         "Accuracy: insightface's 10-fold protocol (threshold chosen on 9 folds, accuracy on the 10th), "
-        "mean ± std over the folds, then the 95% Wilson interval over all pairs in brackets. "
+        "mean ± std over the folds, then a 95% interval in brackets: the Student-t interval of the mean over "
+        "the identity-disjoint folds, which accounts for pairs sharing people and photos, or, marked (p), the "
+        "Wilson interval over the pairs when that one is wider. "
         "TPR: exact threshold from the sorted impostor scores (accept iff cosine > threshold), "
-        "95% Wilson interval over the genuine pairs; 'not resolved' means fewer than 1/FPR impostor pairs, "
-        "so the threshold is the largest impostor score (FPR 0). Intervals treat pairs as independent; "
-        "pairs sharing a photo are not, so read them as the smallest plausible noise."
+        "95% Wilson interval over the genuine pairs (these share subjects, so read it as the least noise); "
+        "'not resolved' means fewer than 1/FPR impostor pairs, so the threshold is the largest impostor "
+        "score (FPR 0)."
     )
     return Table(headers, rows, note)
 
@@ -146,9 +148,7 @@ def _difference_lines(runs: Sequence[RunResults]) -> list[str]:
         ra, rb = a.verification.get(name), b.verification.get(name)
         if not (ra and rb):
             continue
-        intervals = []
-        for r in (ra, rb):
-            intervals.append(wilson_interval(pooled_correct(r["fold_accuracies"], r["pairs"]), r["pairs"]))
+        intervals = [accuracy_interval(r["fold_accuracies"], r["pairs"])[0] for r in (ra, rb)]
         overlap = intervals[0][0] <= intervals[1][1] and intervals[1][0] <= intervals[0][1]
         lines.append(
             f"{name}: {a.label} {_pct(ra['accuracy'])}% vs {b.label} {_pct(rb['accuracy'])}% "
@@ -273,6 +273,23 @@ def _roc_section(runs: Sequence[RunResults], data: Path | None, out: Path) -> li
     ]
 
 
+def _embed_answer(result: dict[str, Any], photo: dict[str, Any]) -> str:
+    """One /v1/embed answer in words (the detected face compared with the landmark one)."""
+    if result.get("status") != "ok":
+        return f"{result.get('status')}: {result.get('error', {}).get('message', '')}"
+    face = result["faces"][0]
+    what = f"ok: {photo['dimensions']}-d embedding, norm {face['norm']:.3f}"
+    if face.get("uncertainty") is not None:
+        what += f", uncertainty {face['uncertainty']:.4f}"
+    detected = photo.get("detected")
+    if face.get("det_score") is not None and detected:
+        what += (
+            f"; {detected['detector']} found the face (score {face['det_score']:.3f}), cosine "
+            f"{detected['cosine_to_given_landmarks']:.4f} to the embedding from the given landmarks"
+        )
+    return what
+
+
 def _exchange_section(inputs: ReportInputs) -> list[Block]:
     blocks: list[Block] = [Heading("The exported model, served")]
     if inputs.onnx is not None and inputs.onnx.is_file():
@@ -308,11 +325,9 @@ def _exchange_section(inputs: ReportInputs) -> list[Block]:
                 f"({response['threshold_source']}), match {response['match']}"
             )
         elif call["path"] == "/v1/embed":
-            face = response["results"][0]["faces"][0]
-            uncertainty = face.get("uncertainty")
-            what = f"{response['results'][0]['status']}: {exchange['photo']['dimensions']}-d embedding, norm {face['norm']:.3f}"
-            what += "" if uncertainty is None else f", uncertainty {uncertainty:.4f}"
-            sent += " with its 5 landmarks"
+            what = _embed_answer(response["results"][0], exchange["photo"])
+            detection = call["request"]["images"][0].get("aligned") is False
+            sent += "" if detection else " with its 5 landmarks"
         elif call["path"] == "/health":
             what = f"{response.get('status')}, model {response.get('model')}"
         else:

@@ -6,7 +6,9 @@
 * ``POST /v1/verify`` with a genuine and an impostor pair of held-out IJB loose crops, each
   image with its 5 detector landmarks (the server aligns them, as it would a client's photo);
 * ``POST /v1/embed`` with a real photo that ships inside scikit-image
-  (``skimage.data.astronaut()``, NASA's portrait of Eileen Collins) and its 5 landmarks.
+  (``skimage.data.astronaut()``, NASA's portrait of Eileen Collins) and its 5 landmarks; when
+  ``/v1/info`` names a face detector, the same photo once more without landmarks, recording
+  the detected points and the cosine between the two embeddings.
 
 Pairs come from the IJB protocol files themselves (:func:`protocol_pairs`): the first image
 of each template of a genuine and of an impostor template pair. The transcript keeps every
@@ -174,17 +176,33 @@ def run_exchange(
         if result.get("status") != "ok" or not result.get("faces"):
             raise RuntimeError(f"POST /v1/embed did not embed {photo.name}: {result}")
         face = result["faces"][0]
+        photo_summary = {
+            "image": photo.name,
+            "norm": face.get("norm"),
+            "uncertainty": face.get("uncertainty"),
+            "dimensions": len(face.get("embedding", [])),
+        }
+        if isinstance(info, dict) and info.get("detector"):
+            # The same photo without landmarks: the server's detector finds the face.
+            sent = {"data": sent["data"], "aligned": False}
+            shown = {"data": shown["data"], "aligned": False}
+            answer = call("POST", "/v1/embed", {"images": [sent]}, {"images": [shown]}, (photo.name + ", detector",))
+            detected = answer["results"][0]
+            if detected.get("status") == "ok" and detected.get("faces"):
+                found = detected["faces"][0]
+                cosine = float(np.dot(found["embedding"], face["embedding"]))  # both L2-normalised
+                photo_summary["detected"] = {
+                    "detector": info["detector"],
+                    "landmarks": found.get("landmarks"),
+                    "det_score": found.get("det_score"),
+                    "cosine_to_given_landmarks": cosine,
+                }
     return {
         "base_url": base_url,
         "model": info.get("model") if isinstance(info, dict) else None,
         "calls": calls,
         "verify": verify,
-        "photo": {
-            "image": photo.name,
-            "norm": face.get("norm"),
-            "uncertainty": face.get("uncertainty"),
-            "dimensions": len(face.get("embedding", [])),
-        },
+        "photo": photo_summary,
     }
 
 
