@@ -67,7 +67,10 @@ def noise(image: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray
 def occlude(image: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
     side = int(round(np.sqrt(OCCLUDED_FRACTION[level - 1]) * image.shape[0]))
     cx, cy = _FACE_POINTS[rng.integers(len(_FACE_POINTS))]
-    x0, y0 = int(np.clip(cx - side / 2, 0, image.shape[1] - side)), int(np.clip(cy - side / 2, 0, image.shape[0] - side))
+    x0, y0 = (
+        int(np.clip(cx - side / 2, 0, image.shape[1] - side)),
+        int(np.clip(cy - side / 2, 0, image.shape[0] - side)),
+    )
     out = image.copy()
     out[y0 : y0 + side, x0 : x0 + side] = 128
     return out
@@ -103,7 +106,9 @@ class Scorer:
         with torch.no_grad():
             for start in range(0, len(images), self.batch_size):
                 self._cells.clear()
-                emb, unc = self.model.forward_with_uncertainty(images_to_tensor(images[start : start + self.batch_size]))
+                emb, unc = self.model.forward_with_uncertainty(
+                    images_to_tensor(images[start : start + self.batch_size])
+                )
                 embeddings.append(emb.numpy())
                 scores["uncertainty"].append(unc.numpy())
                 scores["-norm"].append(-emb.norm(dim=1).numpy())
@@ -121,7 +126,12 @@ def degradation_study(scorer: Scorer, images: np.ndarray, seed: int) -> dict[str
     """Per degradation and score: level rho, fraction increasing, rho with identity damage."""
     clean_emb, clean_scores = scorer(images)
     clean_unit = l2_normalize(clean_emb)
-    results: dict[str, dict[str, Any]] = {"clean": {key: {"std": float(v.std()), "min": float(v.min()), "max": float(v.max())} for key, v in clean_scores.items()}}
+    results: dict[str, dict[str, Any]] = {
+        "clean": {
+            key: {"std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
+            for key, v in clean_scores.items()
+        }
+    }
     for name, degrade in DEGRADATIONS.items():
         rng = np.random.default_rng([seed, len(results) - 1])
         per_level = {key: [value] for key, value in clean_scores.items()}
@@ -188,10 +198,20 @@ def _table(degradation: dict[str, dict[str, Any]], errors: dict[str, Any], keys:
     for name, result in degradation.items():
         if name == "clean":
             continue
-        for metric, label in (("level_rho", "rho(level)"), ("frac_increasing", "P(lvl4 > lvl0)"), ("damage_rho", "rho(id damage)")):
+        for metric, label in (
+            ("level_rho", "rho(level)"),
+            ("frac_increasing", "P(lvl4 > lvl0)"),
+            ("damage_rho", "rho(id damage)"),
+        ):
             lines.append(f"{name + ' ' + label:<28}" + "".join(f"{result[k][metric]:>14.3f}" for k in keys))
-    for metric, label in (("error_auroc", "error AUROC"), ("error_rate_top20", "err rate top 20%"), ("error_rate_rest80", "err rate rest 80%")):
-        cells = "".join(f"{errors[k][metric]:>14.3f}" if errors[k][metric] is not None else f"{'n/a':>14}" for k in keys)
+    for metric, label in (
+        ("error_auroc", "error AUROC"),
+        ("error_rate_top20", "err rate top 20%"),
+        ("error_rate_rest80", "err rate rest 80%"),
+    ):
+        cells = "".join(
+            f"{errors[k][metric]:>14.3f}" if errors[k][metric] is not None else f"{'n/a':>14}" for k in keys
+        )
         lines.append(f"{'verification ' + label:<28}" + cells)
     lines.append(
         f"verification: {errors['pairs']} pairs, accuracy {errors['accuracy']:.3f} at cosine > {errors['threshold']:.3f}, "
@@ -228,7 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     images = pool[np.random.default_rng(args.seed).permutation(len(pool))[: args.images]]
     degradation = degradation_study(scorer, images, args.seed)
     errors = error_study(scorer, args.data, args.pairs)
-    print(f"model {args.model} ({model.name}), {len(images)} clean crops x {len(DEGRADATIONS)} degradations x {LEVELS} levels")
+    print(
+        f"model {args.model} ({model.name}), {len(images)} clean crops x {len(DEGRADATIONS)} degradations x {LEVELS} levels"
+    )
     print(_table(degradation, errors, scorer.keys))
     result = {
         "model": str(args.model),

@@ -201,7 +201,9 @@ class ModelMetadata:
             and len(self.config_digest) == 64
             and all(c in "0123456789abcdef" for c in self.config_digest)
         ):
-            raise MetadataError(f"{_KEYS['config_digest']}: expected 64 lowercase hex digits, got {self.config_digest!r}")
+            raise MetadataError(
+                f"{_KEYS['config_digest']}: expected 64 lowercase hex digits, got {self.config_digest!r}"
+            )
         outputs = self.outputs
         if (
             not isinstance(outputs, list)
@@ -221,7 +223,9 @@ class ModelMetadata:
         if self.uncertainty is not None and not isinstance(self.uncertainty, dict):
             raise MetadataError(f"{_KEYS['uncertainty']}: expected a JSON object, got {self.uncertainty!r}")
         if self.calibration is not None and not isinstance(self.calibration, Calibration):
-            raise MetadataError(f"{_KEYS['calibration']}: expected a Calibration, got {type(self.calibration).__name__}")
+            raise MetadataError(
+                f"{_KEYS['calibration']}: expected a Calibration, got {type(self.calibration).__name__}"
+            )
 
     @classmethod
     def default(
@@ -372,9 +376,7 @@ def _check_preprocess(preprocess: Any) -> None:
             _finite(value, f"{key}.{name}", 0.0 if name == "mean" else 1e-12)
     template = preprocess["template"]
     if not (
-        isinstance(template, list)
-        and len(template) == 5
-        and all(isinstance(p, list) and len(p) == 2 for p in template)
+        isinstance(template, list) and len(template) == 5 and all(isinstance(p, list) and len(p) == 2 for p in template)
     ):
         raise MetadataError(f"{key}.template: expected 5 [x, y] points, got {template!r}")
     for point in template:

@@ -180,7 +180,9 @@ def test_uncertainty_file_feeds_the_embedder(exported: dict) -> None:
     from_onnx = Embedder.from_onnx(path, batch_size=4)
     from_torch = Embedder.from_module(model, batch_size=4)
     assert from_onnx.has_uncertainty
-    for got, expected in zip(from_onnx.embed_with_uncertainty(images), from_torch.embed_with_uncertainty(images)):
+    for got, expected in zip(
+        from_onnx.embed_with_uncertainty(images), from_torch.embed_with_uncertainty(images), strict=True
+    ):
         np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
@@ -301,10 +303,10 @@ def test_cli_writes_metadata_calibration_and_triton_repository(
     model, path = checkpoint
     out, repo, data = tmp_path / "face.onnx", tmp_path / "triton", tmp_path / "bins"
     data.mkdir()  # two of the synthetic sets: every .bin of the folder is used
-    for name in ("lfw.bin", "agedb_30.bin"):
+    for name in ("cfp_fp.bin", "agedb_30.bin"):
         (data / name).symlink_to(synthetic_dir / name)
     args = [str(path), "--out", str(out), "--uncertainty", "--legacy-exporter", "--calibrate", str(data)]
-    assert main(args + ["--target-fpr", "0.01", "--triton-repo", str(repo), "--max-batch", "16"]) == 0
+    assert main(args + ["--target-fpr", "0.05", "--triton-repo", str(repo), "--max-batch", "16"]) == 0
     printed = capsys.readouterr().out
     assert "threshold" in printed and "not an insightface drop-in: 2 outputs" in printed
 
@@ -319,12 +321,12 @@ def test_cli_writes_metadata_calibration_and_triton_repository(
     assert meta.uncertainty["source"] == {"kind": "cell", "blocks": [3]}  # r18 TINY: stage 4 is block 3
 
     # The calibration equals one computed here with the PyTorch model (ORT differs by <= 1e-4).
-    cal, ref = meta.calibration, _reference_calibration(model, data, 0.01)
-    assert cal.target_fpr == 0.01 and cal.resolved is ref["resolved"] is True
+    cal, ref = meta.calibration, _reference_calibration(model, data, 0.05)
+    assert cal.target_fpr == 0.05 and cal.resolved is ref["resolved"] is True
     assert (cal.impostor_pairs, cal.genuine_pairs) == (ref["impostor_pairs"], ref["genuine_pairs"])
     assert cal.threshold == pytest.approx(ref["threshold"], abs=1e-4)
-    assert abs(cal.tpr - ref["tpr"]) <= 1.0 / ref["genuine_pairs"] and cal.fpr <= 0.01
-    assert cal.source.startswith("verification pairs (single image, no flip): agedb_30.bin,lfw.bin")
+    assert abs(cal.tpr - ref["tpr"]) <= 1.0 / ref["genuine_pairs"] and cal.fpr <= 0.05
+    assert cal.source.startswith("verification pairs (single image, no flip): agedb_30.bin,cfp_fp.bin")
 
     # Triton: the config parses with Triton's own protobuf and names the file's tensors.
     config = text_format.Parse((repo / "face" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())

@@ -108,7 +108,9 @@ class Embedder:
             target = resolve_device(device)
             model.to(target)
 
-        def run(fn: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]], images: np.ndarray):
+        def run(
+            fn: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]], images: np.ndarray
+        ) -> np.ndarray | tuple[np.ndarray, ...]:
             was_training = model.training
             model.eval()
             try:

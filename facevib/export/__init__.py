@@ -23,7 +23,13 @@ from facevib.export.graph import (
     insightface_problems,
     onnx_differences,
 )
-from facevib.export.metadata import build_metadata, config_digest, describe_uncertainty, read_onnx_metadata, write_metadata
+from facevib.export.metadata import (
+    build_metadata,
+    config_digest,
+    describe_uncertainty,
+    read_onnx_metadata,
+    write_metadata,
+)
 from facevib.export.pipeline import ExportResult, checkpoint_config, export_model
 from facevib.export.triton import check_triton_settings, triton_config, write_triton_repository
 

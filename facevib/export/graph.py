@@ -105,7 +105,9 @@ def export_onnx(
         raise ValueError(f"the dynamo exporter needs opset >= 18, got {opset} (use dynamo=False for older opsets)")
     if uncertainty and not getattr(model, "has_uncertainty", False):
         name = getattr(model, "name", type(model).__name__)
-        raise ValueError(f"model {name!r} has no sigma branches, so no uncertainty output (use a cellvib_/deepvib_ model)")
+        raise ValueError(
+            f"model {name!r} has no sigma branches, so no uncertainty output (use a cellvib_/deepvib_ model)"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     size = _input_size(model, input_size)
@@ -224,9 +226,7 @@ def insightface_problems(model: str | os.PathLike | onnx.ModelProto) -> list[str
     return problems
 
 
-def _batches(
-    batch_sizes: Sequence[int], size: int, seed: int, inputs: np.ndarray | None
-) -> list[np.ndarray]:
+def _batches(batch_sizes: Sequence[int], size: int, seed: int, inputs: np.ndarray | None) -> list[np.ndarray]:
     """One float32 (B, 3, size, size) batch per size: uniform in [-1, 1], or rows of ``inputs``
     cycled to length B (starting where the previous batch stopped)."""
     if inputs is None:
@@ -281,7 +281,9 @@ def onnx_differences(
             for name, ours, theirs in zip(names, got, expected, strict=True):
                 theirs = theirs.float().cpu().numpy()
                 if ours.shape != theirs.shape:
-                    raise ValueError(f"{path}: ONNX output {name!r} is {ours.shape} for batch {len(x)}, PyTorch {theirs.shape}")
+                    raise ValueError(
+                        f"{path}: ONNX output {name!r} is {ours.shape} for batch {len(x)}, PyTorch {theirs.shape}"
+                    )
                 worst[name] = max(worst[name], float(np.abs(ours - theirs).max()))
     finally:
         model.train(was_training)

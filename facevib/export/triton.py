@@ -17,7 +17,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = ["check_triton_settings", "triton_config", "write_triton_repository"]
 
@@ -26,7 +31,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _TRITON_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 16: "TYPE_BF16"}
 
 
-def _tensors(values, initializers: set[str], what: str, path: Path) -> list[tuple[str, str, list[int]]]:
+def _tensors(
+    values: Iterable[onnx.ValueInfoProto], initializers: set[str], what: str, path: Path
+) -> list[tuple[str, str, list[int]]]:
     """``(name, Triton type, dims without the batch dimension)`` of graph inputs or outputs."""
     out = []
     for value in values:
@@ -115,9 +122,7 @@ def write_triton_repository(
     Returns:
         The model folder ``<repo>/<model_name>``.
     """
-    config = triton_config(
-        onnx_path, model_name, max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us
-    )
+    config = triton_config(onnx_path, model_name, max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us)
     folder = Path(repo) / model_name
     (folder / "1").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(onnx_path, folder / "1" / "model.onnx")
