@@ -36,7 +36,10 @@ def models():
 
 @pytest.fixture(scope="module")
 def client(models) -> Iterator[TestClient]:
-    settings = ServeSettings(model=str(models.calibrated), max_body_mb=2.0, max_image_pixels=2_000_000, max_images=8)
+    # No detector: this client checks the no_landmarks answer (tests/test_serve_detect.py covers photo mode).
+    settings = ServeSettings(
+        model=str(models.calibrated), max_body_mb=2.0, max_image_pixels=2_000_000, max_images=8, detector="none"
+    )
     with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
         yield test_client
 

@@ -77,6 +77,9 @@ def create_app(settings: ServeSettings | None = None, *, detector: Detector | No
         raise ValueError("no model: pass --model PATH or set FACEVIB_MODEL")
     if not Path(settings.model).is_file():
         raise FileNotFoundError(f"model {settings.model} does not exist")
+    detector_spec = settings.detector.strip()
+    if detector is None and detector_spec.lower() not in ("none", "mtcnn") and not Path(detector_spec).is_file():
+        raise FileNotFoundError(f"detector {detector_spec} does not exist (mtcnn, none or an SCRFD .onnx file)")
     logger.setLevel(settings.log_level.upper())
     state = ServerState(settings=settings, metrics=ServeMetrics(settings.max_batch), detector=detector)
 
@@ -140,6 +143,12 @@ async def _start(state: ServerState) -> None:
         stats=state.metrics.batcher_stats(),
     )
     await batcher.start()
+    if state.detector is None and settings.detector.strip().lower() != "none":
+        from facevib.detect import load_detector
+
+        # One ONNX Runtime thread per call: detections run in parallel in the decoding threads.
+        state.detector = await asyncio.to_thread(load_detector, settings.detector.strip(), threads=1)
+        logger.info("face detector: %s", state.detector.describe())
     workers = settings.decode_workers or min(4, cpu_count())
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="facevib-decode")
     state.runtime, state.batcher, state.pool = runtime, batcher, pool

@@ -17,8 +17,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facevib.serve.errors import ServeError
-from facevib.serve.images import ImageSpec
-from facevib.serve.schemas import EmbedEnvelope
+from facevib.serve.images import DetectOptions, ImageSpec
+from facevib.serve.schemas import DetectionOptions, EmbedEnvelope
 from facevib.serve.service import parse_image, parse_model
 from facevib.serve.settings import ServeSettings
 
@@ -39,8 +39,13 @@ async def json_body(request: Request) -> Any:
         raise ServeError("invalid_json", f"request body is not valid JSON ({err})", "body") from None
 
 
-async def embed_specs(request: Request, settings: ServeSettings) -> list[ImageSpec | ServeError]:
-    """The request's images as specs (or per-image errors), from JSON or multipart."""
+def _detect_options(options: DetectionOptions) -> DetectOptions:
+    max_faces = 1 if options.largest_only else options.max_faces
+    return DetectOptions(max_faces=max_faces, min_face_size=options.min_face_size)
+
+
+async def embed_specs(request: Request, settings: ServeSettings) -> tuple[list[ImageSpec | ServeError], DetectOptions]:
+    """The request's images as specs (or per-image errors) and its detection options, from JSON or multipart."""
     media = media_type(request)
     if media == "application/json":
         envelope = parse_model(EmbedEnvelope, await json_body(request), "")
@@ -52,7 +57,7 @@ async def embed_specs(request: Request, settings: ServeSettings) -> list[ImageSp
                 specs.append(parse_image(value, f"images[{i}]"))
             except ServeError as err:
                 specs.append(err)
-        return specs
+        return specs, _detect_options(envelope)
     if media == "multipart/form-data":
         return await _multipart_specs(request, settings)
     raise ServeError(
@@ -62,13 +67,16 @@ async def embed_specs(request: Request, settings: ServeSettings) -> list[ImageSp
     )
 
 
-async def _multipart_specs(request: Request, settings: ServeSettings) -> list[ImageSpec | ServeError]:
+async def _multipart_specs(
+    request: Request, settings: ServeSettings
+) -> tuple[list[ImageSpec | ServeError], DetectOptions]:
     try:
         form = await request.form(max_files=settings.max_images, max_fields=settings.max_images + 8)
     except StarletteHTTPException as err:
         raise ServeError("invalid_multipart", f"malformed multipart body: {err.detail}", "body") from None
     aligned: bool | None = None
     parts = []
+    detection: dict[str, str] = {}
     for name, value in form.multi_items():
         if name == "aligned" and isinstance(value, str):
             if value.lower() not in ("true", "false"):
@@ -76,8 +84,12 @@ async def _multipart_specs(request: Request, settings: ServeSettings) -> list[Im
             aligned = value.lower() == "true"
         elif name == "images":
             parts.append(value)
+        elif name in DetectionOptions.model_fields and isinstance(value, str):
+            detection[name] = value
         else:
-            raise ServeError("validation_error", f"unknown form field {name!r} (expected images, aligned)", name)
+            expected = ", ".join(["images", "aligned", *DetectionOptions.model_fields])
+            raise ServeError("validation_error", f"unknown form field {name!r} (expected {expected})", name)
+    options = _detect_options(parse_model(DetectionOptions, detection, ""))
     if not parts:
         raise ServeError("validation_error", "no file parts named 'images'", "images")
     _check_count(len(parts), settings)
@@ -93,7 +105,7 @@ async def _multipart_specs(request: Request, settings: ServeSettings) -> list[Im
         else:
             specs.append(ImageSpec(data, None, aligned, field))
     await form.close()
-    return specs
+    return specs, options
 
 
 def _check_count(count: int, settings: ServeSettings) -> None:

@@ -3,6 +3,7 @@ and shapes the JSON; errors are raised as ServeError and answered in one place."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import platform
 import time
@@ -16,7 +17,6 @@ import facevib
 from facevib.serve.auth import require_api_key
 from facevib.serve.batcher import DeadlineExceeded, QueueFull
 from facevib.serve.errors import ServeError, error_body
-from facevib.serve.images import DetectOptions
 from facevib.serve.intake import embed_specs, json_body, media_type, until_disconnect
 from facevib.serve.metrics import CONTENT_TYPE_LATEST
 from facevib.serve.runtime import ModelRuntime
@@ -79,8 +79,8 @@ async def embed(request: Request) -> JSONResponse:
     """
     state = server_state(request)
     service = state.ready_service()
-    specs = await embed_specs(request, state.settings)
-    outcome = await until_disconnect(request, service.embed(specs, DetectOptions()))
+    specs, options = await embed_specs(request, state.settings)
+    outcome = await until_disconnect(request, service.embed(specs, options))
     results = [
         {"status": "error", "error": r.to_dict()} if isinstance(r, ServeError) else {"status": "ok", "faces": r}
         for r in outcome.results
@@ -170,7 +170,7 @@ async def info(request: Request) -> dict[str, Any]:
             "max_image_pixels": settings.max_image_pixels,
             "max_images": settings.max_images,
         },
-        "detector": type(state.detector).__name__ if state.detector is not None else None,
+        "detector": _describe(state.detector),
         "auth": settings.api_key is not None,
         "uptime_s": round(time.time() - state.started_at, 1),
         "warnings": runtime.warnings,
@@ -221,10 +221,46 @@ async def health(request: Request) -> JSONResponse:
     assert runtime.reference_output is not None
     if not np.allclose(result.outputs[0][0], runtime.reference_output, rtol=1e-3, atol=1e-4):
         raise ServeError("unavailable", "inference on the fixed input no longer matches its start-up output")
+    inference_ms = round(1e3 * (time.perf_counter() - started), 3)
+    detector_ms = await _check_detector(state.detector, service.pool)
     return JSONResponse(
         {
             "status": "ok",
             "model": runtime.metadata.model_name,
-            "inference_ms": round(1e3 * (time.perf_counter() - started), 3),
+            "inference_ms": inference_ms,
+            "detector": _detector_name(state.detector),
+            "detector_ms": detector_ms,
         }
     )
+
+
+# A fixed, face-free image: a working detector finds nothing in it.
+_HEALTH_IMAGE = np.full((96, 128, 3), 127, dtype=np.uint8)
+
+
+async def _check_detector(detector: Any, pool: Any) -> float | None:
+    """Milliseconds of a detection on :data:`_HEALTH_IMAGE` in the decoding pool, or 503 when it fails."""
+    if detector is None:
+        return None
+    started = time.perf_counter()
+    try:
+        faces = await asyncio.get_running_loop().run_in_executor(pool, detector.detect, _HEALTH_IMAGE)
+    except Exception as err:  # the detector itself failed: unhealthy, not a client error
+        logger.error("health detection failed", exc_info=err)
+        raise ServeError("unavailable", f"face detector failed ({type(err).__name__})") from None
+    if faces:
+        raise ServeError("unavailable", f"face detector found {len(faces)} faces in a blank image")
+    return round(1e3 * (time.perf_counter() - started), 3)
+
+
+def _detector_name(detector: Any) -> str | None:
+    if detector is None:
+        return None
+    return str(getattr(detector, "name", type(detector).__name__))
+
+
+def _describe(detector: Any) -> dict[str, Any] | None:
+    if detector is None:
+        return None
+    describe = getattr(detector, "describe", None)
+    return describe() if describe is not None else {"name": _detector_name(detector)}

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "EmbedEnvelope",
+    "DetectionOptions",
     "EmbedRequest",
     "EmbedResponse",
     "EmbeddingInput",
@@ -62,7 +63,22 @@ class EmbeddingInput(_Strict):
     embedding: list[FiniteFloat] = Field(min_length=1, description="The model's embedding size of finite floats.")
 
 
-class EmbedRequest(_Strict):
+MaxFaces = Annotated[int, Field(ge=1)]
+MinFaceSize = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+_MAX_FACES = "Photos in detection mode: embed at most this many faces per photo, the largest first."
+_MIN_FACE_SIZE = "Photos in detection mode: smallest face to return, in pixels (the longer side of its box)."
+_LARGEST_ONLY = "Photos in detection mode: only the largest face (max_faces=1)."
+
+
+class DetectionOptions(_Strict):
+    """Options of detection mode (photos without landmarks); absent: the detector's defaults."""
+
+    max_faces: MaxFaces | None = Field(default=None, description=_MAX_FACES)
+    min_face_size: MinFaceSize | None = Field(default=None, description=_MIN_FACE_SIZE)
+    largest_only: bool = Field(default=False, description=_LARGEST_ONLY)
+
+
+class EmbedRequest(DetectionOptions):
     """``POST /v1/embed`` as JSON."""
 
     images: list[ImageInput] = Field(min_length=1, description="Images to embed; each is answered on its own.")
@@ -75,9 +91,12 @@ class MultipartEmbedRequest(BaseModel):
         description="One or more file parts named `images`: aligned crops, or photos for the detector."
     )
     aligned: bool | None = Field(default=None, description="As `aligned` of a JSON image, for every part.")
+    max_faces: MaxFaces | None = Field(default=None, description=_MAX_FACES)
+    min_face_size: MinFaceSize | None = Field(default=None, description=_MIN_FACE_SIZE)
+    largest_only: bool = Field(default=False, description=_LARGEST_ONLY)
 
 
-class EmbedEnvelope(_Strict):
+class EmbedEnvelope(DetectionOptions):
     """First validation step of ``/v1/embed``: the images are checked one by one afterwards."""
 
     images: list[Any] = Field(min_length=1)
@@ -153,3 +172,5 @@ class HealthResponse(BaseModel):
     status: Literal["ok"]
     model: str
     inference_ms: float
+    detector: str | None = Field(description="The face detector's name (none loaded: null).")
+    detector_ms: float | None = Field(description="Time of a detection on a fixed image (none loaded: null).")

@@ -183,7 +183,7 @@ class Service:
             else:
                 images[name] = parse_image(value, name)
         if images:
-            outcome = await self.embed(list(images.values()))
+            outcome = await self.embed(list(images.values()), DetectOptions(max_faces=1))
             for name, result in zip(images, outcome.results, strict=True):
                 if isinstance(result, ServeError):
                     raise result

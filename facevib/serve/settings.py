@@ -48,6 +48,11 @@ class ServeSettings:
     threshold: float | None = _help(
         "cosine threshold of /v1/verify for models without a calibrated one in their metadata", default=None
     )
+    detector: str = _help(
+        "face detector for photos sent without landmarks: mtcnn (built in), the path of an SCRFD det_*.onnx, "
+        "or none (such photos then get no_landmarks)",
+        default="mtcnn",
+    )
     intra_op_threads: int = _help("ONNX Runtime threads per inference (0: the cores this process may use)", default=0)
     decode_workers: int = _help("threads decoding and aligning images (0: min(4, cores))", default=0)
     log_level: str = _help("logging level of the facevib.serve logger", default="info")
@@ -77,6 +82,8 @@ class ServeSettings:
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.threshold is not None and not -1.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {self.threshold}")
+        if not self.detector.strip():
+            raise ValueError("detector must be mtcnn, none or the path of an SCRFD .onnx file, got an empty string")
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key must not be empty (leave it unset to disable authentication)")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
