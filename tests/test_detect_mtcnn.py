@@ -204,7 +204,11 @@ def test_whole_cascade_same_with_pytorch_nets(detector):
 @pytest.mark.skipif(not WHEEL.is_file(), reason=f"{WHEEL} not fetched (run `make detector-weights`)")
 def test_committed_onnx_files_are_reproduced_from_the_wheel(tmp_path):
     """The converter rebuilds byte-identical files, and the wheel's PyTorch nets give the same outputs."""
-    written = convert(WHEEL, tmp_path)
+    from facevib.detect.__main__ import main
+
+    assert main(["convert", "--wheel", str(WHEEL), "--out", str(tmp_path)]) == 0
+    written = [tmp_path / name for name in ("pnet.onnx", "rnet.onnx", "onet.onnx", "LICENSE-facenet-pytorch.md")]
+    assert written == convert(WHEEL, tmp_path)
     for path in written:
         assert path.read_bytes() == (weights_dir() / path.name).read_bytes(), f"{path.name} differs from the wheel's"
     weights, _, _ = read_wheel_weights(WHEEL)
@@ -221,3 +225,27 @@ def test_describe_names_the_files(detector):
     assert info["name"] == "mtcnn" and info["min_face_size"] == 20.0 and info["stage_thresholds"] == [0.6, 0.7, 0.7]
     assert all(Path(path).is_file() for path in info["files"].values())
     assert info["providers"] == ["CPUExecutionProvider"]
+
+
+def test_cli_detect_prints_faces_and_names_bad_files(tmp_path, capsys):
+    import json
+
+    import cv2
+
+    from facevib.detect.__main__ import main
+
+    photo = tmp_path / "astronaut.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR))
+    assert main(["detect", str(photo), "--max-faces", "1"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    result = json.loads(line)
+    assert result["photo"] == str(photo) and len(result["faces"]) == 1
+    np.testing.assert_allclose(
+        result["faces"][0]["landmarks"], ASTRONAUT_POINTS, atol=0.1 * interocular(ASTRONAUT_POINTS)
+    )
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"no image")
+    assert main(["detect", str(junk)]) == 2
+    assert "junk.jpg" in capsys.readouterr().err
+    assert main(["detect", str(photo), "--detector", str(tmp_path / "det_none.onnx")]) == 2
+    assert "det_none.onnx" in capsys.readouterr().err
