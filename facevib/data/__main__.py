@@ -161,7 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--detector", default="mtcnn", help="with --detect: mtcnn (built in) or the path of an SCRFD det_*.onnx"
     )
     pack.add_argument(
-        "--min-face-size", type=float, default=None, help="with --detect: smallest face in pixels (default: 20)"
+        "--min-face-size",
+        type=float,
+        default=None,
+        help="with --detect: smallest face in pixels; None: the detector's own (20 for mtcnn)",
     )
     pack.add_argument("--quality", type=int, default=95, help="JPEG quality of the packed crops")
     pack.add_argument(
