@@ -21,7 +21,14 @@ import pytest
 
 from facevib.align import norm_crop
 from facevib.report.document import Bullets, Code, Heading, Paragraph, Table, to_html, to_markdown
-from facevib.report.stats import Z95, fold_interval, pooled_correct, student_t95, wilson_interval
+from facevib.report.stats import (
+    Z95,
+    fold_interval,
+    paired_difference,
+    pooled_correct,
+    student_t95,
+    wilson_interval,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MAKE = shutil.which("make")
@@ -105,6 +112,17 @@ def test_fold_interval_equals_scipy() -> None:
     assert from_folds and fold_interval(folds) == pytest.approx((low, high), abs=1e-4)
 
 
+def test_paired_difference_equals_scipy_paired_t_interval() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    a = [0.84, 0.80, 0.88, 0.83, 0.86, 0.79, 0.85, 0.87, 0.82, 0.83]
+    b = [0.86, 0.83, 0.89, 0.86, 0.87, 0.82, 0.88, 0.87, 0.85, 0.85]
+    differences = np.subtract(a, b)
+    low, high = stats.t.interval(0.95, 9, loc=differences.mean(), scale=stats.sem(differences))
+    assert paired_difference(a, b) == pytest.approx((differences.mean(), low, high), abs=1e-4)
+    with pytest.raises(ValueError, match="fold counts differ"):
+        paired_difference(a, b[:5])
+
+
 # ---------------------------------------------------------------- document
 
 
@@ -178,6 +196,7 @@ def test_demo_pipeline_end_to_end(tmp_path: Path, launch) -> None:
         "DEMO_NPROC=2",
         f"DEMO_SYNTH_FLAGS={TINY_SYNTH}",
         f"DEMO_TRAIN_FLAGS={TINY_TRAIN}",
+        "DEMO_EXPORT_FLAGS=--legacy-exporter",  # the TorchScript exporter: same file, ~10x less time
     ]
     proc = launch([MAKE, "--no-print-directory", *targets, *variables])
     output, _ = proc.communicate(timeout=400)
@@ -202,7 +221,9 @@ def test_demo_pipeline_end_to_end(tmp_path: Path, launch) -> None:
 
     # Serving: the server's answers equal ONNX Runtime run directly on the same aligned crops.
     transcript = json.loads((out / "http_exchange.json").read_text())
-    assert [c["status"] for c in transcript["calls"]] == [200] * 5
+    statuses = [c["status"] for c in transcript["calls"]]
+    info = next(c["response"] for c in transcript["calls"] if c["path"] == "/v1/info")
+    assert statuses == [200] * (6 if info.get("detector") else 5)  # + the photo through the detector
     calibration = transcript["model"]["calibration"]
     assert calibration["target_fpr"] == pytest.approx(1e-4) and transcript["model"]["outputs"] == [
         "embedding",
@@ -229,6 +250,10 @@ def test_demo_pipeline_end_to_end(tmp_path: Path, launch) -> None:
     embedding, uncertainty = _onnx_outputs(out / "model.onnx", [astronaut])
     assert transcript["photo"]["norm"] == pytest.approx(float(np.linalg.norm(embedding[0])), rel=0.02)
     assert transcript["photo"]["uncertainty"] == pytest.approx(float(uncertainty[0]), abs=0.05)
+    if info.get("detector"):  # the detector's points agree with the hand-placed ones
+        found = np.asarray(transcript["photo"]["detected"]["landmarks"])
+        eye_distance = ASTRONAUT_LANDMARKS[1][0] - ASTRONAUT_LANDMARKS[0][0]
+        assert np.abs(found - np.asarray(ASTRONAUT_LANDMARKS)).max() < 0.15 * eye_distance
     with pytest.raises(httpx.TransportError):  # the server was stopped
         httpx.get(f"{transcript['base_url']}/health", timeout=2.0)
 

@@ -25,7 +25,7 @@ import numpy as np
 from facevib.report import plots
 from facevib.report.document import Block, Bullets, Code, Heading, Image, Paragraph, Table, write
 from facevib.report.runs import RunResults
-from facevib.report.stats import accuracy_interval, wilson_interval
+from facevib.report.stats import accuracy_interval, paired_difference, wilson_interval
 
 __all__ = ["ReportInputs", "build_blocks", "write_report"]
 
@@ -139,21 +139,24 @@ def _results_table(runs: Sequence[RunResults]) -> Table:
 
 
 def _difference_lines(runs: Sequence[RunResults]) -> list[str]:
-    """Plain statements of how far apart the first two models are, against their intervals."""
+    """How far apart the first two models are: a paired interval over the folds per set."""
     if len(runs) < 2:
         return []
     a, b = runs[0], runs[1]
     lines = []
     for name in _bin_names(runs):
         ra, rb = a.verification.get(name), b.verification.get(name)
-        if not (ra and rb):
+        if not (ra and rb) or ra["pairs"] != rb["pairs"]:
             continue
-        intervals = [accuracy_interval(r["fold_accuracies"], r["pairs"])[0] for r in (ra, rb)]
-        overlap = intervals[0][0] <= intervals[1][1] and intervals[1][0] <= intervals[0][1]
+        mean, low, high = paired_difference(ra["fold_accuracies"], rb["fold_accuracies"])
+        verdict = (
+            "the interval holds 0: not told apart on this set"
+            if low <= 0.0 <= high
+            else f"{a.label if mean > 0 else b.label} is better on this set"
+        )
         lines.append(
-            f"{name}: {a.label} {_pct(ra['accuracy'])}% vs {b.label} {_pct(rb['accuracy'])}% "
-            f"({100 * (ra['accuracy'] - rb['accuracy']):+.2f} points); the 95% intervals "
-            + ("overlap: not separated at this size." if overlap else "do not overlap.")
+            f"{name}: {a.label} - {b.label} = {100 * mean:+.2f} points, 95% interval "
+            f"[{100 * low:+.2f}, {100 * high:+.2f}] (paired over the same {len(ra['fold_accuracies'])} folds); {verdict}."
         )
     pa, pb = _tpr_point(a.ijb, 1e-4), _tpr_point(b.ijb, 1e-4)
     if pa and pb:
@@ -334,6 +337,17 @@ def _exchange_section(inputs: ReportInputs) -> list[Block]:
             what = "model metadata (outputs, preprocessing, calibration)"
         rows.append([f"{call['method']} {call['path']}", sent, str(call["status"]), f"{call['ms']:.0f}", what])
     blocks.append(Table(["request", "sent", "status", "ms", "answer"], rows))
+    calibration = (exchange.get("model") or {}).get("calibration") if isinstance(exchange.get("model"), dict) else None
+    if calibration and exchange.get("verify"):
+        outcome = ", ".join(f"{kind} pair {'accepted' if v['match'] else 'rejected'}" for kind, v in exchange["verify"].items())
+        blocks.append(
+            Paragraph(
+                f"The pairs are the first genuine and the first impostor pair of the protocol file, not chosen by "
+                f"result ({outcome}). At the calibrated threshold the model accepts {_pct(calibration['tpr'])}% of "
+                f"genuine pairs and {calibration['fpr']:.1e} of impostor pairs on the calibration data, so a rejected "
+                "genuine pair is the expected outcome for most pairs at this training budget."
+            )
+        )
     verify = next((c for c in exchange["calls"] if c["path"] == "/v1/verify"), None)
     if verify:
         blocks.append(

@@ -191,8 +191,9 @@ def run_exchange(
             if detected.get("status") == "ok" and detected.get("faces"):
                 found = detected["faces"][0]
                 cosine = float(np.dot(found["embedding"], face["embedding"]))  # both L2-normalised
+                detector = info["detector"]
                 photo_summary["detected"] = {
-                    "detector": info["detector"],
+                    "detector": detector.get("name", "detector") if isinstance(detector, dict) else str(detector),
                     "landmarks": found.get("landmarks"),
                     "det_score": found.get("det_score"),
                     "cosine_to_given_landmarks": cosine,

@@ -98,7 +98,8 @@ def kl_per_cell(
     axes.patch.set_visible(False)
     handles, labels = axes.get_legend_handles_labels()
     bar_handles, bar_labels = beta_axes.get_legend_handles_labels()
-    axes.legend(handles + bar_handles, labels + bar_labels, loc="upper right", fontsize="small")
+    # Lower right: deep cells keep high KL (small beta), so that corner is where lines are not.
+    axes.legend(handles + bar_handles, labels + bar_labels, loc="lower right", fontsize="small")
     return _save(figure, path)
 
 

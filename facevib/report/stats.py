@@ -15,7 +15,15 @@ from collections.abc import Sequence
 
 from facevib.eval.verification import kfold_splits
 
-__all__ = ["Z95", "wilson_interval", "pooled_correct", "student_t95", "fold_interval", "accuracy_interval"]
+__all__ = [
+    "Z95",
+    "wilson_interval",
+    "pooled_correct",
+    "student_t95",
+    "fold_interval",
+    "accuracy_interval",
+    "paired_difference",
+]
 
 Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 
@@ -87,3 +95,23 @@ def accuracy_interval(fold_accuracies: Sequence[float], pairs: int) -> tuple[tup
     if folds[1] - folds[0] > wilson[1] - wilson[0]:
         return folds, "folds"
     return wilson, "pairs"
+
+
+def paired_difference(folds_a: Sequence[float], folds_b: Sequence[float]) -> tuple[float, float, float]:
+    """Mean difference ``a - b`` of two models' accuracies on the same folds, with its 95%
+    Student-t interval over the per-fold differences: ``(mean, low, high)``.
+
+    Both models see the same pairs in the same folds, so the fold-to-fold variation they share
+    (harder people, harder photos) cancels; this tells two models apart far better than
+    comparing their separate intervals.
+    """
+    if len(folds_a) != len(folds_b):
+        raise ValueError(f"fold counts differ: {len(folds_a)} vs {len(folds_b)} (not the same protocol)")
+    differences = [a - b for a, b in zip(folds_a, folds_b, strict=True)]
+    k = len(differences)
+    mean = sum(differences) / k
+    if k < 2:
+        return mean, mean, mean
+    s = math.sqrt(sum((d - mean) ** 2 for d in differences) / (k - 1))
+    half = student_t95(k - 1) * s / math.sqrt(k)
+    return mean, mean - half, mean + half
