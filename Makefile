@@ -58,9 +58,11 @@ demo: $(STAMP)
 	$(MAKE) --no-print-directory demo-data demo-train demo-eval demo-serve demo-report PY=$(PY)
 	@echo "demo done in $$(( $$(date +%s) - $$(cat $(DEMO_OUT)/started_at) )) s: open $(DEMO_OUT)/REPORT.md or $(DEMO_OUT)/report.html"
 
-# Rendered again only when the flags differ from those of the set already there.
+# Rendered again only when the flags differ from those of the set already there (or when
+# the set was rewritten by another command since).
 demo-data:
-	@if [ "$$(cat $(DEMO_DATA)/synth.flags 2>/dev/null)" = "$(strip $(DEMO_SYNTH_FLAGS))" ]; then \
+	@if [ "$$(cat $(DEMO_DATA)/synth.flags 2>/dev/null)" = "$(strip $(DEMO_SYNTH_FLAGS))" ] \
+		&& ! [ $(DEMO_DATA)/synth.json -nt $(DEMO_DATA)/synth.flags ]; then \
 		echo "$(DEMO_DATA): synthetic set already rendered with these flags"; \
 	else \
 		$(PY) -m facevib.data synth --out $(DEMO_DATA) $(DEMO_SYNTH_FLAGS) && \
