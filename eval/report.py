@@ -5,9 +5,9 @@
 
 Each --run LABEL=DIR is a training output folder (train/arcface.py --output DIR) whose
 evaluations live in DIR/eval (eval/verification.py and eval/ijb.py --out DIR/eval; uncertainty
-fusion in DIR/eval/fusion). --data is the data folder: its synth.json (a synthetic set) is
-described, its IJBC/ protocol re-scores the cached IJB features for the ROC plot, and the first
-.bin set's images are where the per-cell KL of VIB models is measured. --onnx and --exchange
+fusion in DIR/eval/fusion); the ROC plot re-scores each run's cached IJB features. --data is
+the data folder: its synth.json (a synthetic set) is described, and the first .bin set's images
+are where the per-cell KL of VIB models is measured. --onnx and --exchange
 add the exported model and the HTTP transcript (serve/exchange.py). Nothing is trained or
 embedded here except that one KL measurement.
 """

@@ -39,8 +39,9 @@ class ReportInputs:
     Args:
         runs: the trained models, in table order (the first is the one exported and served).
         out: the folder of ``REPORT.md``, ``report.html`` and ``plots/``.
-        data: the data folder (``synth.json`` describes a synthetic set; ``IJBC/`` holds the
-            protocol files the ROC curves are re-scored from).
+        data: the data folder (its ``synth.json``, when there is one, describes a synthetic set).
+            The ROC curves are re-scored from each run's IJB feature cache and the protocol
+            folder recorded in its ``ijbc.json``.
         onnx: the exported model, whose metadata (outputs, calibration) is reported.
         exchange: the transcript written by ``serve/exchange.py``.
         started_at: UNIX time the pipeline started (the report states the elapsed time).
@@ -245,7 +246,7 @@ def _kl_section(run: RunResults, out: Path, heldout_images: np.ndarray | None) -
     ]
 
 
-def _roc_section(runs: Sequence[RunResults], data: Path | None, out: Path) -> list[Block]:
+def _roc_section(runs: Sequence[RunResults], out: Path) -> list[Block]:
     """ROC curves of every model's IJB protocol (and of uncertainty fusion), re-scored from the
     feature caches ``eval/ijb.py`` wrote (no network runs here)."""
     from facevib.data.ijb import read_ijb
@@ -255,7 +256,7 @@ def _roc_section(runs: Sequence[RunResults], data: Path | None, out: Path) -> li
     styles: dict[str, str] = {}
     target = None
     for run in runs:
-        if run.features is None or data is None:
+        if run.features is None:
             continue
         target = run.ijb["target"]
         ijb = read_ijb(Path(run.ijb["data_root"]), target, require_images=False)
@@ -421,11 +422,11 @@ _SCALE_UP = """# training data: MS1MV3 (insightface's faces_emore layout: train.
 .venv/bin/python eval/ijb.py --target IJBC --data-root data/IJB_release/IJBC \\
     --features runs/ms1mv3_r100_cellvib/eval/ijbc_features.npz --out runs/ms1mv3_r100_cellvib/eval
 # export with a threshold calibrated on IJB-C at FPR 1e-4, serve, and rebuild this report
-.venv/bin/python -m facevib.export runs/ms1mv3_r100_cellvib/backbone.pt --out model.onnx --uncertainty \\
-    --calibrate data/IJB_release/IJBC --target-fpr 1e-4
-.venv/bin/python serve/app.py --model model.onnx --host 0.0.0.0 --port 8000
+.venv/bin/python -m facevib.export runs/ms1mv3_r100_cellvib/backbone.pt --out runs/ms1mv3_r100_cellvib/model.onnx \\
+    --uncertainty --calibrate data/IJB_release/IJBC --target-fpr 1e-4
+.venv/bin/python serve/app.py --model runs/ms1mv3_r100_cellvib/model.onnx --host 0.0.0.0 --port 8000
 .venv/bin/python eval/report.py --run cellVIB=runs/ms1mv3_r100_cellvib --run ArcFace=runs/ms1mv3_r100_arcface \\
-    --onnx model.onnx --out runs/ms1mv3_report"""
+    --data data/ms1m-retinaface-t1 --onnx runs/ms1mv3_r100_cellvib/model.onnx --out runs/ms1mv3_report"""
 
 
 _MEANING = (
@@ -479,7 +480,7 @@ def build_blocks(inputs: ReportInputs, heldout_images: np.ndarray | None = None)
     for run in runs:
         if any(r.get("kl_cells") for r in run.train):
             blocks += _kl_section(run, out, heldout_images)
-    blocks += _roc_section(runs, inputs.data, out)
+    blocks += _roc_section(runs, out)
     blocks += _exchange_section(inputs)
     blocks += [Heading("Where everything is"), _locations(inputs)]
     blocks += [
