@@ -10,15 +10,37 @@ TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4"
 VENV_FLAGS ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "--system-site-packages")
 PYTEST_ARGS ?=
 
-# `make demo`: the main job on the embedded synthetic default, end to end on 2 CPU ranks.
+# `make demo`: the whole product on the embedded synthetic set, one step per target, each a
+# command you can rerun alone (`make demo-eval`, `make demo-report DEMO_OUT=...`):
+#   demo-data    render the synthetic set: train.rec, three 3,000-pair .bin sets, IJB-C-style IJBC/
+#   demo-train   train cellVIB, then the ArcFace baseline, same budget (torchrun: 2 CPU ranks or all GPUs)
+#   demo-eval    insightface's protocols on every .bin set and IJB-C (+ uncertainty fusion for cellVIB)
+#   demo-serve   export cellVIB (calibrated threshold, uncertainty output), serve it, talk to it over HTTP
+#   demo-report  $(DEMO_OUT)/REPORT.md and report.html
 DEMO_DATA ?= data/synthetic
-DEMO_CONFIG ?= configs/synthetic_r18_cellvib.py
-DEMO_RUN ?= runs/synthetic_r18_cellvib
-DEMO_NPROC ?= 2
-# cellVIB models score images by their sigma: fuse IJB templates with it (drop for r-models).
-DEMO_IJB_FLAGS ?= --uncertainty-fusion
+DEMO_OUT ?= runs/demo
+DEMO_SYNTH_FLAGS ?= --identities 100 --images-per-identity 20 --seed 0 \
+	--lfw-identities 60 --lfw-pairs 3000 --cfp-fp-identities 60 --cfp-fp-pairs 3000 \
+	--agedb-30-identities 60 --agedb-30-pairs 3000 --bin-images-per-identity 10 \
+	--ijb-identities 64 --ijb-templates-per-identity 6 --ijb-max-media 2 --ijb-max-frames 2
+DEMO_CELLVIB_CONFIG ?= configs/synthetic_r18_cellvib.py
+DEMO_BASELINE_CONFIG ?= configs/synthetic_r18_arcface.py
+DEMO_STEPS ?= 100
+DEMO_NPROC ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | grep -c GPU); [ "$$n" -gt 0 ] 2>/dev/null && echo $$n || echo 2)
+DEMO_TRAIN_FLAGS ?= --set run.device=auto --set run.log_every=5 --set data.val_targets=[]
+DEMO_TARGET_FPR ?= 1e-4
+DEMO_EXPORT_FLAGS ?=
+DEMO_TRAIN := OMP_NUM_THREADS=1 $(PY) -m torch.distributed.run --standalone --nproc_per_node=$(DEMO_NPROC) \
+	train/arcface.py --set data.rec=$(DEMO_DATA) --set data.val_dir=$(DEMO_DATA) \
+	--set run.epochs=0 --set run.total_steps=$(DEMO_STEPS) $(DEMO_TRAIN_FLAGS)
+DEMO_IJB := $(PY) eval/ijb.py --target IJBC --data-root $(DEMO_DATA)/IJBC --no-progress
 
-.PHONY: install test demo lint clean
+# The built-in face detector's weights come from this wheel (fetched, never installed: it pins
+# old torch and numpy); the ONNX files converted from it are committed in facevib/detect/weights/.
+MTCNN_WHEEL := build/facenet_pytorch-2.6.0-py3-none-any.whl
+
+.PHONY: detector-wheel detector-weights
+.PHONY: install test demo demo-data demo-train demo-eval demo-serve demo-report lint clean
 
 install: $(STAMP)
 
@@ -28,20 +50,62 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) detector-wheel
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-demo: $(STAMP) $(DEMO_DATA)/synth.json
-	rm -rf $(DEMO_RUN)
-	OMP_NUM_THREADS=1 $(PY) -m torch.distributed.run --standalone --nproc_per_node=$(DEMO_NPROC) \
-		train/arcface.py $(DEMO_CONFIG) --set data.rec=$(DEMO_DATA) --set data.val_dir=$(DEMO_DATA) --output $(DEMO_RUN)
-	$(PY) eval/verification.py --model $(DEMO_RUN)/backbone.pt --data-dir $(DEMO_DATA) --out $(DEMO_RUN)/eval
-	$(PY) eval/ijb.py --target IJBC --data-root $(DEMO_DATA)/IJBC --model $(DEMO_RUN)/backbone.pt \
-		--out $(DEMO_RUN)/eval --no-progress $(DEMO_IJB_FLAGS)
-	@echo "demo done: results in $(DEMO_RUN)/ (metrics.jsonl, tensorboard/, eval/)"
+demo: $(STAMP)
+	rm -rf $(DEMO_OUT) && mkdir -p $(DEMO_OUT) && date +%s > $(DEMO_OUT)/started_at
+	$(MAKE) --no-print-directory demo-data demo-train demo-eval demo-serve demo-report PY=$(PY)
+	@echo "demo done in $$(( $$(date +%s) - $$(cat $(DEMO_OUT)/started_at) )) s: open $(DEMO_OUT)/REPORT.md or $(DEMO_OUT)/report.html"
 
-$(DEMO_DATA)/synth.json: | $(STAMP)
-	$(PY) -m facevib.data synth --out $(DEMO_DATA) --identities 100 --images-per-identity 20 --seed 0
+# Rendered again only when the flags differ from those of the set already there (or when
+# the set was rewritten by another command since).
+demo-data:
+	@if [ "$$(cat $(DEMO_DATA)/synth.flags 2>/dev/null)" = "$(strip $(DEMO_SYNTH_FLAGS))" ] \
+		&& ! [ $(DEMO_DATA)/synth.json -nt $(DEMO_DATA)/synth.flags ]; then \
+		echo "$(DEMO_DATA): synthetic set already rendered with these flags"; \
+	else \
+		$(PY) -m facevib.data synth --out $(DEMO_DATA) $(DEMO_SYNTH_FLAGS) && \
+		echo "$(strip $(DEMO_SYNTH_FLAGS))" > $(DEMO_DATA)/synth.flags; \
+	fi
+
+demo-train:
+	rm -rf $(DEMO_OUT)/cellvib $(DEMO_OUT)/arcface
+	$(DEMO_TRAIN) --output $(DEMO_OUT)/cellvib $(DEMO_CELLVIB_CONFIG)
+	$(DEMO_TRAIN) --output $(DEMO_OUT)/arcface $(DEMO_BASELINE_CONFIG)
+
+# cellVIB embeds IJB-C once, with its uncertainty from the same forward pass: scored with
+# uncertainty fusion (eval/fusion/), then re-scored from the feature cache by the protocol (eval/).
+demo-eval:
+	$(PY) eval/verification.py --model $(DEMO_OUT)/cellvib/backbone.pt --data-dir $(DEMO_DATA) --out $(DEMO_OUT)/cellvib/eval
+	$(PY) eval/verification.py --model $(DEMO_OUT)/arcface/backbone.pt --data-dir $(DEMO_DATA) --out $(DEMO_OUT)/arcface/eval
+	$(DEMO_IJB) --model $(DEMO_OUT)/cellvib/backbone.pt --features $(DEMO_OUT)/cellvib/eval/ijbc_features.npz \
+		--uncertainty-fusion --out $(DEMO_OUT)/cellvib/eval/fusion
+	$(DEMO_IJB) --features $(DEMO_OUT)/cellvib/eval/ijbc_features.npz --out $(DEMO_OUT)/cellvib/eval
+	$(DEMO_IJB) --model $(DEMO_OUT)/arcface/backbone.pt --out $(DEMO_OUT)/arcface/eval
+
+demo-serve:
+	$(PY) -m facevib.export $(DEMO_OUT)/cellvib/backbone.pt --out $(DEMO_OUT)/model.onnx --uncertainty \
+		--calibrate $(DEMO_DATA)/IJBC --target-fpr $(DEMO_TARGET_FPR) $(DEMO_EXPORT_FLAGS)
+	$(PY) serve/exchange.py --model $(DEMO_OUT)/model.onnx --ijb-root $(DEMO_DATA)/IJBC --out $(DEMO_OUT)/http_exchange.json
+
+demo-report:
+	$(PY) eval/report.py --run cellVIB=$(DEMO_OUT)/cellvib --run ArcFace=$(DEMO_OUT)/arcface --data $(DEMO_DATA) \
+		--onnx $(DEMO_OUT)/model.onnx --exchange $(DEMO_OUT)/http_exchange.json --out $(DEMO_OUT) \
+		--command "make demo-data demo-train demo-eval demo-serve demo-report DEMO_STEPS=$(DEMO_STEPS) DEMO_NPROC=$(DEMO_NPROC)" \
+		$$([ -f $(DEMO_OUT)/started_at ] && echo --started-at $(DEMO_OUT)/started_at)
+
+# Best effort: without the wheel (no registry access) the one test that rebuilds the committed
+# detector files from it is skipped, and says so.
+detector-wheel: $(STAMP)
+	@test -f $(MTCNN_WHEEL) || $(PY) -m pip download --quiet --no-deps facenet-pytorch==2.6.0 -d build \
+		|| echo "warning: could not fetch facenet-pytorch 2.6.0; tests/test_detect_mtcnn.py will skip its wheel check"
+
+# Rebuild facevib/detect/weights/ from the wheel; the result is byte-identical to the committed files.
+detector-weights: $(STAMP)
+	mkdir -p build
+	test -f $(MTCNN_WHEEL) || $(PY) -m pip download --quiet --no-deps facenet-pytorch==2.6.0 -d build
+	$(PY) -m facevib.detect convert --wheel $(MTCNN_WHEEL) --out facevib/detect/weights
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -26,7 +26,7 @@ on all of them alike; the table gives the best and the median round.
 
     python benchmarks/data_loader.py [--rec PREFIX] [--workers 1,2] [--out results.json]
 
-Without ``--rec`` a set is written to a temporary directory by ``facevib.data.synth``
+Without ``--rec`` a set is written to a temporary directory by ``facevib.synth``
 (or, when that module is missing, from random smooth 112x112 JPEG q95 images).
 """
 
@@ -103,18 +103,18 @@ def _smooth_faces(count: int, seed: int) -> list[bytes]:
 def make_dataset(directory: Path, identities: int, per_identity: int, seed: int) -> tuple[Path, str]:
     """Write a training set to ``directory``; return its prefix and how it was made."""
     try:
-        from facevib.data.synth import write_synthetic_dataset
+        from facevib.synth import write_synthetic_dataset
     except ImportError:
         write_synthetic_dataset = None
     if write_synthetic_dataset is not None:
         write_synthetic_dataset(directory, identities=identities, images_per_identity=per_identity, seed=seed)
-        return directory / "train", "facevib.data.synth.write_synthetic_dataset"
+        return directory / "train", "facevib.synth.write_synthetic_dataset"
     images = _smooth_faces(identities * per_identity, seed)
     with IndexedRecordWriter(directory / "train.rec") as writer:
         for key, image in enumerate(images):
             writer.write_key(key, pack(RecordHeader(0, float(key // per_identity), key), image))
     (directory / "property").write_text(f"{identities},112,112\n")
-    return directory / "train", "random smooth 112x112 JPEG q95 (facevib.data.synth not available)"
+    return directory / "train", "random smooth 112x112 JPEG q95 (facevib.synth not available)"
 
 
 def single_process(dataset: MXFaceDataset, order: np.ndarray) -> Measurement:

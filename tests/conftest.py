@@ -39,7 +39,7 @@ def mxnet_fixture_dir() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A synthetic identity set in the real formats (train.rec/idx, .bin sets, IJBC/)."""
-    from facevib.data.synth import write_synthetic_dataset
+    from facevib.synth import write_synthetic_dataset
 
     out = tmp_path_factory.mktemp("synthetic")
     write_synthetic_dataset(out, identities=SYNTH_IDENTITIES, images_per_identity=SYNTH_IMAGES_PER_IDENTITY, seed=0)

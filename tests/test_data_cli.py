@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from facevib.align import norm_crop, three_point_landmarks
+from facevib.data.bins import read_bin
 from facevib.data.recordio import IndexedRecordReader, unpack
-from facevib.data.synth import write_synthetic_dataset
-from facevib.data.synth_params import sample_conditions, sample_identity
-from facevib.data.synth_render import render_face
+from facevib.synth import write_synthetic_dataset
+from facevib.synth.params import sample_conditions, sample_identity
+from facevib.synth.render import render_face
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,7 +159,17 @@ def test_synth_cli_equals_the_library_and_inspects(tmp_path: Path):
     result = _cli("inspect", tmp_path / "cli" / "lfw.bin", "--sheet", tmp_path / "pairs.png")
     assert result.returncode == 0, result.stderr
     assert "pairs           6 (3 same, 3 different)" in result.stdout
-    assert cv2.imread(str(tmp_path / "pairs.png")) is not None
+    # --identities 8 (default) pairs: the first 4 same and 4 different, here all 3 + 3, two photos a row.
+    sheet = cv2.imread(str(tmp_path / "pairs.png"))
+    assert sheet.shape == (6 * 116 + 4, 2 * 116 + 4, 3)
+    data = read_bin(tmp_path / "cli" / "lfw.bin")
+    order = np.r_[np.flatnonzero(data.issame), np.flatnonzero(~data.issame)]
+    for row, pair in enumerate(order):
+        for column in (0, 1):
+            y, x = 4 + row * 116, 4 + column * 116
+            cell = sheet[y + 20 : y + 112, x : x + 112]  # below the caption
+            expected = cv2.cvtColor(data.images[2 * pair + column], cv2.COLOR_RGB2BGR)[20:]
+            np.testing.assert_array_equal(cell, expected, err_msg=f"sheet row {row}, photo {column}")
 
 
 def test_user_errors_are_one_line(tmp_path: Path, loose_faces):

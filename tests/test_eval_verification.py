@@ -13,7 +13,8 @@ import torch
 from sklearn.model_selection import KFold
 from torch import nn
 
-from facevib.data.bins import VerificationBin, write_bin
+from facevib.data.bins import VerificationBin, read_bin, write_bin
+from facevib.data.transforms import images_to_tensor
 from facevib.eval.embed import Embedder
 from facevib.eval.verification import (
     INSIGHTFACE_THRESHOLDS,
@@ -21,6 +22,7 @@ from facevib.eval.verification import (
     evaluate_verification,
     kfold_splits,
     load_bins,
+    unique_images,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,6 +195,31 @@ def test_evaluate_bins_on_a_training_module_gives_the_known_answer_and_restores_
     assert got["tar_at_far"] == pytest.approx(expected["tar_at_far"])
 
 
+def test_evaluate_bins_embeds_each_distinct_image_once_with_the_same_result() -> None:
+    # Pairs reusing a pool of photos, as LFW does: 30 pairs over 12 distinct images.
+    net = ColourNet().eval()
+    pool, _, _ = _uniform_pairs(6, seed=3)
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(pool), size=60)
+    images, issame = pool[picks], rng.random(30) < 0.5
+    seen: list[int] = []
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        seen.append(len(batch))
+        with torch.no_grad():
+            return net(images_to_tensor(batch)).numpy()
+
+    got = evaluate_bins(Embedder(forward, batch_size=8), [VerificationBin("pool", images, issame)], n_folds=3)["pool"]
+    distinct = len(np.unique(picks))
+    assert got["unique_images"] == distinct and sum(seen) == 2 * distinct  # each image and its flip, once
+    plain = Embedder(forward, batch_size=8)
+    reference = evaluate_verification(plain(images), issame, n_folds=3)  # every row embedded
+    assert got["fold_accuracies"] == pytest.approx(reference["fold_accuracies"])
+    assert got["embedding_norm"] == pytest.approx(reference["embedding_norm"], rel=1e-6)
+    first, inverse = unique_images(images)
+    assert np.array_equal(images[first][inverse], images) and np.array_equal(np.sort(first), first)
+
+
 def _write_bins(folder: Path, names: list[str]) -> None:
     for seed, name in enumerate(names):
         images, _, issame = _uniform_pairs(20, seed=seed)
@@ -210,6 +237,9 @@ def test_load_bins_lists_what_is_present(tmp_path: Path) -> None:
         load_bins(tmp_path / "nowhere")
 
 
+_TINY_R18 = {"layers": (1, 1, 1, 1), "widths": (4, 4, 8, 8), "embedding_dim": 16}
+
+
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny r18 as a facevib checkpoint and as ONNX."""
@@ -218,11 +248,33 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     folder = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    model = create_model("r18", layers=(1, 1, 1, 1), widths=(4, 4, 8, 8), embedding_dim=16).eval()
+    model = create_model("r18", **_TINY_R18).eval()
     checkpoint = folder / "backbone.pt"
     torch.save({"format": "facevib", "arch": model.arch, "backbone": model.state_dict(), "config": {}}, checkpoint)
     onnx_path = export_onnx(model, folder / "backbone.onnx", dynamo=False, opset=17)
     return {"checkpoint": checkpoint, "onnx": onnx_path}
+
+
+def _reference_result(checkpoint: Path, images: np.ndarray, issame: np.ndarray) -> tuple[np.ndarray, float]:
+    """Fold accuracies and mean image + flip embedding norm, computed without facevib.eval.
+
+    The checkpoint's backbone runs in torch on ``x / 127.5 - 1`` (NCHW) for each distinct
+    image and its mirror; the sums go through insightface's accuracy loop above.
+    """
+    from facevib.models import create_model
+
+    model = create_model("r18", **_TINY_R18).eval()
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["backbone"])
+    slot_of: dict[bytes, int] = {}  # image bytes -> row in ``distinct``
+    inverse = np.array([slot_of.setdefault(image.tobytes(), len(slot_of)) for image in images])
+    distinct = images[np.unique(inverse, return_index=True)[1]]
+    summed = []
+    with torch.no_grad():
+        for start in range(0, len(distinct), 256):
+            x = torch.from_numpy(distinct[start : start + 256]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+            summed.append((model(x) + model(torch.flip(x, dims=[3]))).double().numpy())
+    embeddings = np.concatenate(summed)[inverse]
+    return _insightface_accuracy(embeddings, issame), float(np.linalg.norm(embeddings, axis=1).mean())
 
 
 @pytest.mark.parametrize("kind", ["checkpoint", "onnx"])
@@ -242,7 +294,14 @@ def test_cli_writes_table_and_json(
     payload = json.loads((out / "verification.json").read_text())
     assert set(payload["results"]) == {"lfw", "agedb_30"}
     assert payload["backend"].startswith("torch:cpu" if kind == "checkpoint" else "onnxruntime:CPUExecutionProvider")
-    assert 0.0 <= payload["results"]["lfw"]["accuracy"] <= 1.0
+    for seed, name in enumerate(["lfw", "agedb_30"]):  # the sets _write_bins wrote
+        images, _, issame = _uniform_pairs(20, seed=seed)
+        folds, norm = _reference_result(tiny_models["checkpoint"], images, issame)
+        result = payload["results"][name]
+        assert result["pairs"] == 20 and result["fold_accuracies"] == pytest.approx(folds.tolist(), abs=1e-12)
+        assert result["accuracy"] == pytest.approx(folds.mean()) and result["embedding_norm"] == pytest.approx(
+            norm, rel=1e-4
+        )
 
 
 def test_cli_checkpoint_and_onnx_agree(tiny_models: dict[str, Path], tmp_path: Path) -> None:
@@ -287,7 +346,6 @@ def test_cli_missing_model_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_on_the_synthetic_set(request: pytest.FixtureRequest, tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    pytest.importorskip("facevib.data.synth", reason="facevib.data.synth (synthetic set writer) not available yet")
     synthetic = request.getfixturevalue("synthetic_dir")
     script = _load_script("verification")
     out = tmp_path / "out"
@@ -297,4 +355,8 @@ def test_on_the_synthetic_set(request: pytest.FixtureRequest, tiny_models: dict[
     payload = json.loads((out / "verification.json").read_text())
     assert list(payload["results"]) == ["lfw"]
     result = payload["results"]["lfw"]
-    assert 0.0 <= result["accuracy"] <= 1.0 and result["embedding_norm"] > 0 and result["pairs"] > 0
+    lfw = read_bin(synthetic / "lfw.bin")
+    folds, norm = _reference_result(tiny_models["checkpoint"], lfw.images, lfw.issame)
+    assert result["pairs"] == len(lfw.issame)
+    np.testing.assert_allclose(result["fold_accuracies"], folds, atol=1e-12)
+    assert result["embedding_norm"] == pytest.approx(norm, rel=1e-4)

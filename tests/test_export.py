@@ -1,20 +1,52 @@
-"""ONNX export: interface, onnx.checker, ONNX Runtime == PyTorch for the three model families."""
+"""ONNX export: interface, insightface routing, ONNX Runtime == PyTorch, metadata, calibration, Triton, CLI.
+
+Exports use the TorchScript exporter (``dynamo=False``, ~10x faster) except the two that
+cover the default ``torch.export``-based one (a one-output and a two-output graph).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
+from google.protobuf import text_format
+from onnx import TensorProto, helper
+from serve_support import aligned_crops
 from torch import nn
+from tritonclient.grpc import model_config_pb2
 
+from facevib.data.bins import read_bin
+from facevib.data.transforms import images_to_tensor
 from facevib.eval.embed import Embedder, load_embedder
-from facevib.export import INPUT_NAME, OUTPUT_NAME, compare_onnx, export_onnx
-from facevib.models import create_model
+from facevib.export import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    UNCERTAINTY_NAME,
+    compare_onnx,
+    export_onnx,
+    insightface_problems,
+    onnx_differences,
+    read_onnx_metadata,
+)
+from facevib.export.__main__ import main
+from facevib.models import create_model, load_backbone
+from facevib.onnx_meta import ModelMetadata, default_preprocess
 
 TINY = {"layers": (1, 1, 1, 1), "widths": (8, 16, 16, 32), "embedding_dim": 32}
+# name -> (model name, uncertainty output, dynamo exporter)
+EXPORTS = {
+    "r18": ("r18", False, True),
+    "cellvib_r18": ("cellvib_r18", False, False),
+    "deepvib_r18": ("deepvib_r18", False, False),
+    "cellvib_r18+uncertainty": ("cellvib_r18", True, True),
+    "deepvib_r18+uncertainty": ("deepvib_r18", True, False),
+}
 
 
 def _interface(path: Path) -> tuple[list, list]:
@@ -28,28 +60,102 @@ def _interface(path: Path) -> tuple[list, list]:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[nn.Module, Path]]:
-    """Each family exported once with the default (dynamo) exporter, from training mode."""
+    """Each family exported once, from training mode (the caller's mode must come back)."""
     folder = tmp_path_factory.mktemp("onnx")
     out = {}
-    for name in ("r18", "cellvib_r18", "deepvib_r18"):
-        torch.manual_seed(0)
+    for seed, (key, (name, uncertainty, dynamo)) in enumerate(EXPORTS.items()):
+        torch.manual_seed(seed)
         model = create_model(name, **TINY).train()
-        path = export_onnx(model, folder / f"{name}.onnx")
-        assert model.training  # the caller's mode is restored
-        out[name] = (model, path)
+        path = export_onnx(model, folder / f"{key}.onnx", uncertainty=uncertainty, dynamo=dynamo)
+        assert model.training
+        out[key] = (model, path)
     return out
 
 
-@pytest.mark.parametrize("name", ["r18", "cellvib_r18", "deepvib_r18"])
-def test_onnx_runtime_equals_pytorch_at_batch_1_and_5(exported: dict, name: str) -> None:
-    model, path = exported[name]
+@pytest.fixture(scope="module")
+def real_inputs() -> np.ndarray:
+    """skimage's astronaut and matplotlib's Grace Hopper, aligned by facevib.align, normalised."""
+    return images_to_tensor(aligned_crops()).numpy()
+
+
+@pytest.mark.parametrize("key", list(EXPORTS))
+def test_onnx_runtime_equals_pytorch_at_batch_1_and_7(exported: dict, real_inputs: np.ndarray, key: str) -> None:
+    model, path = exported[key]
+    uncertainty = EXPORTS[key][1]
     onnx.checker.check_model(str(path), full_check=True)
     inputs, outputs = _interface(path)
     assert len(inputs) == 1 and inputs[0][0] == INPUT_NAME and inputs[0][1][1:] == [3, 112, 112]
     assert isinstance(inputs[0][1][0], str)  # symbolic batch dimension
-    assert len(outputs) == 1 and outputs[0][0] == OUTPUT_NAME and outputs[0][1][1] == 32
-    assert compare_onnx(model, path, batch_sizes=(1, 5)) < 1e-4
+    assert outputs[0][0] == OUTPUT_NAME and outputs[0][1][1] == 32
+    if uncertainty:
+        assert len(outputs) == 2 and outputs[1][0] == UNCERTAINTY_NAME and len(outputs[1][1]) == 1
+    else:
+        assert len(outputs) == 1
+    names = {OUTPUT_NAME, UNCERTAINTY_NAME} if uncertainty else {OUTPUT_NAME}
+    for inputs_ in (None, real_inputs):
+        worst = onnx_differences(model, path, batch_sizes=(1, 7), inputs=inputs_)
+        assert set(worst) == names and max(worst.values()) <= 1e-4, worst
     assert model.training
+
+
+def test_real_crops_give_distinct_finite_outputs(exported: dict, real_inputs: np.ndarray) -> None:
+    """The photos really flow through the graph: two faces, two embeddings and uncertainties."""
+    _, path = exported["cellvib_r18+uncertainty"]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    embedding, uncertainty = session.run(None, {INPUT_NAME: real_inputs})
+    assert embedding.shape == (2, 32) and uncertainty.shape == (2,)
+    assert np.isfinite(embedding).all() and np.isfinite(uncertainty).all()
+    assert np.abs(embedding[0] - embedding[1]).max() > 1e-3 and uncertainty[0] != uncertainty[1]
+
+
+@pytest.mark.parametrize("key", ["r18", "cellvib_r18", "deepvib_r18"])
+def test_default_file_is_an_insightface_drop_in(exported: dict, key: str) -> None:
+    _, path = exported[key]
+    assert insightface_problems(path) == []
+    graph = onnx.load(str(path)).graph
+    first = [node.name for node in graph.node[:8]]
+    assert not (
+        any(n.startswith(("Sub", "_minus")) for n in first) and any(n.startswith(("Mul", "_mul")) for n in first)
+    ), first
+    # No normalisation inside the graph: the input feeds the stem convolution and nothing else.
+    assert [node.op_type for node in graph.node if INPUT_NAME in node.input] == ["Conv"]
+    # What insightface's router reads off the session: square >= 112, multiple of 16, < 5 outputs.
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    shape = session.get_inputs()[0].shape
+    assert shape[2] == shape[3] == 112 and shape[2] % 16 == 0 and len(session.get_outputs()) == 1
+
+
+def test_uncertainty_file_is_not_an_insightface_drop_in(exported: dict) -> None:
+    _, path = exported["cellvib_r18+uncertainty"]
+    assert insightface_problems(path) == ["2 outputs; ArcFaceONNX asserts exactly one"]
+
+
+def _graph(first_nodes: list[str], size: int | str = 112) -> onnx.ModelProto:
+    """``data -> Identity* -> output`` with the given node names."""
+    nodes, previous = [], "data"
+    for index, name in enumerate(first_nodes):
+        nodes.append(helper.make_node("Identity", [previous], [f"t{index}"], name=name))
+        previous = f"t{index}"
+    nodes.append(helper.make_node("Identity", [previous], ["out"], name="last"))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, size, size])],
+    )
+    return helper.make_model(graph)
+
+
+def test_insightface_rules_flag_what_would_misroute() -> None:
+    assert insightface_problems(_graph(["conv", "bn", "relu"])) == []
+    flagged = insightface_problems(_graph(["Sub_0", "Mul_1", "conv"]))
+    assert len(flagged) == 1 and "'Sub_0' and 'Mul_1'" in flagged[0] and "raw pixels" in flagged[0]
+    assert len(insightface_problems(_graph(["_minus0", "conv", "_mul0"]))) == 1
+    assert insightface_problems(_graph(["Sub_0", "conv"])) == []  # both are needed
+    assert insightface_problems(_graph([f"n{i}" for i in range(8)] + ["Sub_0", "Mul_1"])) == []  # past the 8th
+    assert "dynamic height/width" in insightface_problems(_graph(["conv"], size="H"))[0]
+    assert "not routed to ArcFaceONNX" in insightface_problems(_graph(["conv"], size=192))[0]
+    assert "not routed to ArcFaceONNX" in insightface_problems(_graph(["conv"], size=120))[0]
 
 
 def test_vib_models_export_the_deterministic_mean(exported: dict) -> None:
@@ -67,6 +173,19 @@ def test_vib_models_export_the_deterministic_mean(exported: dict) -> None:
     assert not onnx_embedder.has_uncertainty and torch_embedder.has_uncertainty
 
 
+def test_uncertainty_file_feeds_the_embedder(exported: dict) -> None:
+    """An ONNX file with the uncertainty output gives the torch model's embeddings and scores."""
+    model, path = exported["deepvib_r18+uncertainty"]
+    images = np.random.default_rng(4).integers(0, 256, (5, 112, 112, 3), dtype=np.uint8)
+    from_onnx = Embedder.from_onnx(path, batch_size=4)
+    from_torch = Embedder.from_module(model, batch_size=4)
+    assert from_onnx.has_uncertainty
+    for got, expected in zip(
+        from_onnx.embed_with_uncertainty(images), from_torch.embed_with_uncertainty(images), strict=True
+    ):
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
 def test_legacy_exporter_targets_older_opsets(tmp_path: Path) -> None:
     torch.manual_seed(1)
     model = create_model("cellvib_r18", **TINY).eval()
@@ -82,7 +201,7 @@ def test_checkpoint_to_onnx_through_load_embedder(tmp_path: Path) -> None:
     model = create_model("deepvib_r18", **TINY).eval()
     checkpoint = tmp_path / "backbone.pt"
     torch.save({"format": "facevib", "arch": model.arch, "backbone": model.state_dict(), "config": {}}, checkpoint)
-    path = export_onnx(load_embedder_model(checkpoint), tmp_path / "backbone.onnx", dynamo=False)
+    path = export_onnx(load_backbone(checkpoint), tmp_path / "backbone.onnx", dynamo=False)
     images = np.random.default_rng(0).integers(0, 256, (5, 112, 112, 3), dtype=np.uint8)
     from_checkpoint = load_embedder(checkpoint, batch_size=4)
     from_onnx = load_embedder(path, batch_size=4)
@@ -107,12 +226,6 @@ def test_arcface_torch_state_dict_needs_the_network_name(tmp_path: Path) -> None
     np.testing.assert_allclose(got / scale, expected / scale, atol=1e-5)
 
 
-def load_embedder_model(checkpoint: Path) -> nn.Module:
-    from facevib.models import load_backbone
-
-    return load_backbone(checkpoint)
-
-
 class _TwoOutputs(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x.mean(dim=(2, 3)), x.amax(dim=(2, 3))
@@ -121,6 +234,8 @@ class _TwoOutputs(nn.Module):
 def test_models_without_one_embedding_output_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"one \(N, D\) tensor"):
         export_onnx(_TwoOutputs(), tmp_path / "x.onnx", dynamo=False, opset=17)
+    with pytest.raises(ValueError, match="'r18' has no sigma branches"):
+        export_onnx(create_model("r18", **TINY), tmp_path / "y.onnx", dynamo=False, uncertainty=True)
 
 
 def test_bad_onnx_file_and_device(tmp_path: Path) -> None:
@@ -132,6 +247,191 @@ def test_bad_onnx_file_and_device(tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="sees no CUDA device"):
             Embedder.from_module(nn.Linear(2, 2), device="cuda")
+
+
+# ---------------------------------------------------------------- the command line
+
+
+TRAINING_CONFIG = {"model": {"name": "cellvib_r18", "kwargs": {"widths": [8, 16, 16, 32]}}, "optim": {"lr": 0.1}}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
+    """A facevib checkpoint of a tiny cellVIB model, with a training config."""
+    torch.manual_seed(5)
+    model = create_model("cellvib_r18", **TINY).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "backbone.pt"
+    torch.save(
+        {"format": "facevib", "arch": model.arch, "backbone": model.state_dict(), "config": TRAINING_CONFIG}, path
+    )
+    return model, path
+
+
+def _reference_calibration(model: nn.Module, data: Path, target_fpr: float) -> dict:
+    """Threshold, rates and counts computed here from the .bin files and the PyTorch model."""
+    scores, same = [], []
+    for path in sorted(data.glob("*.bin")):
+        pairs = read_bin(path)
+        with torch.no_grad():
+            emb = model(images_to_tensor(pairs.images)).double()
+        emb = emb / emb.norm(dim=1, keepdim=True)
+        scores.append((emb[0::2] * emb[1::2]).sum(dim=1).numpy())
+        same.append(np.asarray(pairs.issame, bool))
+    scores, same = np.concatenate(scores), np.concatenate(same)
+    impostor, genuine = np.sort(scores[~same])[::-1], scores[same]
+    allowed = int(np.floor(target_fpr * impostor.size + 1e-9))
+    threshold = impostor[allowed]
+    return {
+        "threshold": threshold,
+        "tpr": float(np.mean(genuine > threshold)),
+        "fpr": float(np.mean(impostor > threshold)),
+        "impostor_pairs": impostor.size,
+        "genuine_pairs": genuine.size,
+        "resolved": allowed >= 1,
+    }
+
+
+def _session_metadata(path: Path) -> ModelMetadata:
+    """Read back the way the server does: ONNX Runtime's custom metadata map."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map)
+
+
+def test_cli_writes_metadata_calibration_and_triton_repository(
+    checkpoint: tuple[nn.Module, Path], synthetic_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    model, path = checkpoint
+    out, repo, data = tmp_path / "face.onnx", tmp_path / "triton", tmp_path / "bins"
+    data.mkdir()  # two of the synthetic sets: every .bin of the folder is used
+    for name in ("cfp_fp.bin", "agedb_30.bin"):
+        (data / name).symlink_to(synthetic_dir / name)
+    args = [str(path), "--out", str(out), "--uncertainty", "--legacy-exporter", "--calibrate", str(data)]
+    assert main(args + ["--target-fpr", "0.05", "--triton-repo", str(repo), "--max-batch", "16"]) == 0
+    printed = capsys.readouterr().out
+    assert "threshold" in printed and "not an insightface drop-in: 2 outputs" in printed
+
+    meta = _session_metadata(out)
+    assert meta == read_onnx_metadata(out)
+    assert meta.model_name == "cellvib_r18" and meta.arch == json.loads(json.dumps(model.arch))
+    assert (meta.embedding_dim, meta.input_size, meta.outputs) == (32, 112, ["embedding", "uncertainty"])
+    assert meta.preprocess == default_preprocess(112)
+    canonical = json.dumps(TRAINING_CONFIG, sort_keys=True, separators=(",", ":"))
+    assert meta.config_digest == hashlib.sha256(canonical.encode()).hexdigest()
+    assert meta.uncertainty["definition"] == "mean_log_sigma"
+    assert meta.uncertainty["source"] == {"kind": "cell", "blocks": [3]}  # r18 TINY: stage 4 is block 3
+
+    # The calibration equals one computed here with the PyTorch model (ORT differs by <= 1e-4).
+    cal, ref = meta.calibration, _reference_calibration(model, data, 0.05)
+    assert cal.target_fpr == 0.05 and cal.resolved is ref["resolved"] is True
+    assert (cal.impostor_pairs, cal.genuine_pairs) == (ref["impostor_pairs"], ref["genuine_pairs"])
+    assert cal.threshold == pytest.approx(ref["threshold"], abs=1e-4)
+    assert abs(cal.tpr - ref["tpr"]) <= 1.0 / ref["genuine_pairs"] and cal.fpr <= 0.05
+    assert cal.source.startswith("verification pairs (single image, no flip): agedb_30.bin,cfp_fp.bin")
+
+    # Triton: the config parses with Triton's own protobuf and names the file's tensors.
+    config = text_format.Parse((repo / "face" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert (repo / "face" / "1" / "model.onnx").read_bytes() == out.read_bytes()
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert config.name == "face" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 16
+    assert config.dynamic_batching.max_queue_delay_microseconds == 5000
+    assert [(i.name, list(i.dims)) for i in config.input] == [(i.name, i.shape[1:]) for i in session.get_inputs()]
+    assert config.input[0].data_type == model_config_pb2.TYPE_FP32
+    triton_outputs = [(o.name, list(o.reshape.shape) if o.HasField("reshape") else list(o.dims)) for o in config.output]
+    assert (
+        triton_outputs
+        == [(o.name, o.shape[1:]) for o in session.get_outputs()]
+        == [
+            ("embedding", [32]),
+            ("uncertainty", []),
+        ]
+    )
+
+
+def test_cli_calibrates_on_an_ijb_folder(
+    checkpoint: tuple[nn.Module, Path], synthetic_dir: Path, tmp_path: Path
+) -> None:
+    _, path = checkpoint
+    out = tmp_path / "ijb.onnx"
+    assert main([str(path), "--out", str(out), "--legacy-exporter", "--calibrate", str(synthetic_dir / "IJBC")]) == 0
+    meta = _session_metadata(out)
+    assert meta.outputs == ["embedding"] and meta.uncertainty is None and insightface_problems(out) == []
+    labels = np.loadtxt(synthetic_dir / "IJBC" / "meta" / "ijbc_template_pair_label.txt", dtype=int)[:, 2]
+    cal = meta.calibration
+    assert (cal.impostor_pairs, cal.genuine_pairs) == (int((labels == 0).sum()), int((labels == 1).sum()))
+    assert cal.target_fpr == 1e-4 and cal.resolved is (cal.impostor_pairs * 1e-4 >= 1) is False
+    assert cal.fpr == 0.0 and cal.source.startswith("IJBC 1:1 template pairs")
+
+
+@pytest.mark.slow
+def test_cli_exports_an_arcface_torch_state_dict(tmp_path: Path) -> None:
+    torch.manual_seed(6)
+    model = create_model("r18").eval()  # a plain state dict has no architecture: full size
+    path = tmp_path / "backbone.pth"
+    torch.save(model.state_dict(), path)
+    out = tmp_path / "r18.onnx"
+    assert main([str(path), "--network", "r18", "--out", str(out), "--legacy-exporter"]) == 0
+    meta = _session_metadata(out)
+    assert (meta.model_name, meta.embedding_dim, meta.config_digest, meta.calibration) == ("r18", 512, None, None)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.rand(2, 3, 112, 112) * 2 - 1
+    with torch.no_grad():
+        expected = model(x).numpy()
+    (got,) = session.run(None, {INPUT_NAME: x.numpy()})
+    scale = np.abs(expected).max()  # an untrained full-size net's outputs are large
+    np.testing.assert_allclose(got / scale, expected / scale, atol=1e-5)
+
+
+def _cli(args: list[str]) -> int:
+    """Exit code of the command line, whether argparse exits or ``main`` returns."""
+    try:
+        return main(args)
+    except SystemExit as exit_:
+        return int(exit_.code)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--target-fpr", "1e-3"], "--target-fpr needs --calibrate"),
+        (["--triton-name", "x"], "--triton-name needs --triton-repo"),
+        (["--calibrate", "{empty}", "--target-fpr", "2"], "target FPR must be in (0, 1), got 2.0"),
+        (["--calibrate", "{empty}"], "holds no verification .bin files and no IJB-B/C meta/ folder"),
+        (["--triton-repo", "{tmp}/t", "--triton-name", "a b"], "Triton model name must be"),
+        (["--triton-repo", "{tmp}/t", "--max-batch", "0"], "Triton max_batch_size must be >= 1"),
+        (["--opset", "17"], "the dynamo exporter needs opset >= 18"),
+    ],
+)
+def test_cli_user_mistakes_are_one_line_exit_2(
+    checkpoint: tuple[nn.Module, Path], tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
+) -> None:
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "m.onnx"
+    args = [a.format(empty=tmp_path / "empty", tmp=tmp_path) for a in extra]
+    legacy = [] if "--opset" in extra else ["--legacy-exporter"]
+    code = _cli([str(checkpoint[1]), "--out", str(out), *legacy, *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0] and "Traceback" not in err[0], err
+    if "Triton" in message or "needs --" in message or "FPR" in message:
+        assert not out.exists()  # refused before any work
+
+
+def test_cli_model_mistakes_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    plain = tmp_path / "plain.pth"
+    torch.save(create_model("r18", **TINY).state_dict(), plain)
+    checkpoint = tmp_path / "r18.pt"
+    model = create_model("r18", **TINY)
+    torch.save({"format": "facevib", "arch": model.arch, "backbone": model.state_dict()}, checkpoint)
+    cases = [
+        ([str(tmp_path / "absent.pt")], "absent.pt does not exist"),
+        ([str(plain)], "needs name="),
+        ([str(checkpoint), "--uncertainty"], "'r18' has no sigma branches"),
+        ([str(checkpoint), "--out-of-place"], "unrecognized arguments"),
+    ]
+    for args, message in cases:
+        code = _cli([*args, "--out", str(tmp_path / "m.onnx"), "--legacy-exporter"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and message in err[0], (args, err)
+    assert not (tmp_path / "m.onnx").exists()
 
 
 @pytest.mark.gpu

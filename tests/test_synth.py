@@ -16,8 +16,8 @@ from threadpoolctl import threadpool_limits  # installed with scikit-learn (dev 
 from facevib.align import norm_crop
 from facevib.data.bins import read_bin
 from facevib.data.recordio import IndexedRecordReader, unpack
-from facevib.data.synth import SynthOptions, verification_pairs, write_synthetic_dataset
-from facevib.data.synth_jobs import SPLITS, AlignedJob, identity_for, run_job
+from facevib.synth import SynthOptions, verification_pairs, write_synthetic_dataset
+from facevib.synth.jobs import SPLITS, AlignedJob, identity_for, run_job
 
 DEFAULTS = SynthOptions()
 SMALL = dict(  # a complete but tiny set: every writer runs, in a second or two
@@ -244,7 +244,7 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path: Path):
 
 def test_worker_processes_give_the_same_images():
     jobs = [AlignedJob(5, "train", i, ("any",) * 2, 128, 90, 20.0, 1.0) for i in range(3)]
-    from facevib.data.synth import _run
+    from facevib.synth.dataset import _run
 
     assert list(_run(jobs, 2)) == [run_job(job) for job in jobs]
 

@@ -1,6 +1,6 @@
 """``python -m facevib.data {synth,pack,inspect}``: make, pack and look at face sets.
 
-Each subcommand is a thin shell over a library function (``facevib.data.synth``,
+Each subcommand is a thin shell over a library function (``facevib.synth``,
 ``facevib.data.pack``, ``facevib.data.inspect``). User mistakes (missing folders, bad
 landmark lines, unreadable images, out-of-range options) print one ``error:`` line and
 exit with status 2; a traceback means a bug.
@@ -18,7 +18,7 @@ __all__ = ["main", "build_parser"]
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from facevib.data.synth import SynthOptions, write_synthetic_dataset
+    from facevib.synth import SynthOptions, write_synthetic_dataset
 
     options = {f.name: getattr(args, f.name) for f in fields(SynthOptions)}
     summary = write_synthetic_dataset(args.out, **options)
@@ -47,6 +47,13 @@ def _synth(args: argparse.Namespace) -> int:
 def _pack(args: argparse.Namespace) -> int:
     from facevib.data.pack import pack_folder
 
+    if not args.detect and (args.detector != "mtcnn" or args.min_face_size is not None):
+        raise ValueError("--detector and --min-face-size only apply with --detect")
+    detector = None
+    if args.detect:
+        from facevib.detect import load_detector
+
+        detector = load_detector(args.detector)
     summary = pack_folder(
         args.image_dir,
         args.out_prefix,
@@ -54,12 +61,25 @@ def _pack(args: argparse.Namespace) -> int:
         quality=args.quality,
         threads=args.threads,
         progress=None if args.progress == "auto" else args.progress == "on",
+        detector=detector,
+        min_face_size=args.min_face_size,
     )
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
         how = "aligned with norm_crop" if summary["aligned"] else "already aligned"
+        if "detection" in summary:
+            how = f"aligned on the largest face found by {summary['detection']['detector']}"
         print(f"packed {summary['images']} images of {summary['identities']} identities ({how}) into {summary['rec']}")
+        if "detection" in summary:
+            found = summary["detection"]
+            print(
+                f"  no face found in {found['without_face']} of {found['photos']} photos "
+                f"(listed in {found['no_face_list']}); {found['several_faces']} photos had several faces"
+            )
+            if found["dropped_identities"]:
+                names = ", ".join(found["dropped_identities"][:5])
+                print(f"  {len(found['dropped_identities'])} identities had no photo with a face: {names}")
     return 0
 
 
@@ -86,7 +106,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
-    from facevib.data.synth import SynthOptions
+    from facevib.synth import SynthOptions
 
     parser = sub.add_parser(
         "synth",
@@ -130,6 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="text file, one line per image: 'relative/path x1 y1 ... x5 y5 [score]' (ArcFace order) or "
         "'relative/path x1 y1 x2 y2 x3 y3' (eyes, mouth centre); '#' starts a comment",
+    )
+    pack.add_argument(
+        "--detect",
+        action="store_true",
+        help="the images are raw photos: align each on its largest detected face (no landmarks file needed); "
+        "photos without a face are listed in OUT_PREFIX.no_face.txt",
+    )
+    pack.add_argument(
+        "--detector", default="mtcnn", help="with --detect: mtcnn (built in) or the path of an SCRFD det_*.onnx"
+    )
+    pack.add_argument(
+        "--min-face-size",
+        type=float,
+        default=None,
+        help="with --detect: smallest face in pixels; None: the detector's own (20 for mtcnn)",
     )
     pack.add_argument("--quality", type=int, default=95, help="JPEG quality of the packed crops")
     pack.add_argument(

@@ -4,12 +4,11 @@ Both return ``(image, label)`` with ``image`` a normalised ``(3, 112, 112)`` flo
 tensor (``facevib.data.transforms``) and expose ``.labels`` (int64, one per sample) and
 ``.num_classes`` without decoding any image.
 
-RecordIO layouts (``tests/fixtures/mxnet_rec/README.md``):
+RecordIO layouts (``facevib.data.ms1m_layout`` parses and checks them):
 
-* MS1M/insightface: record 0 is a header (``flag >= 2``, no image) whose labels are
-  ``[first_identity_key, end_key)``; images are keys ``1 .. first_identity_key - 1``; keys
-  ``first_identity_key .. end_key - 1`` are identity records, one per class in class
-  order, whose labels ``[first_image_key, end_image_key)`` give that class's images.
+* MS1M/insightface: record 0 is a header record naming the identity records, images are
+  keys ``1 .. first_identity_key - 1``, and one identity record per class gives that
+  class's image keys.
 * Newer writers: every key is an image.
 
 Labels are found without reading images: from the identity records when present (one
@@ -22,7 +21,6 @@ when the sample is read.
 
 from __future__ import annotations
 
-import mmap
 import multiprocessing
 import os
 import warnings
@@ -33,7 +31,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from facevib.data.recordio import MAGIC, RecordIOError, RecordReader, read_index_arrays, unpack
+from facevib.data.ms1m_layout import (
+    HEADER_KEY,
+    MS1MHeader,
+    check_identity_records,
+    labels_from_ranges,
+    read_header_record,
+)
+from facevib.data.recordio import RecordIOError, RecordReader, read_index_arrays, scan_headers, unpack
 from facevib.data.transforms import IMAGE_SIZE, FaceTransform
 
 __all__ = [
@@ -46,10 +51,6 @@ __all__ = [
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
-_IRHEADER_BYTES = 24  # IfQQ
-_FRAME_BYTES = 8  # magic + length word
-_LENGTH_BITS = 29
-_GATHER_CHUNK = 1 << 16  # records per vectorised gather: bounds the (chunk, width) index temporaries
 _MAX_CONSECUTIVE_SKIPS = 64  # a longer run of bad records means the file is broken, not a few records
 _KEYS_IN_MESSAGES = 10
 
@@ -131,86 +132,6 @@ class _KeyTable:
         pos_clipped = np.minimum(pos, self.size - 1)
         found = (pos < self.size) & (self._sorted[pos_clipped] == query)
         return np.where(found, self._order[pos_clipped], -1)
-
-
-@dataclass
-class _Headers:
-    """Per-record header fields from a scan; ``labels[:, j]`` is NaN where a record has no j-th label."""
-
-    flags: np.ndarray  # uint32
-    labels: np.ndarray  # float32 (n, n_labels): the scalar label when flag == 0, else the label array
-    body_bytes: np.ndarray  # int64: bytes after the header and labels (the encoded image)
-    bad: dict[int, str]  # position -> error message (only filled when errors are collected)
-
-
-def _parse_header_rows(rows: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Frame + ``IfQQ`` + label bytes, one record a row -> flags, labels, image bytes, and which rows are whole.
-
-    A row is usable when it starts with the magic word, is a whole (unsplit) record and is
-    long enough for its header and labels; the caller reads the others the slow way.
-    """
-    words = rows[:, :16].copy().view("<u4")  # magic, length word, flag, scalar label
-    magic, length_word, flags = words[:, 0], words[:, 1], words[:, 2]
-    length = (length_word & ((1 << _LENGTH_BITS) - 1)).astype(np.int64)
-    label_bytes = 4 * flags.astype(np.int64)
-    whole = (magic == MAGIC) & (length_word >> _LENGTH_BITS == 0) & (length >= _IRHEADER_BYTES + label_bytes)
-    array_labels = rows[:, _FRAME_BYTES + _IRHEADER_BYTES :].copy().view("<f4")
-    present = np.arange(n_labels) < np.minimum(flags, n_labels).astype(np.int64)[:, None]
-    labels = np.where(present, array_labels, np.float32(np.nan))
-    labels[:, 0] = np.where(flags == 0, words[:, 3].view("<f4"), labels[:, 0])
-    return flags, labels, length - _IRHEADER_BYTES - label_bytes, whole
-
-
-def _scan_headers(
-    reader: RecordReader, keys: np.ndarray, offsets: np.ndarray, n_labels: int, collect_errors: bool
-) -> _Headers:
-    """Read the frame and ``IfQQ`` header (+ up to ``n_labels`` labels) of each record.
-
-    The common case (a whole record with magic and enough bytes) is gathered from a memory
-    map with numpy; anything else (records split by the writer, short records at the end
-    of the file, corruption) goes through ``RecordReader.read_at``, whose errors name the
-    file, key and byte offset. With ``collect_errors`` those errors are returned instead.
-    """
-    n = keys.size
-    width = _FRAME_BYTES + _IRHEADER_BYTES + 4 * n_labels
-    flags = np.zeros(n, np.uint32)
-    labels = np.full((n, n_labels), np.nan, np.float32)
-    body = np.zeros(n, np.int64)
-    fast = np.zeros(n, bool)
-    if n and reader.size >= width:
-        columns = np.arange(width, dtype=np.int64)
-        with open(reader.path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            data = np.frombuffer(mapped, dtype=np.uint8)
-            try:
-                for start in range(0, n, _GATHER_CHUNK):
-                    chunk = slice(start, min(start + _GATHER_CHUNK, n))
-                    fits = offsets[chunk] + width <= reader.size
-                    rows = np.zeros((fits.size, width), np.uint8)
-                    rows[fits] = data[offsets[chunk][fits, None] + columns]
-                    flags[chunk], labels[chunk], body[chunk], whole = _parse_header_rows(rows, n_labels)
-                    fast[chunk] = fits & whole
-            finally:
-                del data  # the map cannot close while numpy still holds its buffer
-    bad: dict[int, str] = {}
-    for position in np.flatnonzero(~fast).tolist():
-        key, offset = int(keys[position]), int(offsets[position])
-        try:
-            payload, _ = reader.read_at(offset, key)
-            try:
-                header, image = unpack(payload)
-            except RecordIOError as err:
-                raise RecordIOError(f"{reader.path}: record key {key} at byte offset {offset}: {err}") from None
-        except RecordIOError as err:
-            if not collect_errors:
-                raise
-            bad[position] = str(err)
-            continue
-        flags[position] = header.flag
-        values = np.atleast_1d(np.asarray(header.label, np.float32))[:n_labels]
-        labels[position] = np.nan
-        labels[position, : values.size] = values
-        body[position] = len(image)
-    return _Headers(flags, labels, body, bad)
 
 
 def _integral(values: np.ndarray) -> np.ndarray:
@@ -312,9 +233,8 @@ class MXFaceDataset(Dataset):
                     f"{self.rec_path}: labels_from='identities' but record 0 is not an MS1M header record"
                 )
             return np.arange(index_keys.size), None, None
-        first_identity, end_identity = header
-        positions = self._require_keys(table, np.arange(1, first_identity, dtype=np.int64), "image")
-        identity_keys = np.arange(first_identity, end_identity, dtype=np.int64)
+        positions = self._require_keys(table, header.image_keys, "image")
+        identity_keys = header.identity_keys
         identity_positions = table.positions(identity_keys)
         have_identities = identity_keys.size > 0 and bool((identity_positions >= 0).all())
         if labels_from == "identities" and not have_identities:
@@ -322,35 +242,20 @@ class MXFaceDataset(Dataset):
             raise RecordIOError(
                 f"{self.idx_path}: labels_from='identities' but identity records "
                 f"{_shorten(missing.tolist()) if missing.size else '(none)'} of the header's range "
-                f"[{first_identity}, {end_identity}) are not in the index"
+                f"[{header.first_identity_key}, {header.end_key}) are not in the index"
             )
         found = positions >= 0
         if not have_identities or labels_from == "headers":
             return positions[found], None, None
-        labels = self._labels_from_identities(identity_keys, index_offsets[identity_positions], first_identity)
-        return positions[found], labels[found], int(identity_keys.size)
+        labels = self._labels_from_identities(header, index_offsets[identity_positions])
+        return positions[found], labels[found], header.num_identities
 
-    def _read_header_record(self, offsets: np.ndarray, table: _KeyTable) -> tuple[int, int] | None:
-        """``(first_identity_key, end_key)`` when record 0 is an MS1M header record, else None."""
-        position = int(table.positions(np.array([0]))[0])
+    def _read_header_record(self, offsets: np.ndarray, table: _KeyTable) -> MS1MHeader | None:
+        """Record 0 parsed by ``ms1m_layout``: its header, or None when the set has no header record."""
+        position = int(table.positions(np.array([HEADER_KEY]))[0])
         if position < 0:
             return None
-        offset = int(offsets[position])
-        payload, _ = self._reader.read_at(offset, 0)
-        try:
-            header, body = unpack(payload)
-        except RecordIOError as err:
-            raise RecordIOError(f"{self.rec_path}: record key 0 at byte offset {offset}: {err}") from None
-        # An image with an array label also has flag > 0; the header record has no image.
-        if header.flag < 2 or len(body):
-            return None
-        first, end = (float(value) for value in header.label[:2])
-        if not (_integral(np.array([first, end])).all() and 1 <= first <= end):
-            raise RecordIOError(
-                f"{self.rec_path}: record key 0 at byte offset {offset}: header labels {header.label.tolist()} are "
-                "not [first_identity_key, end_key) with 1 <= first <= end"
-            )
-        return int(first), int(end)
+        return read_header_record(self._reader, int(offsets[position]))
 
     def _require_keys(self, table: _KeyTable, wanted: np.ndarray, what: str) -> np.ndarray:
         positions = table.positions(wanted)
@@ -365,38 +270,14 @@ class MXFaceDataset(Dataset):
             self._init_skips.extend((int(key), -1, "not in the index") for key in missing.tolist())
         return positions
 
-    def _labels_from_identities(
-        self, identity_keys: np.ndarray, offsets: np.ndarray, first_identity: int
-    ) -> np.ndarray:
-        """Class id of every image key 1..first_identity-1 from the identity records' ranges."""
-        heads = _scan_headers(self._reader, identity_keys, offsets, n_labels=2, collect_errors=False)
-        for position in range(identity_keys.size):
-            if heads.flags[position] < 2 or heads.body_bytes[position] != 0:
-                raise RecordIOError(
-                    f"{self.rec_path}: record key {int(identity_keys[position])} at byte offset "
-                    f"{int(offsets[position])}: expected an identity record (flag >= 2, no image), got flag "
-                    f"{int(heads.flags[position])} with {int(heads.body_bytes[position])} image bytes"
-                )
-        ranges = heads.labels[:, :2]
-        starts, ends = ranges[:, 0], ranges[:, 1]
-        # Identity i must cover [start_i, end_i) with start_0 = 1, start_{i+1} = end_i and
-        # end_last = first_identity: exactly the image keys, each in one class.
-        expected_starts = np.concatenate([[1.0], ends[:-1]])
-        good = _integral(ranges).all(axis=1) & (starts == expected_starts) & (ends >= starts)
-        good[-1] &= ends[-1] == first_identity
-        if not good.all():
-            position = int(np.flatnonzero(~good)[0])
-            raise RecordIOError(
-                f"{self.rec_path}: identity record key {int(identity_keys[position])} at byte offset "
-                f"{int(offsets[position])}: image range {ranges[position].tolist()} does not continue the "
-                f"previous identity's range (expected start {expected_starts[position]:g}; images are keys "
-                f"1..{first_identity - 1})"
-            )
-        counts = (ends - starts).astype(np.int64)
-        return np.repeat(np.arange(identity_keys.size, dtype=np.int64), counts)
+    def _labels_from_identities(self, header: MS1MHeader, offsets: np.ndarray) -> np.ndarray:
+        """Class id of every image key of ``header`` from its identity records' ranges."""
+        heads = scan_headers(self._reader, header.identity_keys, offsets, n_labels=2, collect_errors=False)
+        ranges = check_identity_records(header, heads.flags, heads.labels, heads.body_bytes, offsets, self.rec_path)
+        return labels_from_ranges(ranges)
 
     def _labels_from_headers(self, keys: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        heads = _scan_headers(self._reader, keys, offsets, n_labels=1, collect_errors=self.skip_corrupt)
+        heads = scan_headers(self._reader, keys, offsets, n_labels=1, collect_errors=self.skip_corrupt)
         raw = heads.labels[:, 0]
         good = _integral(raw)
         for position in heads.bad:

@@ -14,7 +14,6 @@ otherwise each record's 24-byte header is read, never its image.
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,13 +22,22 @@ import numpy as np
 
 from facevib.data.bins import read_bin
 from facevib.data.imagecodec import decode_bgr
-from facevib.data.recordio import IndexedRecordReader, unpack
+from facevib.data.ms1m_layout import (
+    FIRST_IMAGE_KEY,
+    HEADER_KEY,
+    RANGE_LABELS,
+    MS1MHeader,
+    MS1MLayoutError,
+    check_identity_records,
+    labels_from_ranges,
+    read_header_record,
+)
+from facevib.data.recordio import IndexedRecordReader, scan_headers, unpack
 
 __all__ = ["RecSummary", "BinSummary", "resolve_prefix", "summarize_rec", "summarize_bin", "contact_sheet", "bin_sheet"]
 
-_FRAME = struct.Struct("<II")
-_HEADER = struct.Struct("<IfQQ")
-_MAGIC = 0xCED7230A
+_SPOT_CHECKS = 100  # identities whose first image's own label is compared with the identity record
+_KEYS_SHOWN = 10
 
 
 @dataclass
@@ -97,71 +105,98 @@ def resolve_prefix(prefix: str | os.PathLike) -> tuple[Path, Path]:
     return rec, idx
 
 
-def _peek_label(reader: IndexedRecordReader, key: int, fd: int) -> float | np.ndarray:
-    """The label of one record from its first bytes (the whole record only if it is split)."""
-    offset = reader.index[key]
-    head = os.pread(fd, _FRAME.size + _HEADER.size + 8, offset)
-    if len(head) >= _FRAME.size + _HEADER.size:
-        magic, word = _FRAME.unpack_from(head)
-        flag = _HEADER.unpack_from(head, _FRAME.size)[0]
-        if magic == _MAGIC and word >> 29 == 0 and flag == 0:
-            return _HEADER.unpack_from(head, _FRAME.size)[1]
-    return unpack(reader.read(key))[0].label  # array labels, split records, or an error to report
+def _shorten(keys: np.ndarray) -> str:
+    shown = ", ".join(str(key) for key in keys[:_KEYS_SHOWN].tolist())
+    return f"[{shown}{', ...' if keys.size > _KEYS_SHOWN else ''}]"
+
+
+def _identity_labels(
+    reader: IndexedRecordReader, header: MS1MHeader, offsets: dict[int, int], problems: list[str]
+) -> np.ndarray | None:
+    """Class of every image key of ``header`` from its identity records, or None (with a problem) when unusable.
+
+    Reads only the identity records and, as a spot check, the first image of up to
+    ``_SPOT_CHECKS`` identities spread over the labels.
+    """
+    identity_keys = header.identity_keys
+    missing = np.array([key for key in identity_keys.tolist() if key not in offsets], np.int64)
+    if missing.size or not identity_keys.size:
+        problems.append(
+            f"record 0 is a header with labels [{header.first_identity_key}, {header.end_key}] but "
+            f"{missing.size if identity_keys.size else 'all'} of its identity records are not in the index "
+            f"{_shorten(missing)}; labels are read from the image records"
+        )
+        return None
+    identity_offsets = np.array([offsets[key] for key in identity_keys.tolist()], np.int64)
+    scan = scan_headers(reader, identity_keys, identity_offsets, n_labels=RANGE_LABELS, collect_errors=False)
+    try:
+        ranges = check_identity_records(header, scan.flags, scan.labels, scan.body_bytes, identity_offsets, reader.path)
+    except MS1MLayoutError as err:
+        problems.append(f"{err}; labels are read from the image records")
+        return None
+    spots = np.unique(np.linspace(0, len(ranges) - 1, min(_SPOT_CHECKS, len(ranges))).round().astype(np.int64))
+    firsts = ranges[spots, 0]
+    present = np.array([key in offsets for key in firsts.tolist()], bool) & (ranges[spots, 1] > firsts)
+    spots, firsts = spots[present], firsts[present]
+    first_offsets = np.array([offsets[key] for key in firsts.tolist()], np.int64)
+    stored = scan_headers(reader, firsts, first_offsets, n_labels=1, collect_errors=True).labels[:, 0]
+    wrong = np.flatnonzero(stored != spots)
+    if wrong.size:
+        c = int(spots[wrong[0]])
+        problems.append(
+            f"identity record {int(identity_keys[c])} (label {c}) starts at image key {int(firsts[wrong[0]])}, "
+            f"whose own label is {float(stored[wrong[0]]):g}"
+        )
+    return labels_from_ranges(ranges)
 
 
 def summarize_rec(prefix: str | os.PathLike) -> RecSummary:
     """Read the layout and labels of a RecordIO set (see the module docstring)."""
     rec, idx = resolve_prefix(prefix)
     reader = IndexedRecordReader(rec, idx)
+    offsets = reader.index
     keys = np.array(reader.keys, np.int64)
     problems: list[str] = []
-    header = unpack(reader.read(0))[0] if 0 in reader else None
-    layout = "plain records (no header record)"
+    header = read_header_record(reader, offsets[HEADER_KEY]) if HEADER_KEY in offsets else None
     labels = None
-    if header is not None and header.flag == 2 and len(keys) > 1:
-        first_id, end = (int(v) for v in np.asarray(header.label))
-        identity_keys = np.arange(first_id, end)
-        if 0 < first_id <= end and all(k in reader for k in identity_keys):
-            layout = f"MS1M header: record 0 labels [{first_id}, {end}], identity records {first_id}..{end - 1}"
-            ranges = np.array([np.asarray(unpack(reader.read(int(k)))[0].label, np.int64)[:2] for k in identity_keys])
-            image_keys = np.concatenate([np.arange(a, b) for a, b in ranges]) if len(ranges) else np.zeros(0, np.int64)
-            labels = np.repeat(np.arange(len(ranges)), ranges[:, 1] - ranges[:, 0]) if len(ranges) else image_keys
-            fd = os.open(rec, os.O_RDONLY)
-            try:  # spot-check that identity record c holds images labelled c
-                for c in np.linspace(0, len(ranges) - 1, min(100, len(ranges))).round().astype(int):
-                    if (
-                        ranges[c, 1] > ranges[c, 0]
-                        and float(np.asarray(_peek_label(reader, int(ranges[c, 0]), fd)).ravel()[0]) != c
-                    ):
-                        problems.append(
-                            f"identity record {int(identity_keys[c])} (label {c}) starts at an image with another label"
-                        )
-                        break
-            finally:
-                os.close(fd)
-            listed = set(keys.tolist()) - {0} - set(identity_keys.tolist())
-            if set(image_keys.tolist()) != listed:
-                problems.append(
-                    f"identity records cover {len(image_keys)} keys but the index has {len(listed)} image keys"
-                )
-        else:
+    if header is None:
+        layout = "plain records (no header record)"
+        image_keys = keys
+    else:
+        layout = f"MS1M header: record 0 labels [{header.first_identity_key}, {header.end_key}]"
+        image_keys = header.image_keys
+        outside = keys[(keys != HEADER_KEY) & ((keys < FIRST_IMAGE_KEY) | (keys >= header.end_key))]
+        if outside.size:
             problems.append(
-                f"record 0 looks like a header with labels [{first_id}, {end}] but those identity records are missing"
+                f"{outside.size} index keys lie outside the header's ranges "
+                f"[{FIRST_IMAGE_KEY}, {header.end_key}): {_shorten(outside)}"
             )
+        labels = _identity_labels(reader, header, offsets, problems)
+        if labels is not None:
+            layout += f", identity records {header.first_identity_key}..{header.end_key - 1}"
+        present = np.array([key in offsets for key in image_keys.tolist()], bool)
+        if not present.all():
+            problems.append(
+                f"{int((~present).sum())} image keys of the header's range 1..{header.first_identity_key - 1} are "
+                f"not in the index: {_shorten(image_keys[~present])}"
+            )
+            image_keys = image_keys[present]
+            labels = labels[present] if labels is not None else None
     if labels is None:
-        image_keys = keys[keys != 0] if layout.startswith("MS1M") else keys
-        fd = os.open(rec, os.O_RDONLY)
-        try:
-            raw = [_peek_label(reader, int(k), fd) for k in image_keys]
-        finally:
-            os.close(fd)
-        arrays = sum(np.ndim(v) > 0 for v in raw)
+        image_offsets = np.array([offsets[key] for key in image_keys.tolist()], np.int64)
+        scan = scan_headers(reader, image_keys, image_offsets, n_labels=1, collect_errors=True)
+        if scan.bad:
+            first = scan.bad[min(scan.bad)]
+            problems.append(f"{len(scan.bad)} records cannot be read (left out); first: {first}")
+        readable = np.ones(image_keys.size, bool)
+        readable[list(scan.bad)] = False
+        image_keys, raw = image_keys[readable], scan.labels[readable, 0].astype(np.float64)
+        arrays = int((scan.flags[readable] > 0).sum())
         if arrays:
             layout += f"; {arrays} records carry array labels (first element used as the identity)"
-        labels = np.array([float(np.asarray(v).ravel()[0]) for v in raw], np.float64)
-        if not np.all(labels == np.round(labels)):
+        if not np.all(np.isfinite(raw) & (raw == np.round(raw))):
             problems.append("some labels are not integers")
-        labels = labels.astype(np.int64)
+        labels = np.nan_to_num(raw).astype(np.int64)
     counts = np.bincount(labels - labels.min()) if len(labels) else np.zeros(0, np.int64)
     present = counts[counts > 0]
     if len(present) != len(counts):

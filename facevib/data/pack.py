@@ -15,7 +15,12 @@ has one line per image, whitespace-separated, ``#`` starting a comment::
     relative/path.jpg x1 y1 x2 y2 x3 y3                      (3 points: eyes, mouth centre)
 
 with paths relative to ``IMAGE_DIR`` (``/``-separated, no whitespace). Every image needs a
-line and every line an image. Unreadable images, missing landmarks or wrong sizes are
+line and every line an image.
+
+With ``--detect`` (a detector from :func:`facevib.detect.load_detector`) the images are raw
+photos: each is aligned on the landmarks of its largest detected face. Photos where no face
+is found are left out, counted in the summary and listed in ``OUT_PREFIX.no_face.txt``; an
+identity left with no photo is left out too (listed in the summary). Unreadable images, missing landmarks or wrong sizes are
 collected over the whole run and reported together with counts (the partial output is
 removed): an image is never skipped silently.
 """
@@ -27,13 +32,25 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from facevib.align import norm_crop
 from facevib.data.bins import encode_jpeg
 from facevib.data.imagecodec import decode_rgb
+from facevib.data.ms1m_layout import (
+    FIRST_IMAGE_KEY,
+    HEADER_KEY,
+    MS1MHeader,
+    identity_ranges_for_counts,
+    identity_record,
+    labels_from_ranges,
+)
 from facevib.data.recordio import IndexedRecordWriter, RecordHeader, pack
+
+if TYPE_CHECKING:
+    from facevib.detect import Detector
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -57,44 +74,35 @@ def write_ms1m(prefix: str | os.PathLike, counts: Sequence[int], payloads: Itera
     """Write ``prefix.rec``/``.idx`` in the MS1M layout (see :func:`write_property` for ``property``).
 
     ``counts[c]`` is the number of images of label ``c``; ``payloads`` yields the encoded
-    images grouped by label in order. Layout (as in the MS1M/Glint sets insightface
-    distributes): key 0 is a header with ``flag = 2`` and labels
-    ``[first identity record key, end key]``; keys ``1..n`` are the images with scalar
-    labels; then one identity record per label with labels ``[first image key, last + 1]``.
+    images grouped by label in order. The layout is :mod:`facevib.data.ms1m_layout`'s: key 0
+    the header record, keys ``1..n`` the images with scalar labels, then one identity
+    record per label with its image-key range.
     """
     prefix = Path(prefix)
-    total = int(sum(counts))
     if any(c < 1 for c in counts):
         raise ValueError(f"{prefix}: every identity needs at least one image, counts {list(counts)[:10]}")
-    first_identity = total + 1
-    end = first_identity + len(counts)
+    ranges = identity_ranges_for_counts(counts)
+    header = MS1MHeader.for_counts(int(sum(counts)), len(counts))
+    total = header.num_images
     rec, idx = prefix.parent / (prefix.name + ".rec"), prefix.parent / (prefix.name + ".idx")
-    written = 0
     with IndexedRecordWriter(rec, idx) as writer:
-        writer.write_key(0, pack(RecordHeader(2, np.array([first_identity, end], np.float32), 0, 0)))
+        writer.write_key(HEADER_KEY, pack(header.record()))
         images = iter(payloads)
-        key = 1
-        for label, count in enumerate(counts):
-            for _ in range(count):
-                payload = next(images, None)
-                if payload is None:
-                    raise ValueError(f"{rec}: only {written} images given for {total} announced")
-                writer.write_key(key, pack(RecordHeader(0, float(label), key, 0), payload))
-                key += 1
-                written += 1
+        for key, label in zip(header.image_keys.tolist(), labels_from_ranges(ranges).tolist(), strict=True):
+            payload = next(images, None)
+            if payload is None:
+                raise ValueError(f"{rec}: only {key - FIRST_IMAGE_KEY} images given for {total} announced")
+            writer.write_key(key, pack(RecordHeader(0, float(label), key, 0), payload))
         if next(images, None) is not None:
             raise ValueError(f"{rec}: more images given than the {total} announced")
-        start = 1
-        for count in counts:
-            writer.write_key(key, pack(RecordHeader(2, np.array([start, start + count], np.float32), key, 0)))
-            start += count
-            key += 1
+        for key, (start, end) in zip(header.identity_keys.tolist(), ranges.tolist(), strict=True):
+            writer.write_key(key, pack(identity_record(key, start, end)))
     return {
         "rec": str(rec),
         "idx": str(idx),
         "images": total,
         "identities": len(counts),
-        "header": [first_identity, end],
+        "header": [header.first_identity_key, header.end_key],
     }
 
 
@@ -198,8 +206,13 @@ def pack_folder(
     quality: int = 95,
     threads: int | None = None,
     progress: bool | None = None,
+    detector: Detector | None = None,
+    min_face_size: float | None = None,
 ) -> dict:
     """Pack ``image_dir`` into ``out_prefix.rec/.idx`` + ``property`` (see the module docstring).
+
+    ``detector`` (instead of ``landmarks``) aligns raw photos on their largest detected face,
+    looking for faces of at least ``min_face_size`` pixels (None: the detector's default).
 
     Returns a summary (counts, paths). Raises ``PackError`` with counts and examples when
     any image cannot be packed, after reading all of them; nothing is left behind then.
@@ -210,7 +223,12 @@ def pack_folder(
     if not 1 <= quality <= 100:
         raise PackError(f"JPEG quality must be in [1, 100], got {quality}")
     identities = list_identities(root)
+    if detector is not None and landmarks is not None:
+        raise PackError("give a landmarks file or a face detector (--detect), not both")
     table = read_landmarks(landmarks) if landmarks is not None else None
+    detected = None
+    if detector is not None:
+        identities, table, detected = _detect_landmarks(root, identities, detector, min_face_size, threads, progress)
     items: list[_Item] = []
     for _, images in identities:
         items.extend(_Item(rel, table.get(rel) if table is not None else None) for rel in images)
@@ -270,4 +288,49 @@ def pack_folder(
     (prefix.parent / (prefix.name + ".identities.tsv")).write_text(mapping, encoding="utf-8")
     summary.update(rec=str(prefix.parent / (prefix.name + ".rec")), idx=str(prefix.parent / (prefix.name + ".idx")))
     summary["aligned"] = table is not None
+    if detected is not None:
+        listing = prefix.parent / (prefix.name + ".no_face.txt")
+        listing.write_text("".join(f"{rel}\n" for rel in detected["no_face"]), encoding="utf-8")
+        summary["detection"] = {**{k: v for k, v in detected.items() if k != "no_face"}, "no_face_list": str(listing)}
     return summary
+
+
+def _detect_landmarks(
+    root: Path,
+    identities: list[tuple[str, list[str]]],
+    detector: Detector,
+    min_face_size: float | None,
+    threads: int | None,
+    progress: bool | None,
+) -> tuple[list[tuple[str, list[str]]], dict[str, np.ndarray], dict]:
+    """Landmarks of each photo's largest face; identities without photos with a face are dropped.
+
+    Returns the identities that keep at least one photo (with only those photos), the landmarks
+    table, and the detection summary (counts, the photos without a face, dropped identities).
+    """
+    from facevib.detect.folder import detect_files
+
+    photos = [rel for _, images in identities for rel in images]
+    found = detect_files(root, photos, detector, min_face_size=min_face_size, threads=threads, progress=progress)
+    if found.errors:
+        more = f"; ... and {len(found.errors) - _SHOWN} more" if len(found.errors) > _SHOWN else ""
+        raise PackError(
+            f"{len(found.errors)} of {len(photos)} images under {root} could not be read, nothing was written: "
+            + "; ".join(found.errors[:_SHOWN])
+            + more
+        )
+    kept = [(name, [rel for rel in images if rel in found.landmarks]) for name, images in identities]
+    dropped = [name for name, images in kept if not images]
+    kept = [(name, images) for name, images in kept if images]
+    if not kept:
+        raise PackError(f"no face found in any of the {len(photos)} photos under {root}")
+    summary = {
+        "detector": detector.name,
+        "photos": len(photos),
+        "with_face": len(found.landmarks),
+        "without_face": len(found.no_face),
+        "several_faces": sum(1 for count in found.faces.values() if count > 1),
+        "no_face": list(found.no_face),
+        "dropped_identities": dropped,
+    }
+    return kept, found.landmarks, summary

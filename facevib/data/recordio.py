@@ -20,6 +20,7 @@ parent process can be handed to DataLoader workers without sharing one file offs
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import struct
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ import numpy as np
 
 __all__ = [
     "MAGIC",
+    "HeaderScan",
     "RecordHeader",
     "RecordIOError",
     "IndexedRecordReader",
@@ -41,6 +43,7 @@ __all__ = [
     "unpack",
     "read_index",
     "read_index_arrays",
+    "scan_headers",
 ]
 
 MAGIC = 0xCED7230A
@@ -328,6 +331,91 @@ class IndexedRecordReader(RecordReader):
         except KeyError:
             raise KeyError(f"{self.idx_path}: no record with key {key}") from None
         return self.read_at(offset, key)[0]
+
+
+# ----------------------------------------------------------------------------- header scan
+
+_GATHER_CHUNK = 1 << 16  # records per vectorised gather: bounds the (chunk, width) index temporaries
+
+
+@dataclass
+class HeaderScan:
+    """Per-record header fields from :func:`scan_headers`; ``labels[:, j]`` is NaN where a record has no j-th label."""
+
+    flags: np.ndarray  # uint32
+    labels: np.ndarray  # float32 (n, n_labels): the scalar label when flag == 0, else the label array
+    body_bytes: np.ndarray  # int64: bytes after the header and labels (the encoded image)
+    bad: dict[int, str]  # position -> error message (only filled when errors are collected)
+
+
+def _parse_header_rows(rows: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Frame + ``IfQQ`` + label bytes, one record a row -> flags, labels, image bytes, and which rows are whole.
+
+    A row is usable when it starts with the magic word, is a whole (unsplit) record and is
+    long enough for its header and labels; the caller reads the others the slow way.
+    """
+    words = rows[:, :16].copy().view("<u4")  # magic, length word, flag, scalar label
+    magic, length_word, flags = words[:, 0], words[:, 1], words[:, 2]
+    length = (length_word & ((1 << _LENGTH_BITS) - 1)).astype(np.int64)
+    label_bytes = 4 * flags.astype(np.int64)
+    whole = (magic == MAGIC) & (length_word >> _LENGTH_BITS == 0) & (length >= _HEADER.size + label_bytes)
+    array_labels = rows[:, _FRAME.size + _HEADER.size :].copy().view("<f4")
+    present = np.arange(n_labels) < np.minimum(flags, n_labels).astype(np.int64)[:, None]
+    labels = np.where(present, array_labels, np.float32(np.nan))
+    labels[:, 0] = np.where(flags == 0, words[:, 3].view("<f4"), labels[:, 0])
+    return flags, labels, length - _HEADER.size - label_bytes, whole
+
+
+def scan_headers(
+    reader: RecordReader, keys: np.ndarray, offsets: np.ndarray, n_labels: int, collect_errors: bool
+) -> HeaderScan:
+    """Read the frame and ``IfQQ`` header (+ up to ``n_labels`` labels) of each record.
+
+    The common case (a whole record with magic and enough bytes) is gathered from a memory
+    map with numpy; anything else (records split by the writer, short records at the end
+    of the file, corruption) goes through ``RecordReader.read_at``, whose errors name the
+    file, key and byte offset. With ``collect_errors`` those errors are returned instead.
+    """
+    n = keys.size
+    width = _FRAME.size + _HEADER.size + 4 * n_labels
+    flags = np.zeros(n, np.uint32)
+    labels = np.full((n, n_labels), np.nan, np.float32)
+    body = np.zeros(n, np.int64)
+    fast = np.zeros(n, bool)
+    if n and reader.size >= width:
+        columns = np.arange(width, dtype=np.int64)
+        with open(reader.path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            data = np.frombuffer(mapped, dtype=np.uint8)
+            try:
+                for start in range(0, n, _GATHER_CHUNK):
+                    chunk = slice(start, min(start + _GATHER_CHUNK, n))
+                    fits = offsets[chunk] + width <= reader.size
+                    rows = np.zeros((fits.size, width), np.uint8)
+                    rows[fits] = data[offsets[chunk][fits, None] + columns]
+                    flags[chunk], labels[chunk], body[chunk], whole = _parse_header_rows(rows, n_labels)
+                    fast[chunk] = fits & whole
+            finally:
+                del data  # the map cannot close while numpy still holds its buffer
+    bad: dict[int, str] = {}
+    for position in np.flatnonzero(~fast).tolist():
+        key, offset = int(keys[position]), int(offsets[position])
+        try:
+            payload, _ = reader.read_at(offset, key)
+            try:
+                header, image = unpack(payload)
+            except RecordIOError as err:
+                raise RecordIOError(f"{reader.path}: record key {key} at byte offset {offset}: {err}") from None
+        except RecordIOError as err:
+            if not collect_errors:
+                raise
+            bad[position] = str(err)
+            continue
+        flags[position] = header.flag
+        values = np.atleast_1d(np.asarray(header.label, np.float32))[:n_labels]
+        labels[position] = np.nan
+        labels[position, : values.size] = values
+        body[position] = len(image)
+    return HeaderScan(flags, labels, body, bad)
 
 
 # ----------------------------------------------------------------------------- writing

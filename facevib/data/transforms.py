@@ -1,7 +1,7 @@
 """The training transform for aligned face crops (decoding itself is in ``imagecodec``).
 
 The network input is RGB, ``(x / 255 - 0.5) / 0.5`` (= ``x / 127.5 - 1``), NCHW float32
-(BRIEF §3). OpenCV decodes to BGR; rather than converting to RGB, flipping, transposing
+(insightface's convention). OpenCV decodes to BGR; rather than converting to RGB, flipping, transposing
 and scaling in four passes, the per-sample fast path hands the BGR image to
 ``cv2.dnn.blobFromImage``, which swaps channels, subtracts the mean, scales and writes
 CHW float32 in one pass. Measured on the project's 2-core machines, 112x112 JPEG q95, one

@@ -24,10 +24,12 @@ import torch
 from torch import nn
 
 from facevib.data.transforms import images_to_tensor
+from facevib.onnx_meta import UNCERTAINTY_OUTPUT
 
 __all__ = ["Embedder", "load_embedder", "resolve_device", "flip_images"]
 
 BatchFn = Callable[[np.ndarray], np.ndarray]
+JointFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def flip_images(images: np.ndarray) -> np.ndarray:
@@ -65,8 +67,10 @@ class Embedder:
             ``batch_size // 2`` images and their flips.
         backend: what runs the network, for reports (e.g. ``"torch:cuda:0"``,
             ``"onnxruntime:CPUExecutionProvider"``).
-        uncertainty: optional per-image uncertainty function of the same input
-            (``(B,)``, higher = less certain), from models with sigma branches.
+        joint: optional function of the same input returning ``(embeddings (B, D),
+            uncertainty (B,))`` from one network pass (higher = less certain), for models
+            with sigma branches (:meth:`facevib.models.IResNet.forward_with_uncertainty`, or
+            an ONNX file exported with ``--uncertainty``).
     """
 
     def __init__(
@@ -75,12 +79,12 @@ class Embedder:
         *,
         batch_size: int = 64,
         backend: str = "custom",
-        uncertainty: BatchFn | None = None,
+        joint: JointFn | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self._forward = forward
-        self._uncertainty = uncertainty
+        self._joint = joint
         self.batch_size = int(batch_size)
         self.backend = backend
 
@@ -104,26 +108,28 @@ class Embedder:
             target = resolve_device(device)
             model.to(target)
 
-        def run(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray) -> np.ndarray:
+        def run(
+            fn: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]], images: np.ndarray
+        ) -> np.ndarray | tuple[np.ndarray, ...]:
             was_training = model.training
             model.eval()
             try:
                 with torch.no_grad():
-                    batch = images_to_tensor(images).to(target, non_blocking=True)
-                    return fn(batch).float().cpu().numpy()
+                    out = fn(images_to_tensor(images).to(target, non_blocking=True))
+                    if isinstance(out, tuple):
+                        return tuple(t.float().cpu().numpy() for t in out)
+                    return out.float().cpu().numpy()
             finally:
                 model.train(was_training)
 
         def embed(images: np.ndarray) -> np.ndarray:
             return run(model, images)
 
-        def uncertainty(images: np.ndarray) -> np.ndarray:
-            return run(model.uncertainty, images)
+        def joint(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return run(model.forward_with_uncertainty, images)
 
         has_sigma = bool(getattr(model, "has_uncertainty", False))
-        return cls(
-            embed, batch_size=batch_size, backend=f"torch:{target}", uncertainty=uncertainty if has_sigma else None
-        )
+        return cls(embed, batch_size=batch_size, backend=f"torch:{target}", joint=joint if has_sigma else None)
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, *, device: str = "cpu", batch_size: int = 64) -> Embedder:
@@ -131,7 +137,10 @@ class Embedder:
 
         ``device`` ``"cuda"``/``"cuda:N"``/``"auto"`` asks for ``CUDAExecutionProvider``; when
         this onnxruntime build has none, the CPU provider runs and :attr:`backend` says so.
-        The graph must take one ``(N, 3, H, W)`` float input and give one ``(N, D)`` output.
+        The graph must take one ``(N, 3, H, W)`` float input; its first output is the
+        ``(N, D)`` embedding, and an ``uncertainty`` ``(N,)`` output (``python -m
+        facevib.export --uncertainty``) makes :meth:`uncertainty` available, computed in the
+        same run as the embedding.
         """
         import onnxruntime as ort  # optional dependency (the `serve` extra), imported on use
         from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
@@ -163,23 +172,29 @@ class Embedder:
         if len(outputs) < 1 or len(outputs[0].shape) != 2:
             raise ValueError(f"{path}: expected an (N, D) embedding output, got {[(o.name, o.shape) for o in outputs]}")
         input_name, output_name = inputs[0].name, outputs[0].name
+        has_uncertainty = any(o.name == UNCERTAINTY_OUTPUT for o in outputs[1:])
 
         def run(images: np.ndarray) -> np.ndarray:
             blob = images_to_tensor(images).numpy()
             return np.asarray(session.run([output_name], {input_name: blob})[0], dtype=np.float32)
 
+        def joint(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            blob = images_to_tensor(images).numpy()
+            embedding, uncertainty = session.run([output_name, UNCERTAINTY_OUTPUT], {input_name: blob})
+            return np.asarray(embedding, dtype=np.float32), np.asarray(uncertainty, dtype=np.float32)
+
         used = session.get_providers()[0]
         backend = f"onnxruntime:{used}"
         if wants_cuda and used != "CUDAExecutionProvider" and device != "auto":
             backend += " (CUDA requested but unavailable in this onnxruntime build)"
-        return cls(run, batch_size=batch_size, backend=backend)
+        return cls(run, batch_size=batch_size, backend=backend, joint=joint if has_uncertainty else None)
 
     # ------------------------------------------------------------------ embedding
 
     @property
     def has_uncertainty(self) -> bool:
-        """Whether :meth:`uncertainty` is available (torch models with sigma branches)."""
-        return self._uncertainty is not None
+        """Whether :meth:`uncertainty` is available (models with sigma branches)."""
+        return self._joint is not None
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Embeddings of ``images`` alone (no flip), ``(N, D)`` float32, not normalised."""
@@ -211,32 +226,48 @@ class Embedder:
         plain += flipped
         return plain
 
-    def uncertainty(self, images: np.ndarray, flip: bool = True) -> np.ndarray:
-        """Per-image uncertainty ``(N,)`` float32 (with ``flip``: mean over image and flip).
+    def embed_with_uncertainty(self, images: np.ndarray, flip: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``(embeddings (N, D), uncertainty (N,))``, both from the same network passes.
+
+        The embeddings are :meth:`__call__`'s (image + flip sum with ``flip``, not
+        normalised); the uncertainty is the model's per-image score
+        (:meth:`facevib.models.IResNet.forward_with_uncertainty`), with ``flip`` the mean of
+        the image's and its flip's.
 
         Raises:
-            ValueError: the model gives no uncertainty (no sigma branches, or an ONNX graph,
-                which holds the deterministic mean only).
+            ValueError: the model gives no uncertainty (no sigma branches, or an ONNX graph
+                exported without ``--uncertainty``).
         """
-        if self._uncertainty is None:
+        if self._joint is None:
             raise ValueError(
-                f"the model run by {self.backend} provides no per-image uncertainty: it needs a facevib "
-                "checkpoint of a model with sigma branches (cellvib_*/deepvib_*); ONNX exports hold only the mean"
+                f"the model run by {self.backend} provides no per-image uncertainty: it needs a cellvib_*/deepvib_* "
+                "model (a facevib checkpoint, or an ONNX file exported with --uncertainty)"
             )
         images = _check_images(images)
         chunk = max(1, self.batch_size // 2) if flip else self.batch_size
-        parts = []
+        embeddings, scores = [], []
         for start in range(0, len(images), chunk):
             part = images[start : start + chunk]
+            batch = np.concatenate([part, flip_images(part)]) if flip else part
+            emb, unc = self._joint(batch)
+            emb, unc = np.asarray(emb, dtype=np.float32), np.asarray(unc, dtype=np.float32)
+            if unc.shape != (len(batch),):
+                raise ValueError(f"uncertainty returned shape {unc.shape} for {len(batch)} images, expected (N,)")
             if flip:
-                out = np.asarray(self._uncertainty(np.concatenate([part, flip_images(part)])), dtype=np.float32)
-                parts.append((out[: len(part)] + out[len(part) :]) / 2)
-            else:
-                parts.append(np.asarray(self._uncertainty(part), dtype=np.float32))
-        values = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-        if values.shape != (len(images),):
-            raise ValueError(f"uncertainty returned shape {values.shape} for {len(images)} images, expected (N,)")
-        return values
+                emb = emb[: len(part)] + emb[len(part) :]
+                unc = (unc[: len(part)] + unc[len(part) :]) / 2
+            embeddings.append(emb)
+            scores.append(unc)
+        values = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+        return self._stack(embeddings, len(images)), values
+
+    def uncertainty(self, images: np.ndarray, flip: bool = True) -> np.ndarray:
+        """Per-image uncertainty ``(N,)`` float32 (with ``flip``: mean over image and flip).
+
+        Runs the same passes as :meth:`embed_with_uncertainty`; call that one when the
+        embeddings are needed too.
+        """
+        return self.embed_with_uncertainty(images, flip)[1]
 
     @staticmethod
     def _stack(parts: list[np.ndarray], count: int) -> np.ndarray:

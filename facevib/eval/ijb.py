@@ -193,12 +193,13 @@ def embed_ijb(
     uncertainty = np.empty(count, np.float32) if with_uncertainty else None
     with tqdm(total=count, desc=f"embedding {ijb.target}", unit="img", disable=not progress) as bar:
         for start, images in _aligned_batches(ijb, batch, workers):
-            out = embedder(images)
+            if uncertainty is not None:  # embedding and uncertainty from the same network passes
+                out, uncertainty[start : start + len(images)] = embedder.embed_with_uncertainty(images)
+            else:
+                out = embedder(images)
             if features is None:
                 features = np.empty((count, out.shape[1]), np.float32)
             features[start : start + len(images)] = out
-            if uncertainty is not None:
-                uncertainty[start : start + len(images)] = embedder.uncertainty(images)
             bar.update(len(images))
     assert features is not None  # read_ijb guarantees at least one image
     return ImageFeatures(
@@ -293,7 +294,7 @@ def evaluate_ijb(
         "genuine": int(labels.sum()),
         "impostor": int((~labels).sum()),
         "weighting": (
-            "detector score x exp(-2 (u - min u)), u = model uncertainty (mean log sigma)"
+            "detector score x exp(-2 (u - min u)), u = model uncertainty (mean log sigma of the scored VIB cells)"
             if uncertainty_fusion
             else "detector score"
         ),

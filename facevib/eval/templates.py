@@ -41,12 +41,19 @@ Progress = Callable[[int], object]
 def fusion_weights(face_scores: np.ndarray, uncertainty: np.ndarray | None = None) -> np.ndarray:
     """Per-image weights for template aggregation, float32.
 
-    Without ``uncertainty``: the detector face scores (insightface's weighting). With it
-    (facevib's VIB models report ``u`` = mean log sigma of their sigma branches, higher = less
-    certain): ``w = face_score * exp(-2 (u - min u))``, i.e. inverse-variance weighting with
-    ``sigma = exp(u)`` (``1 / sigma^2``), the weights of the maximum-likelihood mean of
-    Gaussian observations. Subtracting ``min u`` rescales every weight by one constant, which
-    the final normalisation removes, and keeps ``exp`` in ``(0, 1]`` (no overflow).
+    Without ``uncertainty``: the detector face scores (insightface's weighting). With it:
+    ``w = face_score * exp(-2 (u - min u))``, where ``u`` is the model's per-image uncertainty
+    (:meth:`facevib.models.IResNet.forward_with_uncertainty`: the mean log sigma of the VIB
+    cells closest to the embedding, averaged over their elements, or of the Deep VIB
+    embedding). ``exp(-2u)`` is the reciprocal of the geometric mean of those cells' sigma^2,
+    so an image whose cells learned to be noisier counts less.
+
+    This is a heuristic quality weight, not inverse-variance weighting: ``exp(u)`` is not the
+    standard deviation of the embedding (hidden-cell sigmas have no closed-form effect on
+    it), and the cosine template score is not a Gaussian maximum-likelihood mean. Whether it
+    helps is an empirical question: ``benchmarks/uncertainty.py`` measures how ``u`` tracks
+    image degradation and verification errors. Subtracting ``min u`` rescales every weight by
+    one constant, which the final normalisation removes, and keeps ``exp`` in ``(0, 1]``.
     """
     scores = np.asarray(face_scores, dtype=np.float32)
     if uncertainty is None:

@@ -1,4 +1,7 @@
-"""Per-cell KL weights beta_i (seeds/000, eq. 6 and §4.4).
+"""Per-cell KL weights beta_i (cellVIB, eq. 6 and §4.4).
+
+cellVIB: Zhai, Ju, Lan, Xiao, "Cell Variational Information Bottleneck Network", arXiv:2403.15082
+(the arXiv version was withdrawn).
 
 The face-recognition setting of the paper lets beta_i "uniformly decrease with the depth i"
 from 1e-3 at the first cell to 0 at the last; that is the ``"linear"`` schedule with the

@@ -8,11 +8,15 @@ One class, variants as data:
   the embedding. The state_dict uses arcface_torch's key names, so their ``backbone.pth``
   loads with ``strict=True``.
 * ``cell``   (``cellvib_r*``): the residual branch of each selected block is the mean
-  transform of a :class:`~facevib.models.vib.VIBCell` (seeds/000 Fig. 4): its sample is
+  transform of a :class:`~facevib.models.vib.VIBCell` (cellVIB paper, Fig. 4): its sample is
   taken before the sum with the identity. The sigma transform has the same shape as the
   residual branch with inner width ``planes * sigma_ratio`` (paper Table 1: 64+16, ...).
 * ``deep``   (``deepvib_r*``): Deep VIB (Alemi et al.), one VIB at the embedding: the mu
   head is the plain head, the sigma head is pooled BN2d-avgpool-FC-BN1d.
+
+Papers: cellVIB is Zhai, Ju, Lan, Xiao, "Cell Variational Information Bottleneck Network",
+arXiv:2403.15082 (the arXiv version was withdrawn); Deep VIB is Alemi, Fischer, Dillon, Murphy,
+"Deep Variational Information Bottleneck", arXiv:1612.00410.
 
 VIB parameters live under ``*.vib.*`` keys, apart from arcface_torch's names.
 """
@@ -353,8 +357,14 @@ class IResNet(nn.Module):
 
     @property
     def has_uncertainty(self) -> bool:
-        """Whether :meth:`uncertainty` is available (the model has sigma branches)."""
+        """Whether :meth:`forward_with_uncertainty` is available (the model has sigma branches)."""
         return self.num_cells > 0
+
+    @property
+    def uncertainty_cells(self) -> tuple[int, ...]:
+        """Global block indices of the cells scored by :meth:`forward_with_uncertainty`
+        (empty for Deep VIB, whose score comes from the embedding VIB, and for plain models)."""
+        return tuple(sorted(self._score_blocks))
 
     @property
     def embedding_dim(self) -> int:
@@ -368,10 +378,62 @@ class IResNet(nn.Module):
 
     def forward(self, x: Tensor, return_kl: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Embedding (B, embedding_dim); with ``return_kl``, ``(embedding, kl)``."""
+        embedding, kl, _ = self._run(x, return_kl=return_kl, score=False)
+        return (embedding, kl) if return_kl else embedding
+
+    def kl_loss(self, kl: Tensor) -> Tensor:
+        """sum_i beta_i * kl_i, the regulariser added to the classification loss (eq. 6)."""
+        if kl.shape != self.betas.shape:
+            raise ValueError(f"kl_loss: kl has shape {tuple(kl.shape)}, expected ({self.num_cells},)")
+        return (self.betas.to(kl.dtype) * kl).sum()
+
+    def forward_with_uncertainty(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(embedding (B, D), uncertainty (B,))`` from one pass through the network.
+
+        The embedding is exactly :meth:`forward`'s. The uncertainty is the **mean log sigma**
+        (natural log) of the scored VIB cells, a per-image number, higher = less certain:
+
+        * cellVIB: the cells of the deepest stage that has cells (with ``cells="all"``, the
+          blocks of stage 4, the features closest to the embedding). For each scored cell,
+          log sigma = log softplus(F_sigma(x) + b) is averaged over all C x H x W elements of
+          its output; the per-cell means are then averaged with equal weight. Stage 4 is used
+          although the linear beta schedule gives its very last cell no KL weight: averaging
+          the stage keeps cells that were regularised in the score.
+        * Deep VIB: log sigma averaged over the D dimensions of the embedding VIB.
+
+        It measures how much noise the trained cells would inject into their features for
+        this image (their learned per-element spread), not the variance of the embedding:
+        the sigmas of hidden cells do not propagate to an embedding variance in closed form.
+        ``benchmarks/uncertainty.py`` measures how it tracks image degradation and
+        verification errors. Call it on an eval-mode model (BatchNorm running statistics;
+        cells return their mean, so nothing is sampled). Only the scored cells run their
+        sigma branch, so it costs a fraction of a second forward pass, and it traces into one
+        ONNX graph with two outputs.
+
+        Raises:
+            ValueError: the model has no sigma branches (see :attr:`has_uncertainty`).
+        """
+        if not self.has_uncertainty:
+            raise ValueError(f"model {self.name!r} has no sigma branches, so no uncertainty score")
+        embedding, _, scores = self._run(x, return_kl=False, score=True)
+        return embedding, torch.stack(scores).mean(dim=0)
+
+    def uncertainty(self, x: Tensor) -> Tensor:
+        """The uncertainty of :meth:`forward_with_uncertainty` alone, shape (B,)."""
+        return self.forward_with_uncertainty(x)[1]
+
+    def _run(self, x: Tensor, *, return_kl: bool, score: bool) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """One pass: ``(embedding, kl per cell, per-cell mean log sigma of the scored cells)``.
+
+        ``kl`` is empty unless ``return_kl``; the score list is empty unless ``score``.
+        """
         self._check_input(x)
         kls: list[Tensor] = []
+        scores: list[Tensor] = []
         h = self._stem(x)
-        for block in self.iter_blocks():
+        for index, block in enumerate(self.iter_blocks()):
+            if score and index in self._score_blocks:
+                scores.append(block.vib.log_sigma(h).flatten(1).mean(dim=1))
             if return_kl and block.vib is not None:
                 h, kl = block(h, return_kl=True)
                 kls.append(kl)
@@ -380,45 +442,15 @@ class IResNet(nn.Module):
         mu = self.features(self.fc(self.dropout(torch.flatten(self.bn2(h), 1))))
         embedding = mu
         if self.vib is not None:
+            if score:
+                scores.append(self.vib.log_sigma(h).mean(dim=1))
             if return_kl:
                 embedding, kl = self.vib.forward_with_mean(h, mu, return_kl=True)
                 kls.append(kl)
             else:
                 embedding = self.vib.forward_with_mean(h, mu)
-        if not return_kl:
-            return embedding
-        return embedding, torch.stack(kls) if kls else mu.new_zeros(0, dtype=torch.float32)
-
-    def kl_loss(self, kl: Tensor) -> Tensor:
-        """sum_i beta_i * kl_i, the regulariser added to the classification loss (eq. 6)."""
-        if kl.shape != self.betas.shape:
-            raise ValueError(f"kl_loss: kl has shape {tuple(kl.shape)}, expected ({self.num_cells},)")
-        return (self.betas.to(kl.dtype) * kl).sum()
-
-    def uncertainty(self, x: Tensor) -> Tensor:
-        """Per-image uncertainty score, shape (B,), higher = less certain. No sampling.
-
-        cellVIB: mean of log sigma over all elements of the cells in the last stage that
-        has cells (r100 with ``cells="all"``: the 3 blocks of stage 4, the features closest
-        to the embedding; averaging them keeps the score meaningful although the linear
-        schedule leaves the very last cell without a KL weight). Deep VIB: mean log sigma
-        of the embedding. Call it on an eval-mode model so BatchNorm uses running stats.
-
-        Raises:
-            ValueError: the model has no sigma branches (see :attr:`has_uncertainty`).
-        """
-        if not self.has_uncertainty:
-            raise ValueError(f"model {self.name!r} has no sigma branches, so no uncertainty score")
-        self._check_input(x)
-        h = self._stem(x)
-        scores: list[Tensor] = []
-        for index, block in enumerate(self.iter_blocks()):
-            if index in self._score_blocks:
-                scores.append(block.vib.log_sigma(h).flatten(1).mean(dim=1))
-            h = block(h)
-        if self.vib is not None:
-            scores.append(self.vib.log_sigma(h).mean(dim=1))
-        return torch.stack(scores).mean(dim=0)
+        kl_vector = torch.stack(kls) if kls else mu.new_zeros(0, dtype=torch.float32)
+        return embedding, kl_vector, scores
 
     def _stem(self, x: Tensor) -> Tensor:
         return self.prelu(self.bn1(self.conv1(x)))

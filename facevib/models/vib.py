@@ -1,4 +1,7 @@
-"""The VIB cell of cellVIB (seeds/000, §3), as pure functions plus one thin Module.
+"""The VIB cell of cellVIB (§3 of the paper), as pure functions plus one thin Module.
+
+cellVIB: Zhai, Ju, Lan, Xiao, "Cell Variational Information Bottleneck Network", arXiv:2403.15082
+(the arXiv version was withdrawn).
 
 A VIB cell turns a deterministic transform F_mu into a Gaussian one (paper eq. 1-3):
 

@@ -29,8 +29,8 @@ import numpy as np
 
 from facevib.align import norm_crop
 from facevib.data.bins import encode_jpeg
-from facevib.data.synth_params import Identity, jitter_conditions, sample_conditions, sample_identity
-from facevib.data.synth_render import noisy_landmarks, render_face
+from facevib.synth.params import Identity, jitter_conditions, sample_conditions, sample_identity
+from facevib.synth.render import noisy_landmarks, render_face
 
 __all__ = ["SPLITS", "stream", "identity_for", "AlignedJob", "IJBJob", "run_job", "init_worker", "worker_main"]
 
@@ -154,7 +154,7 @@ def run_job(job: AlignedJob | IJBJob):
 
 def worker_main(job_file: str) -> int:
     """Worker process: run the pickled job list in ``job_file``, writing one pickled
-    ``(ok, result or traceback)`` per job to stdout, in order (see ``synth._run``)."""
+    ``(ok, result or traceback)`` per job to stdout, in order (see ``facevib.synth.dataset._run``)."""
     init_worker()
     jobs = pickle.loads(Path(job_file).read_bytes())
     out = sys.stdout.buffer
@@ -169,10 +169,3 @@ def worker_main(job_file: str) -> int:
             return 1
     return 0
 
-
-if __name__ == "__main__":
-    # Import by name: run as a script this file is "__main__", but the jobs unpickle as
-    # facevib.data.synth_jobs classes, which run_job must recognise.
-    from facevib.data.synth_jobs import worker_main as _main
-
-    sys.exit(_main(sys.argv[1]))

@@ -1,10 +1,10 @@
 """Render a synthetic face photo (a loose crop) and its exact 5 landmarks, numpy and cv2 only.
 
 Pipeline for one photo: a cluttered background and shoulders; the head's ray cast
-(``synth_geometry``) gives per-pixel surface kind, face coordinates and normals; face
+(:mod:`facevib.synth.geometry`) gives per-pixel surface kind, face coordinates and normals; face
 coordinates index the identity's texture (skin blotches, moles, freckles, scars, hair
 strands, age wrinkles, beard), so marks stay on the face in every pose; features are drawn
-on the face surface (``synth_features``); Lambertian + Blinn-Phong shading under the
+on the face surface (:mod:`facevib.synth.features`); Lambertian + Blinn-Phong shading under the
 photo's light; occluders; then the camera: blur, motion blur, low resolution, exposure and
 gamma, sensor noise and the source photo's JPEG compression.
 
@@ -19,8 +19,8 @@ import functools
 import cv2
 import numpy as np
 
-from facevib.data.synth_features import Painter, draw_features, eye_centres, mouth_corners
-from facevib.data.synth_geometry import (
+from facevib.synth.features import Painter, draw_features, eye_centres, mouth_corners
+from facevib.synth.geometry import (
     CURTAIN,
     EAR,
     HAIR,
@@ -34,7 +34,7 @@ from facevib.data.synth_geometry import (
     raycast,
     rotation,
 )
-from facevib.data.synth_params import TEXTURE_SIZE, TEXTURE_Y_RANGE, Conditions, Identity
+from facevib.synth.params import TEXTURE_SIZE, TEXTURE_Y_RANGE, Conditions, Identity
 
 __all__ = ["render_face", "noisy_landmarks"]
 

@@ -11,18 +11,18 @@
   pair is a frontal and a profile photo) and AgeDB-30-like (every pair is a young and an
   old photo: greyer hair, wrinkles, fuller jaw);
 * ``IJBC/``: an IJB-C-style 1:1 and 1:N set from other held-out identities (see
-  :mod:`facevib.data.synth_ijb`);
+  :mod:`facevib.synth.ijb`);
 * ``synth.json``: the options, the seed derivation, the identity count of every split and
   the pairs of every .bin as ``[identity a, photo i, identity b, photo j]``.
 
-Every photo is rendered as a loose crop (``synth_render``), its landmarks get a detector's
+Every photo is rendered as a loose crop (:mod:`facevib.synth.render`), its landmarks get a detector's
 error, and training and .bin images are aligned with :func:`facevib.align.norm_crop` on
 those noisy landmarks, exactly as real data is prepared. Identities differ in geometry,
 colours, marks, hair, beard and glasses; photos differ in pose, expression, lighting,
-age, background, occlusion, blur, noise and compression (``synth_params``).
+age, background, occlusion, blur, noise and compression (:mod:`facevib.synth.params`).
 
 Output is a deterministic function of the options (same seed, same bytes) whatever the
-number of worker processes; see :mod:`facevib.data.synth_jobs` for how seeds derive per
+number of worker processes; see :mod:`facevib.synth.jobs` for how seeds derive per
 identity and photo.
 """
 
@@ -44,8 +44,8 @@ import numpy as np
 
 from facevib.data.bins import write_bin
 from facevib.data.pack import write_ms1m, write_property
-from facevib.data.synth_ijb import write_ijb
-from facevib.data.synth_jobs import LAYOUT, PAIRS, SPLITS, AlignedJob, IJBJob, run_job, stream
+from facevib.synth.ijb import write_ijb
+from facevib.synth.jobs import LAYOUT, PAIRS, SPLITS, AlignedJob, IJBJob, run_job, stream
 
 __all__ = ["SynthOptions", "write_synthetic_dataset", "verification_pairs"]
 
@@ -197,7 +197,7 @@ def _available_cpus() -> int:
 def _run(jobs: list, workers: int) -> Iterator:
     """Results of ``jobs`` in order, computed by ``workers`` processes (1: in this process).
 
-    Workers are fresh interpreters (``python -m facevib.data.synth_jobs``), not forks or
+    Workers are fresh interpreters (``python -m facevib.synth.worker``), not forks or
     multiprocessing children: a fork would copy a caller's threads and locks mid-state
     (torch, cv2), and spawn/forkserver re-import the caller's main script, which fails in
     scripts without an ``if __name__ == "__main__"`` guard. Job ``i`` goes to worker
@@ -216,7 +216,7 @@ def _run(jobs: list, workers: int) -> Iterator:
             for w in range(workers):
                 job_file = Path(tmp) / f"jobs-{w}.pickle"
                 job_file.write_bytes(pickle.dumps(jobs[w::workers]))
-                command = [sys.executable, "-m", "facevib.data.synth_jobs", str(job_file)]
+                command = [sys.executable, "-m", "facevib.synth.worker", str(job_file)]
                 procs.append(subprocess.Popen(command, stdout=subprocess.PIPE, env=env))
             for i, job in enumerate(jobs):
                 proc = procs[i % workers]
@@ -355,7 +355,7 @@ def write_synthetic_dataset(
         "format": "facevib-synthetic",
         "version": FORMAT_VERSION,
         "options": {k: v for k, v in asdict(opts).items() if k != "workers"},  # workers never change the output
-        "seeds": "numpy.random.default_rng([seed, split, identity, tag, a, b, c]); see facevib.data.synth_jobs",
+        "seeds": "numpy.random.default_rng([seed, split, identity, tag, a, b, c]); see facevib.synth.jobs",
         "splits": {name: code for name, code in SPLITS.items()},
         "identities": {
             "train": opts.identities,

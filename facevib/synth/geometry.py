@@ -9,7 +9,7 @@ meets an ellipsoid where a quadratic in its depth has a root, so the whole cast 
 numpy operations per ellipsoid over its bounding box, and normals and points are computed
 once, afterwards, for the winning surface of each pixel.
 
-Canonical frame: x to the image right, y down, z toward the camera (see synth_params).
+Canonical frame: x to the image right, y down, z toward the camera (see facevib.synth.params).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facevib.data.synth_params import Conditions, Identity
+from facevib.synth.params import Conditions, Identity
 
 __all__ = ["SKIN", "NOSE", "EAR", "NECK", "HAIR", "CURTAIN", "HAT", "Camera", "Head", "Raster", "raycast"]
 

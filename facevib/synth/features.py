@@ -12,7 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from facevib.data.synth_geometry import Camera, Head
+from facevib.synth.geometry import Camera, Head
 
 __all__ = ["Painter", "draw_features", "mouth_corners", "eye_centres"]
 

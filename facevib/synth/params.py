@@ -13,7 +13,7 @@ toward the camera, in units of roughly half a head height (the chin is near y = 
 crown near y = -1.1). Colours are RGB floats in [0, 255].
 
 Both are drawn from a ``numpy.random.Generator`` that the caller derives from the seed
-(see ``facevib.data.synth``); every draw happens in a fixed order, so the same generator
+(see ``facevib.synth.dataset``); every draw happens in a fixed order, so the same generator
 state always gives the same person and the same photo.
 """
 

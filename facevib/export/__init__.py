@@ -1,0 +1,57 @@
+"""Export a backbone to ONNX for serving: the graph, its metadata, a threshold, a Triton repository.
+
+* :func:`export_onnx` writes the graph: input ``data`` (N, 3, S, S) float32 RGB normalised as
+  in training (``(pixel - 127.5) / 127.5``) with a dynamic N, output ``embedding`` (N, D), not
+  normalised and with no normalisation inside the graph, the drop-in for insightface-style
+  clients (:func:`insightface_problems` checks it); with ``uncertainty=True`` a second output
+  ``uncertainty`` (N,) from the same pass (:meth:`facevib.models.IResNet.forward_with_uncertainty`).
+* :func:`build_metadata` / :func:`write_metadata` store :class:`facevib.onnx_meta.ModelMetadata`
+  in the file's ``metadata_props``; the server reads it back without torch.
+* :func:`calibrate` measures the cosine threshold at a target FPR on verification ``.bin``
+  files or an IJB folder, with facevib.eval.
+* :func:`write_triton_repository` writes a Triton model repository for the same file.
+* :func:`export_model` chains them: ``python -m facevib.export MODEL --out model.onnx``.
+"""
+
+from facevib.export.calibrate import calibrate, calibration_kind
+from facevib.export.graph import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    UNCERTAINTY_NAME,
+    compare_onnx,
+    export_onnx,
+    insightface_problems,
+    onnx_differences,
+)
+from facevib.export.metadata import (
+    build_metadata,
+    config_digest,
+    describe_uncertainty,
+    read_onnx_metadata,
+    write_metadata,
+)
+from facevib.export.pipeline import ExportResult, checkpoint_config, export_model
+from facevib.export.triton import check_triton_settings, triton_config, write_triton_repository
+
+__all__ = [
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "UNCERTAINTY_NAME",
+    "ExportResult",
+    "build_metadata",
+    "calibrate",
+    "calibration_kind",
+    "check_triton_settings",
+    "checkpoint_config",
+    "compare_onnx",
+    "config_digest",
+    "describe_uncertainty",
+    "export_model",
+    "export_onnx",
+    "insightface_problems",
+    "onnx_differences",
+    "read_onnx_metadata",
+    "triton_config",
+    "write_metadata",
+    "write_triton_repository",
+]

@@ -1,0 +1,125 @@
+"""``export_model``: a checkpoint in, a self-describing ONNX file (and a Triton repository) out.
+
+What ``python -m facevib.export`` runs: load the backbone (:func:`facevib.models.load_backbone`,
+the rules of ``eval/*.py --model``), export the graph (:func:`facevib.export.export_onnx`),
+optionally calibrate a threshold on the written file (:func:`facevib.export.calibrate`),
+store the metadata (:mod:`facevib.onnx_meta`) and write the Triton repository.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from facevib.eval.embed import Embedder
+from facevib.export.calibrate import calibrate
+from facevib.export.graph import export_onnx, insightface_problems
+from facevib.export.metadata import build_metadata, write_metadata
+from facevib.export.triton import check_triton_settings, write_triton_repository
+from facevib.models import load_backbone
+from facevib.onnx_meta import ModelMetadata
+
+__all__ = ["ExportResult", "checkpoint_config", "export_model"]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_model` wrote.
+
+    ``insightface_problems`` lists why insightface-style clients would not take the file as
+    a drop-in (empty for the default file; the ``--uncertainty`` file has two outputs).
+    """
+
+    path: Path
+    metadata: ModelMetadata
+    insightface_problems: list[str]
+    triton_dir: Path | None
+
+
+def checkpoint_config(path: str | os.PathLike) -> Mapping[str, Any] | None:
+    """The resolved training config stored in a facevib checkpoint (None for a plain state_dict).
+
+    Memory-mapped, so reading it next to :func:`load_backbone` does not load the weights twice.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # files from the legacy (non-zip) torch.save format cannot be mapped
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, pickle.UnpicklingError, EOFError) as err:
+            raise ValueError(f"{path}: not a loadable torch checkpoint ({err})") from err
+    config = payload.get("config") if isinstance(payload, Mapping) and "arch" in payload else None
+    if config is not None and not isinstance(config, Mapping):
+        raise ValueError(f"{path}: field 'config' must be a dict, got {type(config).__name__}")
+    return config
+
+
+def export_model(
+    model_path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    network: str | None = None,
+    uncertainty: bool = False,
+    calibration_data: str | os.PathLike | None = None,
+    target_fpr: float = 1e-4,
+    triton_repo: str | os.PathLike | None = None,
+    triton_name: str | None = None,
+    max_batch_size: int = 64,
+    max_queue_delay_us: int = 5000,
+    dynamo: bool = True,
+    opset: int = 18,
+) -> ExportResult:
+    """Export the backbone at ``model_path`` to the ONNX file ``out``, with its metadata.
+
+    Args:
+        model_path: a facevib checkpoint or ``backbone.pt``, or a plain state_dict such as
+            arcface_torch's ``backbone.pth`` (then ``network`` names the model, e.g. ``"r100"``).
+        out: the ONNX file to write.
+        uncertainty: add the ``uncertainty`` output (cellVIB and Deep VIB models).
+        calibration_data: a folder of verification ``.bin`` files or an IJB folder; the
+            threshold at ``target_fpr`` is measured on the written file and stored.
+        triton_repo: also write a Triton model repository there, model ``triton_name``
+            (default: the stem of ``out``), with ``max_batch_size`` and
+            ``max_queue_delay_us`` for its dynamic batcher.
+        dynamo, opset: exporter choice (see :mod:`facevib.export.graph`).
+
+    Raises:
+        FileNotFoundError: the checkpoint or the calibration data is missing.
+        ValueError: any other user mistake, named (bad checkpoint, model without sigma
+            branches for ``uncertainty``, bad FPR or Triton setting).
+    """
+    if not 0.0 < target_fpr < 1.0:
+        raise ValueError(f"target FPR must be in (0, 1), got {target_fpr}")
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise ValueError(f"output file must end in .onnx, got {out}")
+    if triton_repo is not None:
+        check_triton_settings(triton_name or out.stem, max_batch_size, max_queue_delay_us)
+    model = load_backbone(model_path, name=network)
+    config = checkpoint_config(model_path)
+    export_onnx(model, out, uncertainty=uncertainty, dynamo=dynamo, opset=opset)
+    metadata = build_metadata(model, config=config, uncertainty=uncertainty)
+    if calibration_data is not None:
+        measured = calibrate(Embedder.from_onnx(out), calibration_data, target_fpr)
+        metadata = dataclasses.replace(metadata, calibration=measured)
+    write_metadata(out, metadata)
+    problems = insightface_problems(out)
+    if not uncertainty and problems:  # the default file's contract; a failure here is a bug
+        raise AssertionError(f"{out}: the default export is not an insightface drop-in: {problems}")
+    triton_dir = None
+    if triton_repo is not None:
+        triton_dir = write_triton_repository(
+            out,
+            triton_repo,
+            triton_name or out.stem,
+            max_batch_size=max_batch_size,
+            max_queue_delay_us=max_queue_delay_us,
+        )
+    return ExportResult(path=out, metadata=metadata, insightface_problems=problems, triton_dir=triton_dir)

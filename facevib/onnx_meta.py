@@ -1,0 +1,423 @@
+"""The metadata contract of a facevib ONNX file (its ``metadata_props``), with no torch or onnx.
+
+``python -m facevib.export`` writes these string key/value pairs into the model file; the
+server reads them back through ONNX Runtime
+(``session.get_modelmeta().custom_metadata_map``), so this module imports only the standard
+library: the serving image has neither torch nor onnx.
+
+Keys (all prefixed ``facevib.``; structured values are JSON strings):
+
+========================  =====================================================================
+``facevib.schema``        version of this contract (``"1"``)
+``facevib.version``       facevib version that wrote the file
+``facevib.model_name``    registry name, e.g. ``"cellvib_r100"``
+``facevib.arch``          JSON object: architecture (block, layers, widths, VIB settings, ...)
+``facevib.embedding_dim`` embedding size D (decimal integer)
+``facevib.input_size``    crop side S (decimal integer): the input is (N, 3, S, S)
+``facevib.preprocess``    JSON object: ``color`` "RGB", ``layout`` "NCHW", ``mean`` and ``std``
+                          per channel on the 0-255 scale (input = (pixel - mean) / std),
+                          ``alignment`` "arcface_5pt", ``template`` the 5 x 2 landmark template
+                          in pixels of the S x S crop
+``facevib.config_digest`` sha256 (hex) of the resolved training config JSON; absent when the
+                          checkpoint had no config
+``facevib.outputs``       JSON list of output names in graph order: ``["embedding"]`` or
+                          ``["embedding", "uncertainty"]``
+``facevib.uncertainty``   JSON object saying what the ``uncertainty`` output is (absent without it)
+``facevib.calibration``   JSON object (:class:`Calibration`), absent when not calibrated
+========================  =====================================================================
+
+A file with no ``facevib.`` key at all (a plain insightface ONNX, say) makes
+:meth:`ModelMetadata.from_props` raise :class:`MissingMetadataError`;
+:func:`read_metadata` catches exactly that case and builds the insightface defaults
+(:meth:`ModelMetadata.default`): RGB NCHW, ``(x - 127.5) / 127.5``, the ArcFace 5-point
+template, no calibration. A file with some facevib keys but a missing or malformed one is an
+error (:class:`MetadataError` naming the key), never a silent default.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = [
+    "PREFIX",
+    "SCHEMA_VERSION",
+    "EMBEDDING_OUTPUT",
+    "UNCERTAINTY_OUTPUT",
+    "ARCFACE_TEMPLATE_112",
+    "MetadataError",
+    "MissingMetadataError",
+    "Calibration",
+    "ModelMetadata",
+    "default_preprocess",
+    "read_metadata",
+]
+
+PREFIX = "facevib."
+SCHEMA_VERSION = "1"
+EMBEDDING_OUTPUT = "embedding"
+UNCERTAINTY_OUTPUT = "uncertainty"
+
+# The ArcFace 5-point template for 112x112 crops (left eye, right eye, nose tip, left and right
+# mouth corners), the same numbers as ``facevib.align.ARCFACE_TEMPLATE``; repeated here as
+# plain floats so this module needs neither numpy nor cv2 (a test checks they are equal).
+ARCFACE_TEMPLATE_112: tuple[tuple[float, float], ...] = (
+    (38.2946, 51.6963),
+    (73.5318, 51.5014),
+    (56.0252, 71.7366),
+    (41.5493, 92.3655),
+    (70.7299, 92.2041),
+)
+
+
+class MetadataError(ValueError):
+    """A facevib metadata key is missing or malformed; the message names the key."""
+
+
+class MissingMetadataError(MetadataError):
+    """The file carries no ``facevib.`` metadata at all (e.g. a plain insightface ONNX file)."""
+
+
+def _template(size: int) -> list[list[float]]:
+    """The 5-point template for an ``size`` x ``size`` crop (facevib.align's rule, without numpy)."""
+    if size % 112 == 0:
+        scale, shift = size / 112.0, 0.0
+    elif size % 128 == 0:
+        scale, shift = size / 128.0, 8.0 * size / 128.0
+    else:
+        raise MetadataError(f"input_size {size} is neither a multiple of 112 nor of 128 (the arcface template sizes)")
+    return [[x * scale + shift, y * scale] for x, y in ARCFACE_TEMPLATE_112]
+
+
+def default_preprocess(input_size: int = 112) -> dict[str, Any]:
+    """The preprocessing facevib trains with (and insightface clients feed): RGB, NCHW,
+    ``(pixel - 127.5) / 127.5`` per channel, crops aligned to the ArcFace 5-point template."""
+    return {
+        "color": "RGB",
+        "layout": "NCHW",
+        "mean": [127.5, 127.5, 127.5],
+        "std": [127.5, 127.5, 127.5],
+        "alignment": "arcface_5pt",
+        "template": _template(int(input_size)),
+    }
+
+
+def _finite(value: Any, key: str, low: float | None = None, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        raise MetadataError(f"{key}: expected a finite number, got {value!r}")
+    value = float(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise MetadataError(f"{key}: {value} is outside [{low}, {high}]")
+    return value
+
+
+def _count(value: Any, key: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise MetadataError(f"{key}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A cosine decision threshold measured on labelled pairs: accept iff ``cosine > threshold``.
+
+    Read off the impostor scores exactly (``facevib.eval.roc.tpr_at_fpr``): with ``n`` impostor
+    pairs, ``floor(target_fpr * n)`` may be accepted. ``fpr`` and ``tpr`` are the rates actually
+    reached at ``threshold`` on the calibration pairs (``fpr <= target_fpr``). ``resolved`` is
+    True when ``target_fpr * impostor_pairs >= 1``: otherwise no impostor may be accepted at
+    all, the threshold is the largest impostor score, and the pairs cannot tell ``target_fpr``
+    from FPR 0 (the threshold is then stricter than needed). ``source`` names the data (e.g.
+    ``"verification:lfw.bin,cfp_fp.bin"`` or ``"ijb:IJBC"``).
+    """
+
+    threshold: float
+    target_fpr: float
+    fpr: float
+    tpr: float
+    impostor_pairs: int
+    genuine_pairs: int
+    resolved: bool
+    source: str
+
+    def __post_init__(self) -> None:
+        key = PREFIX + "calibration"
+        _finite(self.threshold, f"{key}.threshold", -1.0, 1.0)
+        _finite(self.target_fpr, f"{key}.target_fpr", 0.0, 1.0)
+        _finite(self.fpr, f"{key}.fpr", 0.0, 1.0)
+        _finite(self.tpr, f"{key}.tpr", 0.0, 1.0)
+        _count(self.impostor_pairs, f"{key}.impostor_pairs", 1)
+        _count(self.genuine_pairs, f"{key}.genuine_pairs", 1)
+        if not isinstance(self.resolved, bool):
+            raise MetadataError(f"{key}.resolved: expected true or false, got {self.resolved!r}")
+        if not isinstance(self.source, str):
+            raise MetadataError(f"{key}.source: expected a string, got {self.source!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
+        """Build from the JSON object stored under ``facevib.calibration``."""
+        key = PREFIX + "calibration"
+        if not isinstance(data, Mapping):
+            raise MetadataError(f"{key}: expected a JSON object, got {type(data).__name__}")
+        names = [f.name for f in cls.__dataclass_fields__.values()]
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise MetadataError(f"{key}: missing field(s) {', '.join(missing)}")
+        return cls(**{n: data[n] for n in names})
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """Everything a client needs to feed a facevib ONNX file and read its outputs.
+
+    ``outputs`` are the graph's output names in order; the first is the (not normalised)
+    embedding. ``uncertainty`` says what the ``uncertainty`` output measures (None without it).
+    """
+
+    facevib_version: str
+    model_name: str
+    arch: dict[str, Any]
+    embedding_dim: int
+    input_size: int
+    preprocess: dict[str, Any]
+    config_digest: str | None = None
+    outputs: list[str] = field(default_factory=lambda: [EMBEDDING_OUTPUT])
+    uncertainty: dict[str, Any] | None = None
+    calibration: Calibration | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("facevib_version", "model_name"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise MetadataError(f"{_KEYS[name]}: expected a non-empty string, got {getattr(self, name)!r}")
+        if not isinstance(self.arch, dict):
+            raise MetadataError(f"{_KEYS['arch']}: expected a JSON object, got {self.arch!r}")
+        _count(self.embedding_dim, _KEYS["embedding_dim"], 1)
+        _count(self.input_size, _KEYS["input_size"], 1)
+        _check_preprocess(self.preprocess)
+        if self.config_digest is not None and not (
+            isinstance(self.config_digest, str)
+            and len(self.config_digest) == 64
+            and all(c in "0123456789abcdef" for c in self.config_digest)
+        ):
+            raise MetadataError(
+                f"{_KEYS['config_digest']}: expected 64 lowercase hex digits, got {self.config_digest!r}"
+            )
+        outputs = self.outputs
+        if (
+            not isinstance(outputs, list)
+            or not outputs
+            or not all(isinstance(o, str) and o for o in outputs)
+            or len(set(outputs)) != len(outputs)
+        ):
+            raise MetadataError(f"{_KEYS['outputs']}: expected a non-empty list of distinct names, got {outputs!r}")
+        has_uncertainty = UNCERTAINTY_OUTPUT in outputs
+        if has_uncertainty and outputs.index(UNCERTAINTY_OUTPUT) == 0:
+            raise MetadataError(f"{_KEYS['outputs']}: the first output must be the embedding, got {outputs!r}")
+        if has_uncertainty != (self.uncertainty is not None):
+            raise MetadataError(
+                f"{_KEYS['uncertainty']}: must be given exactly when {UNCERTAINTY_OUTPUT!r} is an output "
+                f"(outputs {outputs!r}, uncertainty {'set' if self.uncertainty is not None else 'absent'})"
+            )
+        if self.uncertainty is not None and not isinstance(self.uncertainty, dict):
+            raise MetadataError(f"{_KEYS['uncertainty']}: expected a JSON object, got {self.uncertainty!r}")
+        if self.calibration is not None and not isinstance(self.calibration, Calibration):
+            raise MetadataError(
+                f"{_KEYS['calibration']}: expected a Calibration, got {type(self.calibration).__name__}"
+            )
+
+    @classmethod
+    def default(
+        cls,
+        embedding_dim: int,
+        input_size: int = 112,
+        *,
+        model_name: str = "external",
+        outputs: Sequence[str] = (EMBEDDING_OUTPUT,),
+    ) -> ModelMetadata:
+        """Metadata for a file that carries none: insightface's conventions, no calibration.
+
+        ``facevib_version`` is ``"unknown"`` and ``arch`` is empty: nothing is known about it.
+        """
+        return cls(
+            facevib_version="unknown",
+            model_name=model_name,
+            arch={},
+            embedding_dim=int(embedding_dim),
+            input_size=int(input_size),
+            preprocess=default_preprocess(int(input_size)),
+            outputs=list(outputs),
+        )
+
+    def to_props(self) -> dict[str, str]:
+        """The ``metadata_props`` entries: keys prefixed ``facevib.``, JSON for structured values.
+
+        Optional fields that are None are left out (so they read back as None).
+        """
+        props = {
+            PREFIX + "schema": SCHEMA_VERSION,
+            _KEYS["facevib_version"]: self.facevib_version,
+            _KEYS["model_name"]: self.model_name,
+            _KEYS["arch"]: _dumps(self.arch),
+            _KEYS["embedding_dim"]: str(self.embedding_dim),
+            _KEYS["input_size"]: str(self.input_size),
+            _KEYS["preprocess"]: _dumps(self.preprocess),
+            _KEYS["outputs"]: _dumps(self.outputs),
+        }
+        if self.config_digest is not None:
+            props[_KEYS["config_digest"]] = self.config_digest
+        if self.uncertainty is not None:
+            props[_KEYS["uncertainty"]] = _dumps(self.uncertainty)
+        if self.calibration is not None:
+            props[_KEYS["calibration"]] = _dumps(asdict(self.calibration))
+        return props
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str]) -> ModelMetadata:
+        """Parse ``metadata_props`` (e.g. ONNX Runtime's ``custom_metadata_map``).
+
+        Keys without the ``facevib.`` prefix are ignored (other tools may add their own).
+
+        Raises:
+            MissingMetadataError: no ``facevib.`` key at all (see :func:`read_metadata`).
+            MetadataError: a required key is missing or a value is malformed (the message
+                names the key), or the schema version is not one this code reads.
+        """
+        ours = {k: v for k, v in props.items() if k.startswith(PREFIX)}
+        if not ours:
+            raise MissingMetadataError(
+                "the model has no facevib metadata (no 'facevib.*' keys in metadata_props); "
+                "read_metadata() falls back to insightface's defaults for such files"
+            )
+        schema = ours.get(PREFIX + "schema")
+        if schema != SCHEMA_VERSION:
+            raise MetadataError(f"{PREFIX}schema: expected {SCHEMA_VERSION!r}, got {schema!r}")
+
+        def text(name: str, required: bool = True) -> str | None:
+            key = _KEYS[name]
+            if key not in ours:
+                if required:
+                    raise MetadataError(f"{key}: missing from the model's metadata")
+                return None
+            return ours[key]
+
+        def number(name: str) -> int:
+            raw = text(name)
+            try:
+                return int(raw)
+            except ValueError:
+                raise MetadataError(f"{_KEYS[name]}: expected a decimal integer, got {raw!r}") from None
+
+        def structured(name: str, required: bool = True) -> Any:
+            raw = text(name, required)
+            if raw is None:
+                return None
+            try:
+                return json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise MetadataError(f"{_KEYS[name]}: not valid JSON ({err.msg} at offset {err.pos})") from None
+
+        calibration = structured("calibration", required=False)
+        return cls(
+            facevib_version=text("facevib_version"),
+            model_name=text("model_name"),
+            arch=structured("arch"),
+            embedding_dim=number("embedding_dim"),
+            input_size=number("input_size"),
+            preprocess=structured("preprocess"),
+            config_digest=text("config_digest", required=False),
+            outputs=structured("outputs"),
+            uncertainty=structured("uncertainty", required=False),
+            calibration=None if calibration is None else Calibration.from_dict(calibration),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field (``calibration`` as a dict or None), e.g. for ``/v1/info``."""
+        return asdict(self)
+
+
+# Field name -> metadata key (the version field's key is "facevib.version", not "...facevib_version").
+_KEYS: dict[str, str] = {
+    "facevib_version": PREFIX + "version",
+    "model_name": PREFIX + "model_name",
+    "arch": PREFIX + "arch",
+    "embedding_dim": PREFIX + "embedding_dim",
+    "input_size": PREFIX + "input_size",
+    "preprocess": PREFIX + "preprocess",
+    "config_digest": PREFIX + "config_digest",
+    "outputs": PREFIX + "outputs",
+    "uncertainty": PREFIX + "uncertainty",
+    "calibration": PREFIX + "calibration",
+}
+
+
+def _dumps(value: Any) -> str:
+    # Compact and key-sorted so the same metadata always gives the same bytes; NaN is not JSON.
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _check_preprocess(preprocess: Any) -> None:
+    key = _KEYS["preprocess"]
+    if not isinstance(preprocess, dict):
+        raise MetadataError(f"{key}: expected a JSON object, got {preprocess!r}")
+    missing = [n for n in ("color", "layout", "mean", "std", "alignment", "template") if n not in preprocess]
+    if missing:
+        raise MetadataError(f"{key}: missing field(s) {', '.join(missing)}")
+    if preprocess["color"] not in ("RGB", "BGR"):
+        raise MetadataError(f"{key}.color: expected 'RGB' or 'BGR', got {preprocess['color']!r}")
+    if preprocess["layout"] != "NCHW":
+        raise MetadataError(f"{key}.layout: expected 'NCHW', got {preprocess['layout']!r}")
+    for name in ("mean", "std"):
+        values = preprocess[name]
+        if not isinstance(values, list) or len(values) != 3:
+            raise MetadataError(f"{key}.{name}: expected 3 numbers, got {values!r}")
+        for value in values:
+            _finite(value, f"{key}.{name}", 0.0 if name == "mean" else 1e-12)
+    template = preprocess["template"]
+    if not (
+        isinstance(template, list) and len(template) == 5 and all(isinstance(p, list) and len(p) == 2 for p in template)
+    ):
+        raise MetadataError(f"{key}.template: expected 5 [x, y] points, got {template!r}")
+    for point in template:
+        for value in point:
+            _finite(value, f"{key}.template")
+
+
+def read_metadata(
+    source: Any,
+    input_size: int | None = None,
+    embedding_dim: int | None = None,
+) -> ModelMetadata:
+    """The model's metadata, or insightface's defaults when the file has no facevib metadata.
+
+    Args:
+        source: an ``onnxruntime.InferenceSession`` (anything with ``get_modelmeta()``) or a
+            mapping of metadata props.
+        input_size, embedding_dim: used for the fallback only; when None they are read from
+            the session's input and first output shapes (a mapping source then needs them).
+
+    Raises:
+        MetadataError: malformed facevib metadata, or a fallback whose sizes are unknown.
+    """
+    has_session = hasattr(source, "get_modelmeta")
+    props = source.get_modelmeta().custom_metadata_map if has_session else source
+    try:
+        return ModelMetadata.from_props(props)
+    except MissingMetadataError:
+        pass
+    outputs: Sequence[str] = (EMBEDDING_OUTPUT,)
+    if has_session:
+        shape = source.get_inputs()[0].shape
+        out_shape = source.get_outputs()[0].shape
+        outputs = [o.name for o in source.get_outputs()]
+        if input_size is None and len(shape) == 4 and isinstance(shape[2], int):
+            input_size = shape[2]
+        if embedding_dim is None and len(out_shape) == 2 and isinstance(out_shape[1], int):
+            embedding_dim = out_shape[1]
+    if input_size is None or embedding_dim is None:
+        raise MetadataError(
+            f"the model has no facevib metadata and its sizes are unknown (input_size={input_size}, "
+            f"embedding_dim={embedding_dim}); pass them to read_metadata"
+        )
+    return ModelMetadata.default(embedding_dim, input_size, outputs=outputs)

@@ -1,0 +1,171 @@
+"""The FastAPI app: ``create_app(settings)`` builds it; its lifespan loads the model once.
+
+Endpoints (their schemas and error responses are in ``/openapi.json``; handlers in
+:mod:`facevib.serve.routes`):
+
+* ``POST /v1/embed``: JSON ``{"images": [...]}`` or ``multipart/form-data`` file parts ``images``.
+* ``POST /v1/verify``: two images or embeddings -> cosine score, threshold, decision.
+* ``GET /health``: a real inference on a fixed input (no API key needed).
+* ``GET /v1/info``: model metadata, providers in use, batching settings, versions.
+* ``GET /metrics``: Prometheus text format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from pydantic.json_schema import models_json_schema
+
+import facevib
+from facevib.serve.auth import require_api_key
+from facevib.serve.batcher import Batcher
+from facevib.serve.errors import install_error_handlers
+from facevib.serve.images import Detector
+from facevib.serve.metrics import ServeMetrics
+from facevib.serve.middleware import LimitsAndMetrics
+from facevib.serve.routes import health_router, router
+from facevib.serve.runtime import ModelRuntime, cpu_count
+from facevib.serve.schemas import EmbedRequest, ErrorResponse, MultipartEmbedRequest, VerifyRequest
+from facevib.serve.service import Service
+from facevib.serve.settings import ServeSettings
+from facevib.serve.state import ServerState
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("facevib.serve")
+
+
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """FastAPI's schema plus the request bodies the handlers parse themselves."""
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            _, extra = models_json_schema(
+                [(m, "validation") for m in (EmbedRequest, MultipartEmbedRequest, VerifyRequest, ErrorResponse)],
+                ref_template="#/components/schemas/{model}",
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(extra.get("$defs", {}))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return build
+
+
+def create_app(settings: ServeSettings | None = None, *, detector: Detector | None = None) -> FastAPI:
+    """The server app. ``settings`` default to ``FACEVIB_*`` environment variables
+    (:meth:`ServeSettings.from_env`); ``detector`` fills the detection slot.
+
+    Nothing is loaded here: the lifespan opens the model, the batcher and the decoding threads
+    once, when the server starts, and closes them on shutdown.
+
+    Raises:
+        ValueError: no model given. FileNotFoundError: the model file does not exist.
+    """
+    settings = settings or ServeSettings.from_env()
+    if not settings.model:
+        raise ValueError("no model: pass --model PATH or set FACEVIB_MODEL")
+    if not Path(settings.model).is_file():
+        raise FileNotFoundError(f"model {settings.model} does not exist")
+    detector_spec = settings.detector.strip()
+    if detector is None and detector_spec.lower() not in ("none", "mtcnn") and not Path(detector_spec).is_file():
+        raise FileNotFoundError(f"detector {detector_spec} does not exist (mtcnn, none or an SCRFD .onnx file)")
+    logger.setLevel(settings.log_level.upper())
+    state = ServerState(settings=settings, metrics=ServeMetrics(settings.max_batch), detector=detector)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await _start(state)
+        try:
+            yield
+        finally:
+            await _stop(state)
+
+    app = FastAPI(
+        title="facevib",
+        version=facevib.__version__,
+        description="Face embeddings and verification with cross-request micro-batching.",
+        lifespan=lifespan,
+        openapi_url=None,  # served below, behind the API key
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.serve = state
+    app.state.on_error = lambda error: state.metrics.errors.labels(error.code).inc()
+    install_error_handlers(app)
+    app.include_router(router)
+    app.include_router(health_router)
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_api_key)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    app.add_middleware(LimitsAndMetrics, max_body_bytes=settings.max_body_bytes, metrics=state.metrics)
+    return app
+
+
+async def _start(state: ServerState) -> None:
+    settings = state.settings
+    runtime = await asyncio.to_thread(
+        ModelRuntime.load,
+        settings.model,
+        device=settings.device,
+        intra_op_threads=settings.intra_op_threads,
+        max_batch=settings.max_batch,
+    )
+    for warning in runtime.warnings:
+        logger.warning("%s", warning)
+    meta = runtime.metadata
+    message = (
+        f"facevib serving {meta.model_name} ({runtime.path.name}, {meta.embedding_dim}-d, input {meta.input_size}) "
+        f"on providers {runtime.providers}; batching max_batch={settings.max_batch} "
+        f"max_delay={settings.max_delay_ms:g} ms max_queue={settings.max_queue}"
+    )
+    logger.info("%s", message)
+    print(message, file=sys.stderr, flush=True)  # also when no logging is configured
+    state.metrics.model_info.labels(meta.model_name, runtime.providers[0], str(meta.embedding_dim)).set(1)
+    batcher = Batcher(
+        runtime.infer,
+        max_batch=settings.max_batch,
+        max_delay_s=settings.max_delay_ms / 1e3,
+        max_queue=settings.max_queue,
+        stats=state.metrics.batcher_stats(),
+    )
+    await batcher.start()
+    if state.detector is None and settings.detector.strip().lower() != "none":
+        from facevib.detect import load_detector
+
+        # One ONNX Runtime thread per call: detections run in parallel in the decoding threads.
+        state.detector = await asyncio.to_thread(load_detector, settings.detector.strip(), threads=1)
+        logger.info("face detector: %s", state.detector.describe())
+    workers = settings.decode_workers or min(4, cpu_count())
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="facevib-decode")
+    state.runtime, state.batcher, state.pool = runtime, batcher, pool
+    state.service = Service(
+        settings,
+        runtime,
+        batcher,
+        pool,
+        detector=lambda: state.detector,
+        count_faces=lambda mode, n: state.metrics.faces.labels(mode).inc(n),
+    )
+
+
+async def _stop(state: ServerState) -> None:
+    state.service = None
+    if state.batcher is not None:
+        await state.batcher.stop()
+    if state.pool is not None:
+        state.pool.shutdown(wait=True)
+    state.batcher = state.pool = state.runtime = None

@@ -1,0 +1,227 @@
+"""The ONNX Runtime session the server runs: provider choice, metadata, padding, warm-up.
+
+Providers: CUDA then CPU when CUDA is asked for (``cuda``, ``cuda:N``) or, with ``auto``,
+when this onnxruntime build has it. ONNX Runtime falls back to the CPU without an error
+when the CUDA provider cannot start (missing CUDA/cuDNN libraries), so the providers are
+read back from the session after it is created; when CUDA was wanted and is not active the
+reason goes into :attr:`ModelRuntime.warnings`, which the server logs at start-up and shows
+in ``/v1/info``.
+
+On CUDA every new input shape costs a cuDNN algorithm search, so batches are zero-padded
+to a few fixed sizes (powers of two up to ``max_batch``) that are all run once at start-up.
+On the CPU shapes are free and batches run at their own size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from facevib.align import arcface_template
+from facevib.onnx_meta import ModelMetadata, read_metadata
+
+__all__ = ["ModelRuntime", "pad_sizes"]
+
+logger = logging.getLogger("facevib.serve")
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+UNCERTAINTY = "uncertainty"
+
+
+def pad_sizes(max_batch: int) -> tuple[int, ...]:
+    """Batch sizes padded to on CUDA: 1, 2, 4, ... below ``max_batch``, and ``max_batch``."""
+    sizes, size = [], 1
+    while size < max_batch:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, max_batch)
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class ModelRuntime:
+    """A loaded model: call :meth:`infer` from one thread at a time (the batcher's)."""
+
+    path: Path
+    session: object
+    metadata: ModelMetadata
+    input_name: str
+    embedding_output: str
+    uncertainty_output: str | None
+    providers: list[str]
+    requested_device: str
+    intra_op_threads: int
+    padded_sizes: tuple[int, ...] | None
+    warnings: list[str] = field(default_factory=list)
+    reference_output: np.ndarray | None = None
+
+    @property
+    def input_size(self) -> int:
+        return int(self.metadata.input_size)
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.metadata.embedding_dim)
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.providers[0] == CUDA
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, *, device: str = "auto", intra_op_threads: int = 0, max_batch: int = 32
+    ) -> ModelRuntime:
+        """Open ``path`` with ONNX Runtime and warm it up.
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist.
+            ValueError: ONNX Runtime cannot load the file, or its interface is not one
+                ``(N, 3, S, S)`` input and an ``(N, D)`` embedding output.
+        """
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model {path} does not exist")
+        warnings: list[str] = []
+        providers = _providers(device, ort.get_available_providers(), warnings)
+        threads = intra_op_threads or cpu_count()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as err:  # onnxruntime raises its own pybind types for bad files
+            raise ValueError(f"{path}: ONNX Runtime cannot load it ({type(err).__name__}: {err})") from err
+        active = list(session.get_providers())
+        wanted_cuda = providers[0] != CPU if isinstance(providers[0], str) else True
+        if wanted_cuda and active[0] != CUDA:
+            warnings.append(
+                f"CUDA was requested (device={device}) but ONNX Runtime runs on {active[0]}: the CUDA provider "
+                "failed to start (check the CUDA and cuDNN libraries onnxruntime-gpu needs); serving on the CPU"
+            )
+        metadata = read_metadata(session)  # MetadataError is a ValueError naming the key
+        _check_alignment(metadata, warnings)
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            raise ValueError(f"{path}: expected one (N, 3, S, S) input, got {[(i.name, i.shape) for i in inputs]}")
+        size = inputs[0].shape[2]
+        if isinstance(size, int) and size != metadata.input_size:
+            raise ValueError(f"{path}: input is {size}x{size} but the metadata says {metadata.input_size}")
+        names = [o.name for o in outputs]
+        embedding = "embedding" if "embedding" in names else names[0]
+        uncertainty = UNCERTAINTY if UNCERTAINTY in names else None
+        runtime = cls(
+            path=path,
+            session=session,
+            metadata=metadata,
+            input_name=inputs[0].name,
+            embedding_output=embedding,
+            uncertainty_output=uncertainty,
+            providers=active,
+            requested_device=device,
+            intra_op_threads=threads,
+            padded_sizes=pad_sizes(max_batch) if active[0] == CUDA else None,
+            warnings=warnings,
+        )
+        runtime._warm_up()
+        return runtime
+
+    def fixed_input(self, count: int = 1) -> np.ndarray:
+        """A deterministic input (a smooth gradient in [-1, 1]): the health check's probe."""
+        size = self.input_size
+        ramp = np.linspace(-1.0, 1.0, size * size * 3, dtype=np.float32).reshape(1, 3, size, size)
+        return np.repeat(ramp, count, axis=0)
+
+    def _warm_up(self) -> None:
+        started = time.perf_counter()
+        for size in self.padded_sizes or (1,):
+            self._run(np.zeros((size, 3, self.input_size, self.input_size), np.float32))
+        embedding = self._run(self.fixed_input())[0]
+        if embedding.shape != (1, self.embedding_dim):
+            raise ValueError(
+                f"{self.path}: embedding output has shape {embedding.shape[1:]}, metadata says {self.embedding_dim}"
+            )
+        self.reference_output = embedding[0]
+        logger.info(
+            "warmed up %s in %.2f s (batch sizes %s)",
+            self.path.name,
+            time.perf_counter() - started,
+            ",".join(map(str, self.padded_sizes or (1,))),
+        )
+
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+        names = [self.embedding_output] + ([self.uncertainty_output] if self.uncertainty_output else [])
+        return self.session.run(names, {self.input_name: batch})  # type: ignore[attr-defined]
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``(B, 3, S, S)`` float32 -> ``(embeddings (B, D),)`` or ``(embeddings, uncertainty (B,))``."""
+        count = len(batch)
+        if self.padded_sizes is not None:
+            target = next((s for s in self.padded_sizes if s >= count), count)
+            if target > count:
+                pad = np.zeros((target - count, *batch.shape[1:]), dtype=batch.dtype)
+                batch = np.concatenate([batch, pad])
+        outputs = self._run(np.ascontiguousarray(batch, dtype=np.float32))
+        embeddings = np.asarray(outputs[0], dtype=np.float32)[:count]
+        if len(outputs) == 1:
+            return (embeddings,)
+        return embeddings, np.asarray(outputs[1], dtype=np.float32).reshape(-1)[:count]
+
+    def info(self) -> dict:
+        """Providers and interface for ``/v1/info``."""
+        return {
+            "path": self.path.name,
+            "providers": self.providers,
+            "requested_device": self.requested_device,
+            "cuda_active": self.on_cuda,
+            "intra_op_threads": self.intra_op_threads,
+            "padded_batch_sizes": list(self.padded_sizes) if self.padded_sizes else None,
+            "input": {"name": self.input_name, "size": self.input_size},
+            "outputs": [self.embedding_output] + ([self.uncertainty_output] if self.uncertainty_output else []),
+            "warnings": self.warnings,
+        }
+
+
+def _check_alignment(metadata: ModelMetadata, warnings: list[str]) -> None:
+    """Landmark and detection modes warp onto facevib.align's ArcFace template: say so if the
+    model was trained on another one."""
+    preprocess = metadata.preprocess
+    template = np.asarray(preprocess["template"], dtype=np.float64)
+    ours = arcface_template(metadata.input_size)
+    if preprocess["alignment"] != "arcface_5pt" or not np.allclose(template, ours, atol=1e-3):
+        warnings.append(
+            f"the model's metadata names alignment {preprocess['alignment']!r} with template {template.tolist()}; "
+            "the server aligns photos to the ArcFace 5-point template (aligned crops are used as sent)"
+        )
+
+
+def _providers(device: str, available: list[str], warnings: list[str]) -> list:
+    """The provider list for ``device``; notes in ``warnings`` why CUDA cannot be used."""
+    device = device.lower()
+    if device == "cpu":
+        return [CPU]
+    if CUDA not in available:
+        if device.startswith("cuda"):
+            warnings.append(
+                f"CUDA was requested (device={device}) but this onnxruntime build has no CUDAExecutionProvider "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu. Serving on the CPU"
+            )
+        return [CPU]
+    index = device.partition(":")[2]
+    return [(CUDA, {"device_id": int(index or 0)}), CPU]
