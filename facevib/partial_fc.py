@@ -271,7 +271,7 @@ class PartialFC(nn.Module):
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
         """The optimizer's per-parameter state of this shard (e.g. SGD ``momentum_buffer``)."""
-        return optimizer.state.get(self.weight, {})
+        return optimizer.state[self.weight]  # a defaultdict: created empty when missing
 
     def sharded_state_dict(
         self,

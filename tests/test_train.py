@@ -7,6 +7,8 @@ checkpoints, elastic restarts) is what the time is spent on.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -24,6 +26,7 @@ from facevib.models import create_model, load_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = "train/arcface.py"
+CHECKPOINT_WORKER = "tests/workers/checkpoint_worker.py"
 CONFIG = "configs/synthetic_r18_cellvib.py"
 TINY = {"layers": (1, 1, 1, 1), "widths": (8, 8, 16, 16), "embedding_dim": 32}
 TINY_MODEL = [f"model.kwargs.{key}={value!r}" for key, value in TINY.items()]
@@ -128,25 +131,114 @@ def test_resume_repeats_the_uninterrupted_run_exactly(synthetic_dir, tmp_path):
         torch.testing.assert_close(final_b["backbone"][key], value, rtol=0, atol=0, msg=key)
 
 
-def test_two_gloo_ranks_train_then_resume_on_one_rank(synthetic_dir, tmp_path, run_torchrun):
+def full_partial_fc(checkpoint: Path, tmp_path: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's Partial FC as full tensors, read by torch's own DCP converter
+    (an independent reader of the sharded files)."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    target = tmp_path / f"{checkpoint.parent.name}-{checkpoint.name}-full.pt"
+    dcp_to_torch_save(checkpoint / "partial_fc", target)
+    return torch.load(target)
+
+
+def loaded_by(world: int, checkpoint: Path, settings: list[str], out: Path, run_torchrun) -> dict:
+    """What a Trainer of ``world`` ranks loads from ``checkpoint`` (tests/workers/checkpoint_worker.py)."""
+    argv = [str(out), str(checkpoint), *[arg for s in settings for arg in ("--set", s)]]
+    if world == 1:
+        subprocess.run([sys.executable, CHECKPOINT_WORKER, *argv], check=True, cwd=ROOT, timeout=240)
+    else:
+        run_torchrun(world, CHECKPOINT_WORKER, *argv)
+    return torch.load(out)
+
+
+def test_resume_across_world_sizes_restores_the_partial_fc_exactly(synthetic_dir, tmp_path, run_torchrun):
+    # 2 ranks x 8 train 12 steps; 1 rank x 24 resumes (another global batch: the position
+    # is remapped) and trains to 18; 3 ranks load that single-process checkpoint.
     out = tmp_path / "run"
-    run_torchrun(2, ENTRY, *args_for(synthetic_dir, out, "data.batch_size=8", steps=18))
+    run_torchrun(2, ENTRY, *args_for(synthetic_dir, out, "data.batch_size=8", steps=12))
     metrics = read_metrics(out)
-    assert sorted(metrics) == list(range(1, 19))
-    assert metrics[18]["margin_loss"] < metrics[1]["margin_loss"]
+    assert sorted(metrics) == list(range(1, 13))
+    assert metrics[12]["margin_loss"] < metrics[1]["margin_loss"] - 0.5
     info = json.loads((out / "config.json").read_text())
     assert info["world_size"] == 2 and info["global_batch"] == 16
 
-    # Continue on a single process with the same global batch: Partial FC re-sharded.
+    saved = full_partial_fc(out / "checkpoint_00000012", tmp_path)
+    settings = settings_for(synthetic_dir, tmp_path / "probe1", "data.batch_size=24", steps=18)
+    one = loaded_by(1, out / "checkpoint_00000012", settings, tmp_path / "one.pt", run_torchrun)
+    assert one["step"] == 12 and one["world_size"] == 1
+    torch.testing.assert_close(one["weight"], saved["weight"], rtol=0, atol=0)
+    torch.testing.assert_close(one["momentum"], saved["optimizer.momentum_buffer"], rtol=0, atol=0)
+
     single = tmp_path / "single"
     single.mkdir()
-    shutil.copy(out / "checkpoint_00000012.pt", single)
-    assert train_main([*args_for(synthetic_dir, single, "data.batch_size=16", steps=18), "--resume", "latest"]) == 0
-    resumed = read_metrics(single)
-    assert sorted(resumed) == list(range(13, 19))
-    # Same samples, same flips; only BatchNorm sees 16 instead of 2 x 8 images per batch.
-    for step in range(13, 19):
-        assert resumed[step]["margin_loss"] == pytest.approx(metrics[step]["margin_loss"], rel=0.05)
+    shutil.copytree(out / "checkpoint_00000012", single / "checkpoint_00000012")
+    argv = [*args_for(synthetic_dir, single, "data.batch_size=24", steps=18), "--resume", "latest"]
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert train_main(argv) == 0
+    # 12 steps x 16 samples = 8 batches of 24: the same samples were consumed.
+    assert "epoch 0 batch 12 (saved with 2 ranks, now 1" in printed.getvalue()
+    assert sorted(read_metrics(single)) == list(range(13, 19))
+
+    saved = full_partial_fc(single / "checkpoint_00000018", tmp_path)
+    settings = settings_for(synthetic_dir, tmp_path / "probe3", "data.batch_size=8", steps=18)
+    three = loaded_by(3, single / "checkpoint_00000018", settings, tmp_path / "three.pt", run_torchrun)
+    assert three["step"] == 18 and three["world_size"] == 3
+    torch.testing.assert_close(three["weight"], saved["weight"], rtol=0, atol=0)
+    torch.testing.assert_close(three["momentum"], saved["optimizer.momentum_buffer"], rtol=0, atol=0)
+
+
+def test_a_single_file_checkpoint_of_the_previous_format_resumes_exactly(synthetic_dir, tmp_path):
+    """Version 1 checkpoints (one file, full Partial FC, optimizer groups by position) load."""
+    full = tmp_path / "full"
+    assert train_main(args_for(synthetic_dir, full, steps=12)) == 0
+    # Build the version-1 file of step 6 from the new checkpoint, as the old code wrote it.
+    folder = full / "checkpoint_00000006"
+    state = load_checkpoint(folder)
+    pfc = full_partial_fc(folder, tmp_path)
+    names = [f"backbone.{n}" for n, p in create_model("cellvib_r18", **TINY).named_parameters() if p.requires_grad]
+    optimizer = {
+        "state": {i: state["optimizer"][name] for i, name in enumerate(names)},
+        "param_groups": [
+            {"lr": 0.0, "momentum": 0.9, "weight_decay": 5e-4, "params": list(range(len(names)))},
+            {"lr": 0.0, "momentum": 0.9, "weight_decay": 5e-4, "params": [len(names)]},
+        ],
+    }
+    optimizer["state"][len(names)] = {"momentum_buffer": pfc["optimizer.momentum_buffer"]}
+    legacy = {**state, "version": 1, "optimizer": optimizer, "partial_fc": {"weight": pfc["weight"]}}
+    legacy.pop("auxiliary")
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    torch.save(legacy, resumed / "checkpoint_00000006.pt")
+
+    assert train_main([*args_for(synthetic_dir, resumed, steps=12), "--resume", "latest"]) == 0
+    a, b = read_metrics(full), read_metrics(resumed)
+    assert sorted(b) == list(range(7, 13))
+    for step in range(7, 13):
+        assert b[step]["loss"] == a[step]["loss"], step
+
+
+def test_remap_resumes_at_the_first_unconsumed_sample():
+    """2 ranks x 8 stopped after 6 steps; one process with batches of 24 (or 10) goes on
+    from the remapped position: with 24 it continues the 2-rank order exactly, with 10
+    (96 samples = 9.6 batches, rounded down) it repeats 6 samples and skips none."""
+    from facevib.engine.data import DataPosition, GlobalBatchSampler
+
+    def consumed(world: int, batch: int, start: int, stop: int) -> list[int]:
+        samplers = [GlobalBatchSampler(288, batch, r, world, seed=5, epoch=0, start_batch=start) for r in range(world)]
+        out = []
+        for step, batches in enumerate(zip(*samplers, strict=True)):
+            if start + step >= stop:
+                break
+            out += [i for b in batches for i in b]
+        return out
+
+    two_ranks = consumed(2, 8, 0, 18)
+    position = DataPosition(0, 6).remap(16, 24)
+    assert position == DataPosition(0, 4)
+    assert consumed(1, 24, position.batch, 8) == two_ranks[96:192]
+    rounded = DataPosition(0, 6).remap(16, 10)
+    assert rounded == DataPosition(0, 9)
+    assert consumed(1, 10, rounded.batch, 12) == two_ranks[90:120]
 
 
 def _worker_pids(launcher: subprocess.Popen) -> list[int]:
@@ -156,12 +248,18 @@ def _worker_pids(launcher: subprocess.Popen) -> list[int]:
 
 
 @pytest.mark.slow
-def test_killed_rank_restarts_and_resumes(synthetic_dir, tmp_path, launch, torchrun_command):
+def test_a_rank_killed_mid_epoch_restarts_and_repeats_the_uninterrupted_losses(
+    synthetic_dir, tmp_path, launch, torchrun_command, run_torchrun
+):
+    steps = 24  # 18 steps per epoch: the kill lands in epoch 0, the run ends in epoch 1
+    run_torchrun(2, ENTRY, *args_for(synthetic_dir, tmp_path / "ref", "data.batch_size=8", steps=steps))
+    reference = read_metrics(tmp_path / "ref")
+
     out = tmp_path / "run"
-    argv = args_for(synthetic_dir, out, "data.batch_size=8", "run.checkpoint_every=5", steps=60)
+    argv = args_for(synthetic_dir, out, "data.batch_size=8", "run.checkpoint_every=5", steps=steps)
     launcher = launch(torchrun_command(2, ENTRY, *argv, "--resume", "latest", extra=("--max-restarts=1",)))
     deadline = time.monotonic() + 120
-    while not (out / "checkpoint_00000010.pt").exists():
+    while not (out / "checkpoint_00000010").exists():
         assert launcher.poll() is None, launcher.stdout.read()
         assert time.monotonic() < deadline, "no checkpoint after 120 s"
         time.sleep(0.05)
@@ -171,9 +269,14 @@ def test_killed_rank_restarts_and_resumes(synthetic_dir, tmp_path, launch, torch
     output, _ = launcher.communicate(timeout=180)
     assert launcher.returncode == 0, output[-5000:]
     assert "resumed from" in output and "checkpoint_000000" in output
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["step"] for r in records if r["kind"] == "train"]
+    assert logged != sorted(set(logged)), "the restart repeated no step: the kill came too late"
     metrics = read_metrics(out)
-    assert max(metrics) == 60
-    assert load_checkpoint(list_checkpoints(out)[-1])["step"] == 60
+    assert sorted(metrics) == list(range(1, steps + 1))
+    for step in range(1, steps + 1):
+        assert metrics[step]["loss"] == reference[step]["loss"], step
+        assert metrics[step]["kl_cells"] == reference[step]["kl_cells"], step
 
 
 @pytest.mark.slow
