@@ -369,17 +369,27 @@ def test_init_backbone_takes_mean_branches_from_an_arcface_checkpoint(synthetic_
     assert any(".vib." in key for key in loaded)
 
 
-def test_channels_last_bf16_and_compile_run(synthetic_dir, tmp_path):
+def test_channels_last_bf16_compiled_run_tracks_the_fp32_run(synthetic_dir, tmp_path):
+    """Same seed, data and steps: bf16 autocast + channels_last + torch.compile against
+    plain fp32. Tolerances: step 1 (identical weights) margin loss within 1% and per-cell
+    KL within 10% (bf16 keeps 8 bits of mantissa; the KL sums squares over whole feature
+    maps); steps 2-3 margin loss within 5%, as the updates compound the difference
+    (measured: 0.3%, 1.7%, 2.4%)."""
     # 16 channels at least: torch 2.13's CPU backward of a channels_last 1x1 stride-2 conv
     # with 8 input channels corrupts the heap (seen here; it is not facevib's code).
+    common = ("model.kwargs.widths=(16, 16, 32, 32)", "run.deterministic=false")
+    assert train_main(args_for(synthetic_dir, tmp_path / "fp32", *common, "run.amp=none", steps=3)) == 0
     argv = args_for(
-        synthetic_dir, tmp_path / "opts",
-        "model.kwargs.widths=(16, 16, 32, 32)", "run.channels_last=true", "run.amp=bf16",
-        "run.compile=true", "run.compile_backend=aot_eager", "run.deterministic=false", steps=3,
+        synthetic_dir, tmp_path / "opts", *common,
+        "run.channels_last=true", "run.amp=bf16", "run.compile=true", "run.compile_backend=aot_eager", steps=3,
     )  # fmt: skip
     assert train_main(argv) == 0
-    metrics = read_metrics(tmp_path / "opts")
-    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics.values())
+    fp32, mixed = read_metrics(tmp_path / "fp32"), read_metrics(tmp_path / "opts")
+    assert sorted(mixed) == sorted(fp32) == [1, 2, 3]
+    assert mixed[1]["margin_loss"] == pytest.approx(fp32[1]["margin_loss"], rel=0.01)
+    assert mixed[1]["kl_cells"] == pytest.approx(fp32[1]["kl_cells"], rel=0.1)
+    for step in (2, 3):
+        assert mixed[step]["margin_loss"] == pytest.approx(fp32[step]["margin_loss"], rel=0.05), step
 
 
 @pytest.mark.gpu
