@@ -44,9 +44,7 @@ def excluded_from_decay(module: nn.Module) -> set[str]:
     return names
 
 
-def param_groups(
-    modules: dict[str, nn.Module], weight_decay: float, decay_norms_and_biases: bool = True
-) -> list[dict]:
+def param_groups(modules: dict[str, nn.Module], weight_decay: float, decay_norms_and_biases: bool = True) -> list[dict]:
     """Named optimizer groups: for each ``name, module``, ``name`` (decayed) and, when
     ``decay_norms_and_biases`` is False, ``name + "_no_decay"`` (weight decay 0).
 

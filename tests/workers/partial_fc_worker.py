@@ -33,7 +33,11 @@ def main(out_path: str, sample_rate: float = 1.0) -> None:
     torch.manual_seed(1)
     backbone = nn.Linear(IN_DIM, EMBED_DIM)
     pfc = PartialFC(
-        CombinedMarginLoss(s=16.0, m2=0.5), EMBED_DIM, num_classes, sample_rate, generator=torch.Generator().manual_seed(2)
+        CombinedMarginLoss(s=16.0, m2=0.5),
+        EMBED_DIM,
+        num_classes,
+        sample_rate,
+        generator=torch.Generator().manual_seed(2),
     )
     model = wrap_ddp(backbone, env)
 
