@@ -16,9 +16,10 @@ Gradient bookkeeping (so that W ranks reproduce one process exactly at sample_ra
   parameters that need no reduction at all.
 
 Memory. At WebFace42M scale (2,059,906 identities) the (global batch, local classes)
-logits dominate the activations: :class:`_MarginSoftmaxCrossEntropy` turns the cosine
-matrix into logits, probabilities and finally its own gradient *in place*, so the loss
-adds one such buffer. The centres are initialised shard by shard (:func:`init_rows`),
+logits dominate the activations: :class:`_CosineMarginSoftmaxCrossEntropy` turns the
+cosine matrix into logits, probabilities and finally its own gradient *in place*, and
+never copies the centres to normalise them, so the loss adds one such buffer besides the
+weight gradient. The centres are initialised shard by shard (:func:`init_rows`),
 and checkpoints go through :meth:`PartialFC.sharded_state_dict`, so no rank ever holds
 the full (C, D) matrix.
 """
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from facevib.distributed import all_gather_with_grad, shard_range
@@ -40,6 +40,7 @@ INIT_STD = 0.01  # N(0, 0.01) centres, as arcface_torch
 # Rows drawn per call of normal_(): a multiple of 16, so chunk boundaries fall on the
 # 16-value blocks torch's CPU normal sampler transforms (see init_rows).
 _INIT_CHUNK_ROWS = 4096
+_NORM_EPS = 1e-12  # as F.normalize
 
 
 def _world() -> tuple[int, int]:
@@ -56,9 +57,9 @@ def _distributed() -> bool:
 def init_rows(
     out: torch.Tensor, row_start: int, total_rows: int, generator: torch.Generator | None, std: float = INIT_STD
 ) -> torch.Tensor:
-    """Fill ``out`` with rows ``[row_start, row_start + len(out))`` of
+    """Fill ``out`` (any device) with rows ``[row_start, row_start + len(out))`` of
     ``torch.empty(total_rows, D).normal_(0, std, generator=generator)``, bit for bit,
-    without allocating the full matrix.
+    without allocating the full matrix (the draw runs on the CPU, chunk by chunk).
 
     torch's CPU ``normal_`` draws one uniform per element in order, then transforms them in
     blocks of 16 (the last 16 elements are redrawn when the size is not a multiple of 16).
@@ -89,22 +90,33 @@ def init_rows(
     return out
 
 
-class _MarginSoftmaxCrossEntropy(torch.autograd.Function):
-    """Margin, scale and class-parallel softmax cross-entropy in one in-place pass.
+class _CosineMarginSoftmaxCrossEntropy(torch.autograd.Function):
+    """Cosine classifier, margin, scale and class-parallel softmax cross-entropy, in place.
 
-    ``cos`` (B, C_local) is overwritten with the logits, then the probabilities, and in
-    backward with the gradient; nothing else of that size is kept. ``cos`` must not be
-    needed by any other autograd node (it is the output of ``F.linear``, whose backward
-    uses its inputs only). The target logit's derivative ``s * dphi/dcos`` is computed on
-    the (B,) target cosines alone.
+    Forward: ``cos = normalize(E) @ W.T / |W|`` — the centres are divided by their norms
+    inside the product, so no normalised copy of ``W`` exists — then ``cos`` (B, C_local)
+    is overwritten with the logits and the probabilities; in backward it becomes the
+    gradient. Besides that one buffer only the (C_local, D) weight gradient is allocated,
+    which the optimizer needs anyway:
+
+        dL/dW_j = G_j - (W_j . G_j) W_j / |W_j|^2,   G_j = sum_b g_bj e_b / |W_j|
+
+    with g = dL/dcos and e_b the normalised embeddings. The target logit's derivative
+    ``s * dphi/dcos`` is computed on the (B,) target cosines alone.
     """
 
     @staticmethod
-    def forward(ctx, cos: torch.Tensor, local_labels: torch.Tensor, margin: CombinedMarginLoss) -> torch.Tensor:
-        batch = cos.shape[0]
+    def forward(
+        ctx, embeddings: torch.Tensor, weight: torch.Tensor, local_labels: torch.Tensor, margin: CombinedMarginLoss
+    ) -> torch.Tensor:
+        batch = embeddings.shape[0]
+        embedding_norm = embeddings.norm(dim=1, keepdim=True).clamp_min(_NORM_EPS)
+        unit = embeddings / embedding_norm
+        weight_norm = weight.norm(dim=1).clamp_min(_NORM_EPS)
+        cos = torch.mm(unit, weight.t()).div_(weight_norm).clamp_(-1.0, 1.0)
+
         on_shard = local_labels >= 0
         column = torch.where(on_shard, local_labels, torch.zeros_like(local_labels)).unsqueeze(1)
-        cos.clamp_(-1.0, 1.0)
         target_cos = cos.gather(1, column).squeeze(1)
         with torch.enable_grad():
             leaf = target_cos.detach().requires_grad_(True)
@@ -126,19 +138,26 @@ class _MarginSoftmaxCrossEntropy(torch.autograd.Function):
             dist.all_reduce(packed)
             sum_exp, target = packed[:batch], packed[batch:]
         probs.div_(sum_exp.unsqueeze(1))
-        ctx.save_for_backward(probs, column, on_shard, slope.to(probs.dtype))
+        ctx.save_for_backward(probs, column, on_shard, slope.to(probs.dtype), unit, embedding_norm, weight, weight_norm)
         ctx.scale = margin.s
         return (sum_exp.log() - target).mean()
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
-        probs, column, on_shard, slope = ctx.saved_tensors
+        probs, column, on_shard, slope, unit, embedding_norm, weight, weight_norm = ctx.saved_tensors
         grad = probs  # reused in place: d loss / d logit = (p - onehot) / B
         picked = grad.gather(1, column).squeeze(1)
         picked = torch.where(on_shard, (picked - 1.0) * slope, picked)  # target: times dphi/dcos
         grad.scatter_(1, column, picked.unsqueeze(1))
-        grad.mul_(grad_loss * ctx.scale / probs.shape[0])
-        return grad, None, None
+        grad.mul_(grad_loss * ctx.scale / probs.shape[0])  # now dL/dcos
+        grad.div_(weight_norm)  # cos = unit . W_j / |W_j|
+        grad_unit = torch.mm(grad, weight)
+        grad_weight = torch.mm(grad.t(), unit)  # G
+        radial = torch.einsum("cd,cd->c", weight, grad_weight) / weight_norm.square()
+        grad_weight.addcmul_(weight, radial.unsqueeze(1), value=-1.0)
+        radial_unit = (grad_unit * unit).sum(dim=1, keepdim=True)
+        grad_embeddings = (grad_unit - radial_unit * unit) / embedding_norm
+        return grad_embeddings, grad_weight, None, None
 
 
 class PartialFC(nn.Module):
@@ -192,9 +211,7 @@ class PartialFC(nn.Module):
         """N(0, 0.01) as arcface_torch, equal to drawing the *full* matrix from ``generator``
         and slicing this rank's rows, so the centres do not depend on the world size; only
         this shard (plus one chunk) is ever allocated (see :func:`init_rows`)."""
-        rows = init_rows(torch.empty(self.num_local, self.embedding_dim), self.class_start, self.num_classes, generator)
-        with torch.no_grad():
-            self.weight.copy_(rows)
+        init_rows(self.weight.data, self.class_start, self.num_classes, generator)
 
     def extra_repr(self) -> str:
         return (
@@ -264,8 +281,7 @@ class PartialFC(nn.Module):
                 index, local_labels = self._sample(local_labels, generator)
                 self.last_sample = index
                 weight = weight[index]
-            cos = F.linear(F.normalize(all_embeddings), F.normalize(weight))
-            return _MarginSoftmaxCrossEntropy.apply(cos, local_labels, self.margin_loss)
+            return _CosineMarginSoftmaxCrossEntropy.apply(all_embeddings, weight, local_labels, self.margin_loss)
 
     # ------------------------------------------------------------------ state
 

@@ -116,21 +116,25 @@ def test_in_place_margin_cross_entropy_equals_the_autograd_reference(m1, m2, m3,
     torch.testing.assert_close(pfc.weight.grad, ref_weight.grad, rtol=1e-4, atol=1e-6)
 
 
-def test_the_loss_keeps_one_logits_buffer_alive():
-    """Between forward and backward the loss holds one (B, C) float buffer (the in-place
-    probabilities); the autograd reference of the same loss holds several."""
+def test_the_loss_keeps_one_logits_buffer_and_no_copy_of_the_centres():
+    """Saved for backward: one (B, C) float buffer (the in-place probabilities) and the
+    centres themselves (no normalised copy); the autograd reference of the same loss
+    saves several (B, C) tensors and a normalised (C, D) copy."""
 
-    def saved_bytes(fn) -> int:
-        total = []
+    def saved(fn) -> tuple[int, int]:
+        logits, centre_copies = set(), set()
 
         def pack(tensor):
-            if tensor.dim() == 2 and tensor.shape == (64, 5000):
-                total.append(tensor.untyped_storage().data_ptr())
+            ptr = tensor.untyped_storage().data_ptr()
+            if tensor.shape == (64, 5000):
+                logits.add(ptr)
+            elif tensor.shape == (5000, 16) and ptr != pfc.weight.untyped_storage().data_ptr():
+                centre_copies.add(ptr)
             return tensor
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             fn()
-        return len(set(total))
+        return len(logits), len(centre_copies)
 
     torch.manual_seed(0)
     margin = CombinedMarginLoss(s=64.0, m2=0.5)
@@ -142,8 +146,9 @@ def test_the_loss_keeps_one_logits_buffer_alive():
         cos = (F.normalize(embeddings) @ F.normalize(pfc.weight).T).clamp(-1, 1)
         return F.cross_entropy(margin(cos, labels), labels)
 
-    assert saved_bytes(lambda: pfc(embeddings, labels)) == 1
-    assert saved_bytes(reference) >= 3
+    assert saved(lambda: pfc(embeddings, labels)) == (1, 0)
+    many_logits, copies = saved(reference)
+    assert many_logits >= 3 and copies == 1
 
 
 def test_sharded_state_dict_round_trips_through_dcp_in_one_process(tmp_path):
