@@ -409,3 +409,74 @@ def test_nccl_process_group_under_torchrun(synthetic_dir, tmp_path, run_torchrun
     out = tmp_path / "nccl"
     run_torchrun(1, ENTRY, *args_for(synthetic_dir, out, "run.device=cuda", "run.deterministic=false", steps=6))
     assert sorted(read_metrics(out)) == list(range(1, 7))
+
+
+def test_named_groups_exempt_norms_biases_prelu_and_sigma_biases_on_request():
+    from facevib.config import TrainConfig, apply_overrides
+    from facevib.engine.optim import build_optimizer, group, param_groups
+    from facevib.losses import CombinedMarginLoss
+    from facevib.partial_fc import PartialFC
+
+    model = create_model("cellvib_r18", **TINY)
+    pfc = PartialFC(CombinedMarginLoss(), embedding_dim=32, num_classes=10)
+    trainable = {f"backbone.{n}" for n, p in model.named_parameters() if p.requires_grad} | {"partial_fc.weight"}
+
+    default = param_groups({"backbone": model, "partial_fc": pfc}, 5e-4)
+    assert [g["name"] for g in default] == ["backbone", "partial_fc"]
+    assert {n for g in default for n in g["param_names"]} == trainable
+
+    groups = {g["name"]: g for g in param_groups({"backbone": model, "partial_fc": pfc}, 5e-4, False)}
+    assert set(groups) == {"backbone", "backbone_no_decay", "partial_fc"}
+    exempt = set(groups["backbone_no_decay"]["param_names"])
+    for name in ("backbone.bn1.weight", "backbone.bn1.bias", "backbone.prelu.weight", "backbone.fc.bias",
+                 "backbone.layer1.0.vib.bias", "backbone.layer1.0.prelu.weight", "backbone.layer4.0.bn3.bias"):  # fmt: skip
+        assert name in exempt, name
+    assert all(
+        ".conv" in n or n.endswith(("fc.weight", "downsample.0.weight")) for n in groups["backbone"]["param_names"]
+    )
+    assert {n for g in groups.values() for n in g["param_names"]} == trainable
+    assert groups["backbone_no_decay"]["weight_decay"] == 0.0 and groups["backbone"]["weight_decay"] == 5e-4
+
+    cfg = apply_overrides(TrainConfig(), ["optim.decay_norms_and_biases=false"])
+    optimizer = build_optimizer(cfg.optim, {"backbone": model, "partial_fc": pfc}, lr=0.1)
+    assert group(optimizer, "partial_fc")["params"] == [pfc.weight]
+    assert group(optimizer, "backbone_no_decay")["weight_decay"] == 0.0
+    with pytest.raises(ValueError, match="optim.decay_norms_and_biases"):
+        apply_overrides(TrainConfig(), ["optim.decay_norms_and_biases=maybe"])
+
+
+def test_the_task_adds_auxiliary_losses_that_read_intermediate_features():
+    """An IFM-style regulariser: a forward hook reads a block's feature map, the loss
+    subtracts lambda * F; the task adds it and reports it next to margin loss and KL."""
+    from facevib.distributed import DistEnv
+    from facevib.engine.task import FaceRecognitionTask
+    from facevib.losses import CombinedMarginLoss
+    from facevib.partial_fc import PartialFC
+
+    class FeatureEnergy(torch.nn.Module):
+        def __init__(self, backbone: torch.nn.Module, weight: float):
+            super().__init__()
+            self.weight, self.features = weight, None
+            first = next(backbone.iter_blocks())
+            first.register_forward_hook(lambda module, args, out: setattr(self, "features", out[0]))
+
+        def forward(self, batch):
+            energy = self.features.float().square().mean()
+            return -self.weight * energy, {"energy": energy}
+
+    torch.manual_seed(0)
+    backbone = create_model("cellvib_r18", **TINY)
+    pfc = PartialFC(CombinedMarginLoss(s=16.0, m2=0.3), 32, 10, generator=torch.Generator().manual_seed(1))
+    images, labels = torch.randn(4, 3, 112, 112), torch.tensor([0, 3, 3, 9])
+    plain = FaceRecognitionTask(backbone, pfc, DistEnv()).train()
+    torch.manual_seed(5)
+    base_loss, base = plain(images, labels)
+    task = FaceRecognitionTask(backbone, pfc, DistEnv(), aux_losses={"ifm": FeatureEnergy(backbone, 0.1)}).train()
+    torch.manual_seed(5)
+    loss, metrics = task(images, labels)
+    assert metrics["ifm/energy"] > 0
+    torch.testing.assert_close(metrics["ifm/loss"], -0.1 * metrics["ifm/energy"])
+    torch.testing.assert_close(loss, base_loss - 0.1 * metrics["ifm/energy"])
+    torch.testing.assert_close(metrics["loss"], base["margin_loss"] + base["kl_loss"] + metrics["ifm/loss"])
+    torch.testing.assert_close(metrics["kl_cells"], base["kl_cells"])
+    assert backbone.kl_loss(metrics["kl_cells"]).item() == pytest.approx(metrics["kl_loss"].item())
