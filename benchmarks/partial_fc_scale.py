@@ -28,12 +28,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from facevib.config import OptimConfig
 from facevib.distributed import gather_rows, init_distributed, shard_range, shutdown_distributed
 from facevib.engine.checkpoint import load_sharded, sharded_entries
+from facevib.engine.optim import build_optimizer
 from facevib.losses import CombinedMarginLoss
 from facevib.partial_fc import PartialFC
 
 GIB = 1 << 30
+OPTIM = OptimConfig(name="sgd", momentum=0.9, weight_decay=5e-4)  # the MS1MV3 recipe's optimizer
 
 
 def _status(field: str) -> int:
@@ -73,7 +76,7 @@ def measure_new(args: argparse.Namespace, folder: Path) -> dict:
     pfc = _phase(
         "init", results, lambda: PartialFC(margin, args.dim, args.classes, generator=torch.Generator().manual_seed(0))
     )
-    optimizer = torch.optim.SGD([pfc.weight], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    optimizer = build_optimizer(OPTIM, {"partial_fc": pfc}, lr=0.1)  # as training builds it
     _phase("step", results, lambda: _step(pfc, optimizer, args.batch, args.dim, args.classes, 1))
     path = folder / "ckpt"
 
@@ -88,7 +91,7 @@ def measure_new(args: argparse.Namespace, folder: Path) -> dict:
 
     def load() -> None:
         fresh = PartialFC(margin, args.dim, args.classes, device="cpu", generator=torch.Generator().manual_seed(9))
-        fresh_optimizer = torch.optim.SGD([fresh.weight], lr=0.1, momentum=0.9)
+        fresh_optimizer = build_optimizer(OPTIM, {"partial_fc": fresh}, lr=0.1)
         load_sharded(path, fresh.sharded_state_dict(fresh_optimizer, sharded_entries(path)))
 
     _phase("load", results, load)
