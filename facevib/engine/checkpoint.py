@@ -118,7 +118,9 @@ def save_checkpoint(
     tmp = directory / f".{final.name}.tmp"
     is_main = _no_dist() or dist.get_rank() == 0
     if is_main:
-        _remove(tmp)  # left over by a crash during an earlier attempt at this step
+        # Left over by a crash during an earlier save (one save runs at a time per run folder).
+        for stale in directory.glob(".checkpoint_*.tmp"):
+            _remove(stale)
         tmp.mkdir(parents=True)
     _barrier()
     _quiet_dcp(dcp.save, sharded, checkpoint_id=tmp / SHARDED_DIR)

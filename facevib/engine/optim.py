@@ -139,7 +139,7 @@ def named_state(optimizer: torch.optim.Optimizer, skip: tuple[torch.Tensor, ...]
 def load_named_state(optimizer: torch.optim.Optimizer, state: dict[str, dict], origin: str) -> None:
     """Install :func:`named_state` output; every saved name must be a parameter here."""
     params = {
-        name: param
+        name: (param, param_group)
         for param_group in optimizer.param_groups
         for name, param in zip(param_group["param_names"], param_group["params"], strict=True)
     }
@@ -147,8 +147,17 @@ def load_named_state(optimizer: torch.optim.Optimizer, state: dict[str, dict], o
     if unknown:
         raise ValueError(f"{origin}: optimizer state for parameters this model lacks: {', '.join(unknown[:5])}")
     for name, entries in state.items():
-        param = params[name]
-        optimizer.state[param] = {
-            key: value.to(param.device, param.dtype) if torch.is_tensor(value) and value.shape == param.shape else value
-            for key, value in entries.items()
-        }
+        param, param_group = params[name]
+        optimizer.state[param] = {key: _placed(key, value, param, param_group) for key, value in entries.items()}
+
+
+def _placed(key: str, value: object, param: torch.Tensor, param_group: dict) -> object:
+    """Where torch's own ``Optimizer.load_state_dict`` puts a state entry: per-element state
+    next to the parameter; ``step`` a float32 scalar, on the parameter's device only for
+    fused or capturable implementations."""
+    if not torch.is_tensor(value):
+        return value
+    if key == "step":
+        on_device = param_group.get("fused") or param_group.get("capturable")
+        return value.to(dtype=torch.float32, device=param.device if on_device else "cpu")
+    return value.to(param.device, param.dtype) if value.shape == param.shape else value
