@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ENTRY = "train/arcface.py"
 CHECKPOINT_WORKER = "tests/workers/checkpoint_worker.py"
 CONFIG = "configs/synthetic_r18_cellvib.py"
+# @record enables faulthandler on stderr, which pytest's capture replaces by a pseudo-file.
+pytestmark = pytest.mark.filterwarnings("ignore:Unable to enable fault handler:UserWarning")
 TINY = {"layers": (1, 1, 1, 1), "widths": (8, 8, 16, 16), "embedding_dim": 32}
 TINY_MODEL = [f"model.kwargs.{key}={value!r}" for key, value in TINY.items()]
 
@@ -371,6 +373,14 @@ def test_init_backbone_takes_mean_branches_from_an_arcface_checkpoint(synthetic_
     for key, value in plain.state_dict().items():
         torch.testing.assert_close(loaded[key], value, rtol=0, atol=0, msg=key)
     assert any(".vib." in key for key in loaded)
+
+    # A facevib checkpoint folder works as well (its state.pt holds the backbone).
+    folder = trainer.save()
+    cfg = load_config(ROOT / CONFIG)
+    validate(apply_overrides(cfg, settings_for(synthetic_dir, tmp_path / "ft2", f"model.init_backbone={folder}")))
+    again = Trainer(cfg, DistEnv()).backbone.state_dict()
+    for key, value in loaded.items():
+        torch.testing.assert_close(again[key], value, rtol=0, atol=0, msg=key)
 
 
 def test_channels_last_bf16_compiled_run_tracks_the_fp32_run(synthetic_dir, tmp_path):

@@ -26,6 +26,7 @@ from facevib.data.transforms import normalize_images
 from facevib.distributed import DistEnv
 from facevib.engine.checkpoint import (
     CHECKPOINT_FORMAT,
+    STATE_FILE,
     latest_checkpoint,
     load_checkpoint,
     load_sharded,
@@ -202,11 +203,13 @@ class Trainer:
         return backbone
 
     def _initialise_from(self, backbone: nn.Module, path: Path) -> None:
-        """Load an arcface_torch ``backbone.pth`` (or a facevib checkpoint) into ``backbone``.
+        """Load an arcface_torch ``backbone.pth`` (or a facevib checkpoint, file or folder) into ``backbone``.
 
         Mean branches and the head take the checkpoint's weights; VIB sigma branches, which
         arcface_torch models do not have, keep their fresh initialisation.
         """
+        if path.is_dir():  # a checkpoint folder: its replicated state holds the backbone
+            path = path / STATE_FILE
         payload = read_torch_file(path, what="model.init_backbone")
         state = payload.get("backbone", payload) if isinstance(payload, dict) else payload
         if not isinstance(state, dict):
