@@ -72,8 +72,9 @@ def _to_host(metrics: dict[str, torch.Tensor]) -> dict[str, Any]:
 class Trainer:
     """Builds everything from a validated config and runs the loop.
 
-    Every rank constructs a Trainer; collective operations (gathering the Partial FC for a
-    checkpoint, all-reducing logged KL) are called on all ranks, files are written by rank 0.
+    Every rank constructs a Trainer; collective operations (saving and loading the sharded
+    Partial FC, all-reducing logged metrics) are called on all ranks, files other than the
+    Partial FC shards are written by rank 0.
 
     Args:
         cfg: validated config.
