@@ -32,6 +32,9 @@ def main(out_path: str, checkpoint: str, overrides: list[str]) -> None:
         torch.save(
             {"weight": weight, "momentum": momentum, "step": trainer.step, "world_size": env.world_size}, out_path
         )
+    # Release DDP (its reducer) while the process group still exists: destroying it after
+    # the group was torn down sometimes hung a gloo rank on exit.
+    del trainer, pfc
     env.barrier()
     shutdown_distributed()
 

@@ -66,6 +66,9 @@ def main(out_path: str, sample_rate: float = 1.0) -> None:
             },
             out_path,
         )
+    # Release DDP (its reducer) while the process group still exists: destroying it after
+    # the group was torn down sometimes hung a gloo rank on exit.
+    del model
     env.barrier()  # leave together: tearing gloo down under a peer's feet can abort it
     shutdown_distributed()
 
