@@ -1,7 +1,9 @@
 """Training throughput of the whole step: backbone, Partial FC, margin loss, KL, optimizer.
 
-Each variant runs ``Trainer.train_step`` (the code a real run executes) on a fixed batch of
-in-memory images, so data loading is out of the measurement. Variants are side by side:
+Each variant builds a real run (``Trainer``: backbone, DDP, Partial FC, optimizer) and
+times its training task directly — forward through ``FaceRecognitionTask`` under the
+run's autocast, backward, optimizer step — on a fixed, already normalised batch on the
+device, so data loading and the loop's logging are out of the measurement. Variants are side by side:
 baseline vs cellVIB vs Deep VIB, with torch.compile off/on where asked. On CUDA the step
 runs under bf16 autocast with channels_last, and model FLOP utilisation is reported against
 a peak (default 790 TFLOP/s, dense bf16 measured on one H100); the training FLOPs of an
@@ -28,6 +30,7 @@ from torch.utils.data import Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from facevib.config import TrainConfig, validate
+from facevib.data.transforms import normalize_images
 from facevib.distributed import init_distributed
 from facevib.engine import Trainer
 from facevib.models import create_model
@@ -63,7 +66,7 @@ def forward_flops(name: str, kwargs: dict[str, Any]) -> float:
 
 
 def measure(args: argparse.Namespace, name: str, compiled: bool, output: Path) -> dict[str, Any]:
-    """Median and best step time of one variant through Trainer.train_step."""
+    """Median and best step time of one variant's training task (forward, backward, update)."""
     cfg = TrainConfig()
     cfg.model.name = name
     cfg.model.kwargs = dict(args.model_kwargs)
@@ -81,21 +84,31 @@ def measure(args: argparse.Namespace, name: str, compiled: bool, output: Path) -
     env = init_distributed(args.device)
     data = InMemoryFaces(args.batch, args.classes)
     trainer = Trainer(cfg, env, dataset=data)
-    images, labels = data.images, data.labels
-    if env.device.type == "cuda":
-        images, labels = images.pin_memory(), labels.pin_memory()
+    task, optimizer = trainer.task.train(), trainer.optimizer
+    images = normalize_images(data.images.to(env.device))
+    if cfg.run.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = data.labels.to(env.device)
+    amp = trainer.amp_dtype
+
+    def step() -> None:
+        with torch.autocast(env.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss, _ = task(images, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
 
     def sync() -> None:
         if env.device.type == "cuda":
             torch.cuda.synchronize()
 
     for _ in range(args.warmup):  # includes compilation
-        trainer.train_step(images, labels)
+        step()
     sync()
     times = []
     for _ in range(args.steps):
         start = time.perf_counter()
-        trainer.train_step(images, labels)
+        step()
         sync()
         times.append(time.perf_counter() - start)
     median = statistics.median(times)

@@ -89,6 +89,9 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    # True: weight decay on every parameter (arcface_torch). False: BatchNorm/PReLU weights,
+    # biases and the VIB sigma biases get none (decay would pull sigma toward softplus(0)).
+    decay_norms_and_biases: bool = True
     clip_grad_norm: float | None = 5.0  # on backbone parameters; None disables
 
 

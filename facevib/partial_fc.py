@@ -1,4 +1,5 @@
-"""Class-parallel margin softmax (Partial FC, An et al. 2022).
+"""Class-parallel margin softmax (Partial FC, An et al., "Killing Two Birds with One Stone:
+Efficient and Robust Training of Face Recognition CNNs by Partial FC", arXiv:2203.15565).
 
 Class centres are sharded contiguously over ranks. Every rank all-gathers the embeddings
 and labels of the global batch, computes cosine logits against its own shard, applies the
@@ -8,23 +9,38 @@ result is the mean cross-entropy over the *global* batch, identical on every ran
 Gradient bookkeeping (so that W ranks reproduce one process exactly at sample_rate 1):
 
 * the all-gather's backward sums every rank's contribution into the local embeddings;
-* the all-reduced sums pass gradients through unchanged, because each rank computes the
-  same replicated loss from them;
+* every rank computes the same replicated loss from the all-reduced sums, so the local
+  logits' gradient needs no reduction;
 * the backbone's DDP all-reduce must therefore *sum* (not average) gradients — see
   :func:`facevib.distributed.wrap_ddp` — and the class-centre shards are local
   parameters that need no reduction at all.
+
+Memory. At WebFace42M scale (2,059,906 identities) the (global batch, local classes)
+logits dominate the activations: :class:`_CosineMarginSoftmaxCrossEntropy` turns the
+cosine matrix into logits, probabilities and finally its own gradient *in place*, and
+never copies the centres to normalise them, so the loss adds one such buffer besides the
+weight gradient. The centres are initialised shard by shard (:func:`init_rows`),
+and checkpoints go through :meth:`PartialFC.sharded_state_dict`, so no rank ever holds
+the full (C, D) matrix.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
-from facevib.distributed import all_gather_with_grad, all_reduce_sum_with_identity_grad, shard_range
+from facevib.distributed import all_gather_with_grad, shard_range
+from facevib.losses import CombinedMarginLoss
+from facevib.row_shards import RowShard
 
-__all__ = ["PartialFC"]
+__all__ = ["PartialFC", "init_rows", "INIT_STD"]
+
+INIT_STD = 0.01  # N(0, 0.01) centres, as arcface_torch
+# Rows drawn per call of normal_(): a multiple of 16, so chunk boundaries fall on the
+# 16-value blocks torch's CPU normal sampler transforms (see init_rows).
+_INIT_CHUNK_ROWS = 4096
+_NORM_EPS = 1e-12  # as F.normalize
 
 
 def _world() -> tuple[int, int]:
@@ -33,20 +49,144 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@torch.no_grad()
+def init_rows(
+    out: torch.Tensor, row_start: int, total_rows: int, generator: torch.Generator | None, std: float = INIT_STD
+) -> torch.Tensor:
+    """Fill ``out`` (any device) with rows ``[row_start, row_start + len(out))`` of
+    ``torch.empty(total_rows, D).normal_(0, std, generator=generator)``, bit for bit,
+    without allocating the full matrix (the draw runs on the CPU, chunk by chunk).
+
+    torch's CPU ``normal_`` draws one uniform per element in order, then transforms them in
+    blocks of 16 (the last 16 elements are redrawn when the size is not a multiple of 16).
+    Drawing the matrix in chunks whose sizes are multiples of 16 elements (the last chunk
+    at least 16) therefore consumes the generator exactly as one call does, and the rows
+    before ``row_start`` are drawn into a reusable chunk buffer and discarded. Memory is one
+    chunk; time is that of drawing rows ``[0, row_stop)``, which is what every rank paid
+    before when it drew the whole matrix.
+    """
+    rows, dim = out.shape
+    stop = row_start + rows
+    if total_rows * dim < 16:  # torch's scalar path: too small to matter, draw it all
+        full = torch.empty(total_rows, dim).normal_(0.0, std, generator=generator)
+        out.copy_(full[row_start:stop])
+        return out
+    buffer = torch.empty(_INIT_CHUNK_ROWS, dim)
+    first = 0
+    while first < stop:
+        count = min(_INIT_CHUNK_ROWS, total_rows - first)
+        if 0 < (total_rows - first - count) * dim < 16:
+            count = total_rows - first  # keep the final chunk >= 16 elements, as one call has it
+        chunk = buffer[:count] if count <= _INIT_CHUNK_ROWS else torch.empty(count, dim)
+        chunk.normal_(0.0, std, generator=generator)
+        lo, hi = max(first, row_start), min(first + count, stop)
+        if lo < hi:
+            out[lo - row_start : hi - row_start].copy_(chunk[lo - first : hi - first])
+        first += count
+    return out
+
+
+class _CosineMarginSoftmaxCrossEntropy(torch.autograd.Function):
+    """Cosine classifier, margin, scale and class-parallel softmax cross-entropy, in place.
+
+    Forward: ``cos = normalize(E) @ W.T / |W|`` — the centres are divided by their norms
+    inside the product, so no normalised copy of ``W`` exists — then ``cos`` (B, C_local)
+    is overwritten with the logits and the probabilities; in backward it becomes the
+    gradient. Besides that one buffer only the (C_local, D) weight gradient is allocated,
+    which the optimizer needs anyway:
+
+        dL/dW_j = G_j - (W_j . G_j) W_j / |W_j|^2,   G_j = sum_b g_bj e_b / |W_j|
+
+    with g = dL/dcos and e_b the normalised embeddings. The target logit's derivative
+    ``s * dphi/dcos`` is computed on the (B,) target cosines alone.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, embeddings: torch.Tensor, weight: torch.Tensor, local_labels: torch.Tensor, margin: CombinedMarginLoss
+    ) -> torch.Tensor:
+        batch = embeddings.shape[0]
+        embedding_norm = embeddings.norm(dim=1, keepdim=True).clamp_min(_NORM_EPS)
+        unit = embeddings / embedding_norm
+        weight_norm = weight.norm(dim=1).clamp_min(_NORM_EPS)
+        cos = torch.mm(unit, weight.t()).div_(weight_norm).clamp_(-1.0, 1.0)
+
+        on_shard = local_labels >= 0
+        column = torch.where(on_shard, local_labels, torch.zeros_like(local_labels)).unsqueeze(1)
+        target_cos = cos.gather(1, column).squeeze(1)
+        with torch.enable_grad():
+            leaf = target_cos.detach().requires_grad_(True)
+            phi = margin.phi(leaf)
+            slope = torch.ones_like(leaf) if margin.detach_margin else torch.autograd.grad(phi.sum(), leaf)[0]
+        phi = phi.detach().to(cos.dtype)
+        logits = cos.mul_(margin.s)
+        logits.scatter_(1, column, (margin.s * torch.where(on_shard, phi, target_cos)).unsqueeze(1))
+
+        row_max = logits.max(dim=1, keepdim=True).values
+        if _distributed():
+            dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
+        logits.sub_(row_max)
+        target = torch.where(on_shard, logits.gather(1, column).squeeze(1), torch.zeros_like(target_cos))
+        probs = logits.exp_()
+        sum_exp = probs.sum(dim=1)
+        if _distributed():
+            packed = torch.cat([sum_exp, target])  # one all-reduce for both sums
+            dist.all_reduce(packed)
+            sum_exp, target = packed[:batch], packed[batch:]
+        probs.div_(sum_exp.unsqueeze(1))
+        ctx.save_for_backward(probs, column, on_shard, slope.to(probs.dtype), unit, embedding_norm, weight, weight_norm)
+        ctx.scale = margin.s
+        return (sum_exp.log() - target).mean()
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        probs, column, on_shard, slope, unit, embedding_norm, weight, weight_norm = ctx.saved_tensors
+        grad = probs  # reused in place: d loss / d logit = (p - onehot) / B
+        picked = grad.gather(1, column).squeeze(1)
+        picked = torch.where(on_shard, (picked - 1.0) * slope, picked)  # target: times dphi/dcos
+        grad.scatter_(1, column, picked.unsqueeze(1))
+        grad.mul_(grad_loss * ctx.scale / probs.shape[0])  # now dL/dcos
+        grad.div_(weight_norm)  # cos = unit . W_j / |W_j|
+        grad_unit = torch.mm(grad, weight)
+        grad_weight = torch.mm(grad.t(), unit)  # G
+        radial = torch.einsum("cd,cd->c", weight, grad_weight) / weight_norm.square()
+        grad_weight.addcmul_(weight, radial.unsqueeze(1), value=-1.0)
+        radial_unit = (grad_unit * unit).sum(dim=1, keepdim=True)
+        grad_embeddings = (grad_unit - radial_unit * unit) / embedding_norm
+        return grad_embeddings, grad_weight, None, None
+
+
 class PartialFC(nn.Module):
     """Sharded class centres + margin loss + distributed softmax cross-entropy.
 
     Args:
-        margin_loss: maps (cosine logits (B, C_local), local labels with -1 for "not in
-            this shard") to scaled, margin-adjusted logits — e.g.
+        margin_loss: the margin (scale ``s`` and target transform ``phi``), a
             :class:`facevib.losses.CombinedMarginLoss`.
         embedding_dim: size of the backbone's embedding.
         num_classes: total number of identities (over all ranks).
         sample_rate: fraction of this rank's centres used per step; all positive centres
             of the global batch are always kept, random negatives fill the rest.
+        generator: CPU generator the initial centres are drawn from (:meth:`reset_parameters`).
+        device: where the shard lives.
+
+    The module owns its state: :meth:`sharded_state_dict` exposes its shard of the weight
+    and of the optimizer state for ``torch.distributed.checkpoint``, which saves and
+    reloads it at any world size.
     """
 
-    def __init__(self, margin_loss: nn.Module, embedding_dim: int, num_classes: int, sample_rate: float = 1.0):
+    def __init__(
+        self,
+        margin_loss: CombinedMarginLoss,
+        embedding_dim: int,
+        num_classes: int,
+        sample_rate: float = 1.0,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes={num_classes}: must be >= 1")
@@ -62,15 +202,16 @@ class PartialFC(nn.Module):
         self.class_start, self.class_stop = shard_range(num_classes, self.rank, self.world_size)
         self.num_local = self.class_stop - self.class_start
         self.num_sample = max(1, int(round(sample_rate * self.num_local)))
-        self.weight = nn.Parameter(torch.empty(self.num_local, embedding_dim))
-        self.reset_parameters()
+        self.weight = nn.Parameter(torch.empty(self.num_local, embedding_dim, device=device))
+        # Local indices of the centres used by the last training step (sampling only).
+        self.last_sample: torch.Tensor | None = None
+        self.reset_parameters(generator)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """N(0, 0.01) as arcface_torch; drawn for the *full* matrix and sliced, so the
-        initial centres do not depend on the world size."""
-        full = torch.empty(self.num_classes, self.embedding_dim).normal_(0.0, 0.01, generator=generator)
-        with torch.no_grad():
-            self.weight.copy_(full[self.class_start : self.class_stop])
+        """N(0, 0.01) as arcface_torch, equal to drawing the *full* matrix from ``generator``
+        and slicing this rank's rows, so the centres do not depend on the world size; only
+        this shard (plus one chunk) is ever allocated (see :func:`init_rows`)."""
+        init_rows(self.weight.data, self.class_start, self.num_classes, generator)
 
     def extra_repr(self) -> str:
         return (
@@ -78,27 +219,44 @@ class PartialFC(nn.Module):
             f"embedding_dim={self.embedding_dim}, sample_rate={self.sample_rate}"
         )
 
+    # ------------------------------------------------------------------ forward
+
+    def _check_labels(self, labels: torch.Tensor) -> None:
+        """Labels in [0, num_classes): an exact check on CPU, an asynchronous device-side
+        assert elsewhere (no host synchronisation in the step)."""
+        bad = (labels < 0) | (labels >= self.num_classes)
+        if labels.device.type == "cpu":
+            if bool(bad.any()):
+                raise ValueError(f"label {labels[bad][0].item()} is outside [0, {self.num_classes}) (check the labels)")
+        else:
+            torch._assert_async(~bad.any(), f"a label is outside [0, {self.num_classes})")
+
     def _sample(
         self, local_labels: torch.Tensor, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pick the centres for this step; return (centre indices, labels remapped to them)."""
+        """Pick the centres for this step; return (centre indices, labels remapped to them).
+
+        Random scores, positives forced to the top, keep the best ``k``. ``k`` is
+        ``num_sample``, raised to the global batch size when that is larger (and the shard
+        allows), so every positive fits without counting them on the host.
+        """
         in_shard = local_labels >= 0
-        positives = torch.unique(local_labels[in_shard], sorted=True)
-        if self.num_sample <= positives.numel():
-            index = positives
-        else:
-            # Random scores, positives forced to the top, keep the num_sample best.
-            scores = torch.rand(self.num_local, generator=generator, device="cpu").to(local_labels.device)
-            scores[positives] = 2.0
-            index = torch.topk(scores, k=self.num_sample).indices.sort().values
-        remapped = torch.full_like(local_labels, -1)
-        remapped[in_shard] = torch.searchsorted(index, local_labels[in_shard])
+        k = min(self.num_local, max(self.num_sample, local_labels.numel()))
+        scores = torch.rand(self.num_local + 1, generator=generator, device="cpu").to(local_labels.device)
+        # Off-shard rows write into the extra last slot, which is dropped.
+        slot = torch.where(in_shard, local_labels, torch.full_like(local_labels, self.num_local))
+        scores.scatter_(0, slot, torch.full_like(slot, 2, dtype=scores.dtype))
+        index = torch.topk(scores[: self.num_local], k=k).indices.sort().values
+        remapped = torch.where(in_shard, torch.searchsorted(index, local_labels.clamp(min=0)), local_labels)
         return index, remapped
 
     def forward(
         self, embeddings: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Mean margin-softmax cross-entropy over the global batch (same value on all ranks).
+
+        Computed in float32 with autocast disabled: the margin acts on cosines near 1,
+        where bfloat16's 8 bits of mantissa would move theta by several degrees.
 
         Args:
             embeddings: (B, D) this rank's embeddings (B equal on every rank).
@@ -109,34 +267,62 @@ class PartialFC(nn.Module):
             raise ValueError(f"embeddings of shape {tuple(embeddings.shape)}: expected (B, {self.embedding_dim})")
         if labels.shape != embeddings.shape[:1]:
             raise ValueError(f"labels of shape {tuple(labels.shape)} do not match {embeddings.shape[0]} embeddings")
-        all_embeddings = all_gather_with_grad(embeddings.float())
-        all_labels = all_gather_with_grad(labels.long())  # integers: nothing flows back
-        if bool(((all_labels < 0) | (all_labels >= self.num_classes)).any()):
-            bad = all_labels[(all_labels < 0) | (all_labels >= self.num_classes)][0].item()
-            raise ValueError(f"label {bad} is outside [0, {self.num_classes}) (check data.rec / property)")
+        with torch.autocast(embeddings.device.type, enabled=False):
+            all_embeddings = all_gather_with_grad(embeddings.float())
+            all_labels = all_gather_with_grad(labels.long())  # integers: nothing flows back
+            self._check_labels(all_labels)
+            local_labels = all_labels - self.class_start
+            local_labels = torch.where(
+                (local_labels >= 0) & (local_labels < self.num_local), local_labels, torch.full_like(local_labels, -1)
+            )
+            weight = self.weight
+            self.last_sample = None
+            if self.training and self.num_sample < self.num_local:
+                index, local_labels = self._sample(local_labels, generator)
+                self.last_sample = index
+                weight = weight[index]
+            return _CosineMarginSoftmaxCrossEntropy.apply(all_embeddings, weight, local_labels, self.margin_loss)
 
-        local_labels = all_labels - self.class_start
-        local_labels[(local_labels < 0) | (local_labels >= self.num_local)] = -1
-        weight = self.weight
-        if self.training and self.num_sample < self.num_local:
-            index, local_labels = self._sample(local_labels, generator)
-            weight = weight[index]
+    # ------------------------------------------------------------------ state
 
-        cosine = F.linear(F.normalize(all_embeddings), F.normalize(weight)).clamp(-1.0, 1.0)
-        logits = self.margin_loss(cosine, local_labels)
-        return _distributed_cross_entropy(logits, local_labels)
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        """The optimizer's per-parameter state of this shard (e.g. SGD ``momentum_buffer``)."""
+        return optimizer.state[self.weight]  # a defaultdict: created empty when missing
 
+    def sharded_state_dict(
+        self,
+        optimizer: torch.optim.Optimizer | None = None,
+        saved: dict[str, tuple[torch.Size, torch.dtype]] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Live, checkpointable views of this shard's state, for ``torch.distributed.checkpoint``.
 
-def _distributed_cross_entropy(logits: torch.Tensor, local_labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of logits split over ranks by class; ``local_labels`` is -1 off-shard."""
-    with torch.no_grad():
-        # The max only stabilises exp(); it is a constant for the gradient.
-        row_max = logits.max(dim=1, keepdim=True).values
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
-    shifted = logits - row_max
-    sum_exp = all_reduce_sum_with_identity_grad(shifted.exp().sum(dim=1))
-    on_shard = local_labels >= 0
-    picked = shifted.gather(1, local_labels.clamp(min=0).unsqueeze(1)).squeeze(1)
-    target = all_reduce_sum_with_identity_grad(torch.where(on_shard, picked, torch.zeros_like(picked)))
-    return (sum_exp.log() - target).mean()
+        ``weight`` and every optimizer tensor shaped like it (``optimizer.<name>``, e.g. SGD's
+        ``momentum_buffer``) are :class:`facevib.row_shards.RowShard` s over the global
+        (num_classes, D) matrix; other optimizer tensors (AdamW's ``step``) are replicated
+        plain tensors. The views share memory with the module and the optimizer, so
+        ``dcp.load`` into this dict restores the state in place.
+
+        Args:
+            optimizer: include its state for :attr:`weight`.
+            saved: for loading — global shape and dtype of each entry of the checkpoint;
+                optimizer entries the live optimizer lacks (a fresh optimizer has none)
+                are created first, as zeros of this shard's size.
+        """
+        state: dict[str, torch.Tensor] = {"weight": RowShard(self.weight.data, self.class_start, self.num_classes)}
+        if optimizer is None:
+            return state
+        live = optimizer.state[self.weight]
+        full = torch.Size([self.num_classes, self.embedding_dim])
+        for key, (shape, dtype) in (saved or {}).items():
+            name = key.removeprefix("optimizer.")
+            if key.startswith("optimizer.") and name not in live:
+                local = self.weight.shape if shape == full else shape
+                live[name] = torch.zeros(local, dtype=dtype, device=self.weight.device)
+        for name, value in live.items():
+            if not torch.is_tensor(value):
+                raise ValueError(f"Partial FC optimizer state {name!r} is a {type(value).__name__}, not a tensor")
+            if value.shape == self.weight.shape and value.dim() == 2:
+                state[f"optimizer.{name}"] = RowShard(value, self.class_start, self.num_classes)
+            else:
+                state[f"optimizer.{name}"] = value
+        return state

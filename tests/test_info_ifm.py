@@ -151,20 +151,23 @@ def test_face_trainer_runs_with_ifm(synthetic_dir, tmp_path):
     trainer = Trainer(cfg, DistEnv())
     trainer.fit()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    flows = [r["ifm_flows"] for r in records if r["kind"] == "train"]
+    flows = [r["ifm/flows"] for r in records if r["kind"] == "train"]
     assert len(flows) == 4 and all(len(f) == 2 for f in flows)
 
     exported = torch.load(out / "backbone.pt", weights_only=True)
     assert set(exported["backbone"]) == set(trainer.backbone.state_dict())  # no critic keys
     checkpoint = load_checkpoint(latest_checkpoint(out))
     assert set(checkpoint["backbone"]) == set(exported["backbone"])
-    assert {k for k in checkpoint["ifm"]} == set(trainer.ifm.state_dict())
+    critics = trainer.task.aux_losses.state_dict()
+    assert critics and all(key.startswith("ifm.regularizer.critics.") for key in critics)
+    assert set(checkpoint["auxiliary"]) == set(critics)
     assert json.loads((out / "config.json").read_text())["config"]["ifm"]["weight"] == 0.5
 
-    resumed = Trainer(cfg, DistEnv(), resume=str(list_checkpoints(out)[0]))
-    for key, value in resumed.ifm.state_dict().items():
-        saved = load_checkpoint(list_checkpoints(out)[0])["ifm"][key]
-        assert torch.equal(value.cpu(), saved), key
+    first = list_checkpoints(out)[0]
+    resumed = Trainer(cfg, DistEnv(), resume=str(first))
+    saved = load_checkpoint(first)["auxiliary"]
+    for key, value in resumed.task.aux_losses.state_dict().items():
+        assert torch.equal(value.cpu(), saved[key]), key
     resumed.logger.close()
     with pytest.raises(ValueError, match=r"ifm.pairs=\[\]: IFM needs at least one layer pair"):
         validate(apply_overrides(cfg, ["ifm.pairs=[]"]))

@@ -7,8 +7,12 @@ checkpoints, elastic restarts) is what the time is spent on.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,12 +23,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from facevib.engine.checkpoint import list_checkpoints, load_checkpoint
+from facevib.engine.checkpoint import list_checkpoints, load_checkpoint, sharded_entries
 from facevib.models import create_model, load_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = "train/arcface.py"
+CHECKPOINT_WORKER = "tests/workers/checkpoint_worker.py"
 CONFIG = "configs/synthetic_r18_cellvib.py"
+# @record enables faulthandler on stderr, which pytest's capture replaces by a pseudo-file.
+pytestmark = pytest.mark.filterwarnings("ignore:Unable to enable fault handler:UserWarning")
 TINY = {"layers": (1, 1, 1, 1), "widths": (8, 8, 16, 16), "embedding_dim": 32}
 TINY_MODEL = [f"model.kwargs.{key}={value!r}" for key, value in TINY.items()]
 
@@ -87,55 +94,158 @@ def test_single_process_run_learns_and_writes_everything(synthetic_dir, tmp_path
     info = json.loads((out / "config.json").read_text())
     assert info["config"]["model"]["kwargs"]["widths"] == [8, 8, 16, 16]
     assert info["total_steps"] == 36 and info["world_size"] == 1
-    assert [p.name for p in list_checkpoints(out)] == [f"checkpoint_{s:08d}.pt" for s in (6, 12, 18, 24, 30, 36)][-5:]
+    assert [p.name for p in list_checkpoints(out)] == [f"checkpoint_{s:08d}" for s in (6, 12, 18, 24, 30, 36)][-5:]
+    assert not list(out.glob(".checkpoint_*"))  # no temporary folder left behind
     ckpt = load_checkpoint(list_checkpoints(out)[-1])
     assert ckpt["step"] == 36 and ckpt["config"] == info["config"]
-    assert ckpt["partial_fc"]["weight"].shape == (24, 32)
+    entries = sharded_entries(list_checkpoints(out)[-1])
+    assert entries["weight"][0] == (24, 32) and entries["optimizer.momentum_buffer"][0] == (24, 32)
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
-    val = read_metrics(out, kind="val")
-    assert 0.5 <= val[36]["lfw/accuracy"] <= 1.0
+    # The logged accuracy is that of the exported backbone, and training beat the
+    # untrained network of the same seed on the same pairs.
+    from facevib.eval.verification import evaluate_bins, load_bins
+
+    bins = load_bins(synthetic_dir, ["lfw"])
     model = load_backbone(out / "backbone.pt")
     assert model(torch.zeros(2, 3, 112, 112)).shape == (2, 32)
+    trained = evaluate_bins(model, bins, batch_size=16)["lfw"]["accuracy"]
+    assert read_metrics(out, kind="val")[36]["lfw/accuracy"] == pytest.approx(trained, abs=1e-9)
+    torch.manual_seed(0)
+    untrained = evaluate_bins(create_model("cellvib_r18", **TINY), bins, batch_size=16)["lfw"]["accuracy"]
+    # 36 steps on 24 identities, 200 held-out pairs: measured 0.61-0.63 against 0.555.
+    assert trained > untrained + 0.02, (trained, untrained)
 
 
-def test_resume_repeats_the_uninterrupted_run_exactly(synthetic_dir, tmp_path):
+@pytest.mark.parametrize("optimizer", [("optim.name=sgd",), ("optim.name=adamw", "optim.lr=0.001")])
+def test_resume_repeats_the_uninterrupted_run_exactly(synthetic_dir, tmp_path, optimizer):
+    # AdamW: per-class moments are sharded, its step counter is replicated.
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    assert train_main(args_for(synthetic_dir, full, steps=12)) == 0
+    assert train_main(args_for(synthetic_dir, full, *optimizer, steps=12)) == 0
     # "Interrupt" after step 6: a new run folder holding only that checkpoint.
     resumed.mkdir()
-    shutil.copy(full / "checkpoint_00000006.pt", resumed)
+    shutil.copytree(full / "checkpoint_00000006", resumed / "checkpoint_00000006")
+    assert train_main([*args_for(synthetic_dir, resumed, *optimizer, steps=12), "--resume", "latest"]) == 0
+    a, b = read_metrics(full), read_metrics(resumed)
+    assert sorted(b) == list(range(7, 13))
+    for step in range(7, 13):
+        assert math.isfinite(a[step]["loss"]), step
+        assert b[step]["loss"] == a[step]["loss"], step
+        assert b[step]["kl_cells"] == a[step]["kl_cells"], step
+    final_a = load_checkpoint(full / "checkpoint_00000012")
+    final_b = load_checkpoint(resumed / "checkpoint_00000012")
+    for key, value in final_a["backbone"].items():
+        torch.testing.assert_close(final_b["backbone"][key], value, rtol=0, atol=0, msg=key)
+
+
+def full_partial_fc(checkpoint: Path, tmp_path: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's Partial FC as full tensors, read by torch's own DCP converter
+    (an independent reader of the sharded files)."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    target = tmp_path / f"{checkpoint.parent.name}-{checkpoint.name}-full.pt"
+    dcp_to_torch_save(checkpoint / "partial_fc", target)
+    return torch.load(target)
+
+
+def loaded_by(world: int, checkpoint: Path, settings: list[str], out: Path, run_torchrun) -> dict:
+    """What a Trainer of ``world`` ranks loads from ``checkpoint`` (tests/workers/checkpoint_worker.py)."""
+    argv = [str(out), str(checkpoint), *[arg for s in settings for arg in ("--set", s)]]
+    if world == 1:
+        subprocess.run([sys.executable, CHECKPOINT_WORKER, *argv], check=True, cwd=ROOT, timeout=240)
+    else:
+        run_torchrun(world, CHECKPOINT_WORKER, *argv)
+    return torch.load(out)
+
+
+def test_resume_across_world_sizes_restores_the_partial_fc_exactly(synthetic_dir, tmp_path, run_torchrun):
+    # 2 ranks x 8 train 12 steps; 1 rank x 24 resumes (another global batch: the position
+    # is remapped) and trains to 18; 3 ranks load that single-process checkpoint.
+    out = tmp_path / "run"
+    run_torchrun(2, ENTRY, *args_for(synthetic_dir, out, "data.batch_size=8", steps=12))
+    metrics = read_metrics(out)
+    assert sorted(metrics) == list(range(1, 13))
+    assert metrics[12]["margin_loss"] < metrics[1]["margin_loss"] - 0.5
+    info = json.loads((out / "config.json").read_text())
+    assert info["world_size"] == 2 and info["global_batch"] == 16
+
+    saved = full_partial_fc(out / "checkpoint_00000012", tmp_path)
+    settings = settings_for(synthetic_dir, tmp_path / "probe1", "data.batch_size=24", steps=18)
+    one = loaded_by(1, out / "checkpoint_00000012", settings, tmp_path / "one.pt", run_torchrun)
+    assert one["step"] == 12 and one["world_size"] == 1
+    torch.testing.assert_close(one["weight"], saved["weight"], rtol=0, atol=0)
+    torch.testing.assert_close(one["momentum"], saved["optimizer.momentum_buffer"], rtol=0, atol=0)
+
+    single = tmp_path / "single"
+    single.mkdir()
+    shutil.copytree(out / "checkpoint_00000012", single / "checkpoint_00000012")
+    argv = [*args_for(synthetic_dir, single, "data.batch_size=24", steps=18), "--resume", "latest"]
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert train_main(argv) == 0
+    # 12 steps x 16 samples = 8 batches of 24: the same samples were consumed.
+    assert "epoch 0 batch 12 (saved with 2 ranks, now 1" in printed.getvalue()
+    assert sorted(read_metrics(single)) == list(range(13, 19))
+
+    saved = full_partial_fc(single / "checkpoint_00000018", tmp_path)
+    settings = settings_for(synthetic_dir, tmp_path / "probe3", "data.batch_size=8", steps=18)
+    three = loaded_by(3, single / "checkpoint_00000018", settings, tmp_path / "three.pt", run_torchrun)
+    assert three["step"] == 18 and three["world_size"] == 3
+    torch.testing.assert_close(three["weight"], saved["weight"], rtol=0, atol=0)
+    torch.testing.assert_close(three["momentum"], saved["optimizer.momentum_buffer"], rtol=0, atol=0)
+
+
+def test_a_single_file_checkpoint_of_the_previous_format_resumes_exactly(synthetic_dir, tmp_path):
+    """Version 1 checkpoints (one file, full Partial FC, optimizer groups by position) load."""
+    full = tmp_path / "full"
+    assert train_main(args_for(synthetic_dir, full, steps=12)) == 0
+    # Build the version-1 file of step 6 from the new checkpoint, as the old code wrote it.
+    folder = full / "checkpoint_00000006"
+    state = load_checkpoint(folder)
+    pfc = full_partial_fc(folder, tmp_path)
+    names = [f"backbone.{n}" for n, p in create_model("cellvib_r18", **TINY).named_parameters() if p.requires_grad]
+    optimizer = {
+        "state": {i: state["optimizer"][name] for i, name in enumerate(names)},
+        "param_groups": [
+            {"lr": 0.0, "momentum": 0.9, "weight_decay": 5e-4, "params": list(range(len(names)))},
+            {"lr": 0.0, "momentum": 0.9, "weight_decay": 5e-4, "params": [len(names)]},
+        ],
+    }
+    optimizer["state"][len(names)] = {"momentum_buffer": pfc["optimizer.momentum_buffer"]}
+    legacy = {**state, "version": 1, "optimizer": optimizer, "partial_fc": {"weight": pfc["weight"]}}
+    legacy.pop("auxiliary")
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    torch.save(legacy, resumed / "checkpoint_00000006.pt")
+
     assert train_main([*args_for(synthetic_dir, resumed, steps=12), "--resume", "latest"]) == 0
     a, b = read_metrics(full), read_metrics(resumed)
     assert sorted(b) == list(range(7, 13))
     for step in range(7, 13):
         assert b[step]["loss"] == a[step]["loss"], step
-        assert b[step]["kl_cells"] == a[step]["kl_cells"], step
-    final_a = load_checkpoint(full / "checkpoint_00000012.pt")
-    final_b = load_checkpoint(resumed / "checkpoint_00000012.pt")
-    for key, value in final_a["backbone"].items():
-        torch.testing.assert_close(final_b["backbone"][key], value, rtol=0, atol=0, msg=key)
 
 
-def test_two_gloo_ranks_train_then_resume_on_one_rank(synthetic_dir, tmp_path, run_torchrun):
-    out = tmp_path / "run"
-    run_torchrun(2, ENTRY, *args_for(synthetic_dir, out, "data.batch_size=8", steps=18))
-    metrics = read_metrics(out)
-    assert sorted(metrics) == list(range(1, 19))
-    assert metrics[18]["margin_loss"] < metrics[1]["margin_loss"]
-    info = json.loads((out / "config.json").read_text())
-    assert info["world_size"] == 2 and info["global_batch"] == 16
+def test_remap_resumes_at_the_first_unconsumed_sample():
+    """2 ranks x 8 stopped after 6 steps; one process with batches of 24 (or 10) goes on
+    from the remapped position: with 24 it continues the 2-rank order exactly, with 10
+    (96 samples = 9.6 batches, rounded down) it repeats 6 samples and skips none."""
+    from facevib.engine.data import DataPosition, GlobalBatchSampler
 
-    # Continue on a single process with the same global batch: Partial FC re-sharded.
-    single = tmp_path / "single"
-    single.mkdir()
-    shutil.copy(out / "checkpoint_00000012.pt", single)
-    assert train_main([*args_for(synthetic_dir, single, "data.batch_size=16", steps=18), "--resume", "latest"]) == 0
-    resumed = read_metrics(single)
-    assert sorted(resumed) == list(range(13, 19))
-    # Same samples, same flips; only BatchNorm sees 16 instead of 2 x 8 images per batch.
-    for step in range(13, 19):
-        assert resumed[step]["margin_loss"] == pytest.approx(metrics[step]["margin_loss"], rel=0.05)
+    def consumed(world: int, batch: int, start: int, stop: int) -> list[int]:
+        samplers = [GlobalBatchSampler(288, batch, r, world, seed=5, epoch=0, start_batch=start) for r in range(world)]
+        out = []
+        for step, batches in enumerate(zip(*samplers, strict=True)):
+            if start + step >= stop:
+                break
+            out += [i for b in batches for i in b]
+        return out
+
+    two_ranks = consumed(2, 8, 0, 18)
+    position = DataPosition(0, 6).remap(16, 24)
+    assert position == DataPosition(0, 4)
+    assert consumed(1, 24, position.batch, 8) == two_ranks[96:192]
+    rounded = DataPosition(0, 6).remap(16, 10)
+    assert rounded == DataPosition(0, 9)
+    assert consumed(1, 10, rounded.batch, 12) == two_ranks[90:120]
 
 
 def _worker_pids(launcher: subprocess.Popen) -> list[int]:
@@ -145,12 +255,18 @@ def _worker_pids(launcher: subprocess.Popen) -> list[int]:
 
 
 @pytest.mark.slow
-def test_killed_rank_restarts_and_resumes(synthetic_dir, tmp_path, launch, torchrun_command):
+def test_a_rank_killed_mid_epoch_restarts_and_repeats_the_uninterrupted_losses(
+    synthetic_dir, tmp_path, launch, torchrun_command, run_torchrun
+):
+    steps = 24  # 18 steps per epoch: the kill lands in epoch 0, the run ends in epoch 1
+    run_torchrun(2, ENTRY, *args_for(synthetic_dir, tmp_path / "ref", "data.batch_size=8", steps=steps))
+    reference = read_metrics(tmp_path / "ref")
+
     out = tmp_path / "run"
-    argv = args_for(synthetic_dir, out, "data.batch_size=8", "run.checkpoint_every=5", steps=60)
+    argv = args_for(synthetic_dir, out, "data.batch_size=8", "run.checkpoint_every=5", steps=steps)
     launcher = launch(torchrun_command(2, ENTRY, *argv, "--resume", "latest", extra=("--max-restarts=1",)))
     deadline = time.monotonic() + 120
-    while not (out / "checkpoint_00000010.pt").exists():
+    while not (out / "checkpoint_00000010").exists():
         assert launcher.poll() is None, launcher.stdout.read()
         assert time.monotonic() < deadline, "no checkpoint after 120 s"
         time.sleep(0.05)
@@ -159,10 +275,14 @@ def test_killed_rank_restarts_and_resumes(synthetic_dir, tmp_path, launch, torch
     os.kill(victims[1], signal.SIGKILL)
     output, _ = launcher.communicate(timeout=180)
     assert launcher.returncode == 0, output[-5000:]
-    assert "resumed from" in output and "checkpoint_000000" in output
+    resumed = re.search(r"resumed from \S+checkpoint_(\d+) at step (\d+), epoch 0 batch (\d+)", output)
+    assert resumed, output[-5000:]
+    assert 10 <= int(resumed.group(2)) < 18, "the restart did not resume mid-epoch 0"
     metrics = read_metrics(out)
-    assert max(metrics) == 60
-    assert load_checkpoint(list_checkpoints(out)[-1])["step"] == 60
+    assert sorted(metrics) == list(range(1, steps + 1))
+    for step in range(1, steps + 1):
+        assert metrics[step]["loss"] == reference[step]["loss"], step
+        assert metrics[step]["kl_cells"] == reference[step]["kl_cells"], step
 
 
 @pytest.mark.slow
@@ -254,18 +374,36 @@ def test_init_backbone_takes_mean_branches_from_an_arcface_checkpoint(synthetic_
         torch.testing.assert_close(loaded[key], value, rtol=0, atol=0, msg=key)
     assert any(".vib." in key for key in loaded)
 
+    # A facevib checkpoint folder works as well (its state.pt holds the backbone).
+    folder = trainer.save()
+    cfg = load_config(ROOT / CONFIG)
+    validate(apply_overrides(cfg, settings_for(synthetic_dir, tmp_path / "ft2", f"model.init_backbone={folder}")))
+    again = Trainer(cfg, DistEnv()).backbone.state_dict()
+    for key, value in loaded.items():
+        torch.testing.assert_close(again[key], value, rtol=0, atol=0, msg=key)
 
-def test_channels_last_bf16_and_compile_run(synthetic_dir, tmp_path):
+
+def test_channels_last_bf16_compiled_run_tracks_the_fp32_run(synthetic_dir, tmp_path):
+    """Same seed, data and steps: bf16 autocast + channels_last + torch.compile against
+    plain fp32. Tolerances: step 1 (identical weights) margin loss within 1% and per-cell
+    KL within 10% (bf16 keeps 8 bits of mantissa; the KL sums squares over whole feature
+    maps); steps 2-3 margin loss within 5%, as the updates compound the difference
+    (measured: 0.3%, 1.7%, 2.4%)."""
     # 16 channels at least: torch 2.13's CPU backward of a channels_last 1x1 stride-2 conv
     # with 8 input channels corrupts the heap (seen here; it is not facevib's code).
+    common = ("model.kwargs.widths=(16, 16, 32, 32)", "run.deterministic=false")
+    assert train_main(args_for(synthetic_dir, tmp_path / "fp32", *common, "run.amp=none", steps=3)) == 0
     argv = args_for(
-        synthetic_dir, tmp_path / "opts",
-        "model.kwargs.widths=(16, 16, 32, 32)", "run.channels_last=true", "run.amp=bf16",
-        "run.compile=true", "run.compile_backend=aot_eager", "run.deterministic=false", steps=3,
+        synthetic_dir, tmp_path / "opts", *common,
+        "run.channels_last=true", "run.amp=bf16", "run.compile=true", "run.compile_backend=aot_eager", steps=3,
     )  # fmt: skip
     assert train_main(argv) == 0
-    metrics = read_metrics(tmp_path / "opts")
-    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics.values())
+    fp32, mixed = read_metrics(tmp_path / "fp32"), read_metrics(tmp_path / "opts")
+    assert sorted(mixed) == sorted(fp32) == [1, 2, 3]
+    assert mixed[1]["margin_loss"] == pytest.approx(fp32[1]["margin_loss"], rel=0.01)
+    assert mixed[1]["kl_cells"] == pytest.approx(fp32[1]["kl_cells"], rel=0.1)
+    for step in (2, 3):
+        assert mixed[step]["margin_loss"] == pytest.approx(fp32[step]["margin_loss"], rel=0.05), step
 
 
 @pytest.mark.gpu
@@ -285,3 +423,74 @@ def test_nccl_process_group_under_torchrun(synthetic_dir, tmp_path, run_torchrun
     out = tmp_path / "nccl"
     run_torchrun(1, ENTRY, *args_for(synthetic_dir, out, "run.device=cuda", "run.deterministic=false", steps=6))
     assert sorted(read_metrics(out)) == list(range(1, 7))
+
+
+def test_named_groups_exempt_norms_biases_prelu_and_sigma_biases_on_request():
+    from facevib.config import TrainConfig, apply_overrides
+    from facevib.engine.optim import build_optimizer, group, param_groups
+    from facevib.losses import CombinedMarginLoss
+    from facevib.partial_fc import PartialFC
+
+    model = create_model("cellvib_r18", **TINY)
+    pfc = PartialFC(CombinedMarginLoss(), embedding_dim=32, num_classes=10)
+    trainable = {f"backbone.{n}" for n, p in model.named_parameters() if p.requires_grad} | {"partial_fc.weight"}
+
+    default = param_groups({"backbone": model, "partial_fc": pfc}, 5e-4)
+    assert [g["name"] for g in default] == ["backbone", "partial_fc"]
+    assert {n for g in default for n in g["param_names"]} == trainable
+
+    groups = {g["name"]: g for g in param_groups({"backbone": model, "partial_fc": pfc}, 5e-4, False)}
+    assert set(groups) == {"backbone", "backbone_no_decay", "partial_fc"}
+    exempt = set(groups["backbone_no_decay"]["param_names"])
+    for name in ("backbone.bn1.weight", "backbone.bn1.bias", "backbone.prelu.weight", "backbone.fc.bias",
+                 "backbone.layer1.0.vib.bias", "backbone.layer1.0.prelu.weight", "backbone.layer4.0.bn3.bias"):  # fmt: skip
+        assert name in exempt, name
+    assert all(
+        ".conv" in n or n.endswith(("fc.weight", "downsample.0.weight")) for n in groups["backbone"]["param_names"]
+    )
+    assert {n for g in groups.values() for n in g["param_names"]} == trainable
+    assert groups["backbone_no_decay"]["weight_decay"] == 0.0 and groups["backbone"]["weight_decay"] == 5e-4
+
+    cfg = apply_overrides(TrainConfig(), ["optim.decay_norms_and_biases=false"])
+    optimizer = build_optimizer(cfg.optim, {"backbone": model, "partial_fc": pfc}, lr=0.1)
+    assert group(optimizer, "partial_fc")["params"] == [pfc.weight]
+    assert group(optimizer, "backbone_no_decay")["weight_decay"] == 0.0
+    with pytest.raises(ValueError, match="optim.decay_norms_and_biases"):
+        apply_overrides(TrainConfig(), ["optim.decay_norms_and_biases=maybe"])
+
+
+def test_the_task_adds_auxiliary_losses_that_read_intermediate_features():
+    """An IFM-style regulariser: a forward hook reads a block's feature map, the loss
+    subtracts lambda * F; the task adds it and reports it next to margin loss and KL."""
+    from facevib.distributed import DistEnv
+    from facevib.engine.task import FaceRecognitionTask
+    from facevib.losses import CombinedMarginLoss
+    from facevib.partial_fc import PartialFC
+
+    class FeatureEnergy(torch.nn.Module):
+        def __init__(self, backbone: torch.nn.Module, weight: float):
+            super().__init__()
+            self.weight, self.features = weight, None
+            first = next(backbone.iter_blocks())
+            first.register_forward_hook(lambda module, args, out: setattr(self, "features", out[0]))
+
+        def forward(self, batch):
+            energy = self.features.float().square().mean()
+            return -self.weight * energy, {"energy": energy}
+
+    torch.manual_seed(0)
+    backbone = create_model("cellvib_r18", **TINY)
+    pfc = PartialFC(CombinedMarginLoss(s=16.0, m2=0.3), 32, 10, generator=torch.Generator().manual_seed(1))
+    images, labels = torch.randn(4, 3, 112, 112), torch.tensor([0, 3, 3, 9])
+    plain = FaceRecognitionTask(backbone, pfc, DistEnv()).train()
+    torch.manual_seed(5)
+    base_loss, base = plain(images, labels)
+    task = FaceRecognitionTask(backbone, pfc, DistEnv(), aux_losses={"ifm": FeatureEnergy(backbone, 0.1)}).train()
+    torch.manual_seed(5)
+    loss, metrics = task(images, labels)
+    assert metrics["ifm/energy"] > 0
+    torch.testing.assert_close(metrics["ifm/loss"], -0.1 * metrics["ifm/energy"])
+    torch.testing.assert_close(loss, base_loss - 0.1 * metrics["ifm/energy"])
+    torch.testing.assert_close(metrics["loss"], base["margin_loss"] + base["kl_loss"] + metrics["ifm/loss"])
+    torch.testing.assert_close(metrics["kl_cells"], base["kl_cells"])
+    assert backbone.kl_loss(metrics["kl_cells"]).item() == pytest.approx(metrics["kl_loss"].item())

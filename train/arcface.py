@@ -15,6 +15,8 @@ import argparse
 import os
 import sys
 
+from torch.distributed.elastic.multiprocessing.errors import record
+
 from facevib.config import apply_overrides, load_config, validate
 from facevib.distributed import init_distributed, shutdown_distributed
 from facevib.engine import Trainer
@@ -50,8 +52,13 @@ def _one_line(exc: BaseException) -> str:
     return text
 
 
+@record
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, train, return a process exit code (2 for configuration mistakes)."""
+    """Parse arguments, train, return a process exit code (2 for configuration mistakes).
+
+    ``@record`` makes an uncaught exception land in torchelastic's error file, so the
+    launcher names the failing rank and its traceback; configuration mistakes are caught
+    here and stay one line with exit code 2."""
     args = get_args_parser().parse_args(argv)
     is_main = os.environ.get("RANK", "0") == "0"
     try:

@@ -1,8 +1,8 @@
-"""The training task and loop: backbone (DDP) + Partial FC + margin loss + beta-weighted KL.
+"""The training loop: data, optimizer, schedule, mixed precision, logging, checkpoints, eval.
 
-Objective per step (paper Eq. 6 summed over cells, with the ArcFace classifier as the
-likelihood term): ``L = CE_margin(global batch) + sum_i beta_i * KL_i``, KL_i being each
-VIB cell's batch-mean KL in nats.
+The objective itself (backbone + Partial FC + margin + beta-weighted KL) is
+:class:`facevib.engine.task.FaceRecognitionTask`; the loop calls it once per step under
+``torch.autocast`` when mixed precision is on.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -22,26 +23,29 @@ from facevib import __version__
 from facevib.config import TrainConfig, config_to_dict
 from facevib.data.datasets import MXFaceDataset
 from facevib.data.transforms import normalize_images
-from facevib.distributed import DistEnv, gather_rows, wrap_ddp
+from facevib.distributed import DistEnv
 from facevib.engine.checkpoint import (
     CHECKPOINT_FORMAT,
+    STATE_FILE,
     latest_checkpoint,
     load_checkpoint,
+    load_sharded,
     read_torch_file,
     save_checkpoint,
+    sharded_entries,
 )
 from facevib.engine.data import DataPosition, GlobalBatchSampler, batches_per_epoch, build_loader, random_flip
 from facevib.engine.logger import MetricLogger, format_duration
-from facevib.engine.optim import build_optimizer, lr_factor, scaled_lr, set_lr
+from facevib.engine.optim import build_optimizer, load_named_state, lr_factor, named_state, scaled_lr, set_lr
 from facevib.engine.seeding import Stream, derive_seed, seed_step, torch_generator
-from facevib.info.ifm import IFMRegularizer
+from facevib.engine.task import FaceRecognitionTask
 from facevib.losses import CombinedMarginLoss
 from facevib.models import create_model, load_arcface_state_dict
 from facevib.partial_fc import PartialFC
 
 __all__ = ["Trainer", "NonFiniteLossError"]
 
-_PFC_GROUP = 1  # optimizer param group of the Partial FC shard (see build_optimizer)
+CHECKPOINT_VERSION = 2  # 1: single file with the full Partial FC; 2: folder + sharded Partial FC
 
 
 class NonFiniteLossError(RuntimeError):
@@ -54,11 +58,23 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
 
 
+def _to_host(metrics: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Metric tensors as floats (scalars) and lists (vectors), in one device-to-host copy."""
+    flat = torch.cat([v.detach().float().reshape(-1) for v in metrics.values()]).tolist()
+    out, offset = {}, 0
+    for name, value in metrics.items():
+        piece = flat[offset : offset + value.numel()]
+        out[name] = piece[0] if value.dim() == 0 else piece
+        offset += value.numel()
+    return out
+
+
 class Trainer:
     """Builds everything from a validated config and runs the loop.
 
-    Every rank constructs a Trainer; collective operations (gathering the Partial FC for a
-    checkpoint, all-reducing logged KL) are called on all ranks, files are written by rank 0.
+    Every rank constructs a Trainer; collective operations (saving and loading the sharded
+    Partial FC, all-reducing logged metrics) are called on all ranks, files other than the
+    Partial FC shards are written by rank 0.
 
     Args:
         cfg: validated config.
@@ -69,6 +85,8 @@ class Trainer:
         dataset: use this instead of reading ``data.rec`` (e.g. in-memory images for a
             benchmark); it must yield ``(3, H, W)`` uint8 RGB images with integer labels
             and have ``num_classes``.
+        aux_losses: auxiliary losses added to the objective (see
+            :mod:`facevib.engine.task`), ``{name: module}``.
     """
 
     def __init__(
@@ -78,6 +96,7 @@ class Trainer:
         resume: str | None = None,
         stream: TextIO | None = None,
         dataset: Dataset | None = None,
+        aux_losses: dict[str, nn.Module] | None = None,
     ):
         self.cfg = cfg
         self.env = env
@@ -103,29 +122,40 @@ class Trainer:
             )
         self.total_steps = cfg.run.total_steps or cfg.run.epochs * self.steps_per_epoch
 
+        self._check_labels()
+
         self.backbone = self._build_backbone()
-        self.model = wrap_ddp(self.backbone, env)
-        if cfg.run.compile:
-            self.model = torch.compile(self.model, backend=cfg.run.compile_backend)
         margin = CombinedMarginLoss(
             s=cfg.head.scale, m1=cfg.head.m1, m2=cfg.head.m2, m3=cfg.head.m3, detach_margin=cfg.head.detach_margin
         )
-        self.pfc = PartialFC(margin, self.backbone.embedding_dim, self.num_classes, cfg.head.sample_rate)
-        self.pfc.reset_parameters(torch_generator(self.seed, Stream.INIT, 1))
-        self.pfc.to(self.device)
-
-        # IFM hookup: critics on the configured layer pairs, optimised with the backbone
-        # (their own param group after the Partial FC's); None while ifm.weight is 0.
-        self.ifm = self._build_ifm()
-        self.ifm_step = wrap_ddp(self.ifm, env) if self.ifm is not None else None
-        # Information-plane recording at every evaluation (rank 0); None unless info.record.
-        self.infoplane = self._build_infoplane()
+        self.pfc = PartialFC(
+            margin,
+            self.backbone.embedding_dim,
+            self.num_classes,
+            cfg.head.sample_rate,
+            generator=torch_generator(self.seed, Stream.INIT, 1),
+            device=self.device,
+        )
+        if aux_losses is None:
+            aux_losses = self._configured_aux_losses()
+        self.task = FaceRecognitionTask(
+            self.backbone,
+            self.pfc,
+            env,
+            aux_losses=aux_losses,
+            compile_backend=cfg.run.compile_backend if cfg.run.compile else None,
+        ).to(self.device)
 
         self.base_lr = scaled_lr(cfg.optim, self.global_batch)
-        modules = [self.backbone, self.pfc] + ([self.ifm] if self.ifm is not None else [])
-        self.optimizer = build_optimizer(cfg.optim, modules, self.base_lr)
+        trained = {"backbone": self.backbone, "partial_fc": self.pfc}
+        if len(self.task.aux_losses):
+            trained["auxiliary"] = self.task.aux_losses
+        self.optimizer = build_optimizer(cfg.optim, trained, self.base_lr)
         self.amp_dtype = _amp_dtype(cfg.run.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+        # Information-plane recording at every evaluation (rank 0); None unless info.record.
+        self.infoplane = self._build_infoplane()
 
         self.step = 0
         self.position = DataPosition()
@@ -150,6 +180,40 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = not deterministic
             torch.backends.cudnn.allow_tf32 = not deterministic
 
+    def _check_labels(self) -> None:
+        """Labels in [0, num_classes), checked once here rather than (with a host
+        synchronisation) in every step; datasets without a ``labels`` array are checked by
+        the Partial FC per step (exactly on CPU, by an asynchronous assert on CUDA)."""
+        labels = getattr(self.dataset, "labels", None)
+        if labels is None or len(labels) == 0:
+            return
+        labels = np.asarray(labels)
+        bad = (labels < 0) | (labels >= self.num_classes)
+        if bad.any():
+            index = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"{self.cfg.data.rec}: sample {index} has label {int(labels[index])}, outside "
+                f"[0, {self.num_classes}) ({int(bad.sum())} such samples; check property / train.idx)"
+            )
+
+    def _configured_aux_losses(self) -> dict[str, nn.Module]:
+        """Auxiliary losses the config asks for: IFM (``ifm.weight > 0``) on its layer pairs.
+
+        The critics are sized by one forward of zeros and initialised from their own seed
+        stream; they train in the optimizer's ``auxiliary`` group and are saved with the
+        task's auxiliary state, never in the backbone or its export.
+        """
+        ifm_cfg = self.cfg.ifm
+        if ifm_cfg.weight == 0:
+            return {}
+        from facevib.info.ifm import IFMRegularizer, IFMTaskLoss
+
+        size = self.backbone.config.input_size
+        torch.manual_seed(derive_seed(self.seed, Stream.INIT, 2))
+        example = torch.zeros(2, 3, size, size, device=self.device)
+        ifm = IFMRegularizer.for_model(self.backbone, ifm_cfg.pairs, example, ifm_cfg.weight, ifm_cfg.locations)
+        return {"ifm": IFMTaskLoss(ifm.to(self.device))}
+
     def _build_backbone(self) -> nn.Module:
         cfg = self.cfg.model
         # Same initial weights on every rank and in every run with this seed.
@@ -162,23 +226,14 @@ class Trainer:
             backbone.to(memory_format=torch.channels_last)
         return backbone
 
-    def _build_ifm(self) -> IFMRegularizer | None:
-        """IFM hookup: critics sized by one forward of zeros; hooks on the backbone's layers."""
-        ifm_cfg = self.cfg.ifm
-        if ifm_cfg.weight == 0:
-            return None
-        size = self.backbone.config.input_size
-        torch.manual_seed(derive_seed(self.seed, Stream.INIT, 2))
-        example = torch.zeros(2, 3, size, size, device=self.device)
-        ifm = IFMRegularizer.for_model(self.backbone, ifm_cfg.pairs, example, ifm_cfg.weight, ifm_cfg.locations)
-        return ifm.to(self.device)
-
     def _initialise_from(self, backbone: nn.Module, path: Path) -> None:
-        """Load an arcface_torch ``backbone.pth`` (or a facevib checkpoint) into ``backbone``.
+        """Load an arcface_torch ``backbone.pth`` (or a facevib checkpoint, file or folder) into ``backbone``.
 
         Mean branches and the head take the checkpoint's weights; VIB sigma branches, which
         arcface_torch models do not have, keep their fresh initialisation.
         """
+        if path.is_dir():  # a checkpoint folder: its replicated state holds the backbone
+            path = path / STATE_FILE
         payload = read_torch_file(path, what="model.init_backbone")
         state = payload.get("backbone", payload) if isinstance(payload, dict) else payload
         if not isinstance(state, dict):
@@ -214,39 +269,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _pfc_state_entries(self, optimizer_state: dict[str, Any], rows: int) -> list[tuple[int, str]]:
-        """(param id, key) of Partial FC optimizer-state tensors with ``rows`` rows.
-
-        Those are the per-class tensors (SGD momentum, Adam moments) that are sharded like
-        the weight; scalars such as Adam's step are left alone.
-        """
-        shape = (rows, self.backbone.embedding_dim)
-        return [
-            (pid, key)
-            for pid in optimizer_state["param_groups"][_PFC_GROUP]["params"]
-            for key, value in optimizer_state["state"].get(pid, {}).items()
-            if torch.is_tensor(value) and tuple(value.shape) == shape
-        ]
-
     def state_dict(self) -> dict[str, Any]:
-        """The full checkpoint (a collective call: every rank must enter it).
-
-        The Partial FC weight and its optimizer state are gathered into their full
-        (num_classes, D) form, so a checkpoint does not depend on the world size.
-        """
-        optimizer = self.optimizer.state_dict()
-        for pid, key in self._pfc_state_entries(optimizer, self.pfc.num_local):
-            # state_dict() shares the per-parameter dicts with the live optimizer: copy
-            # before replacing the shard by its gathered form.
-            entry = optimizer["state"][pid] = dict(optimizer["state"][pid])
-            entry[key] = gather_rows(entry[key], self.num_classes).cpu()
+        """The replicated part of a checkpoint (the Partial FC shard is saved by DCP)."""
         return {
             "format": CHECKPOINT_FORMAT,
-            "version": 1,
+            "version": CHECKPOINT_VERSION,
             "arch": self.backbone.arch,
             "backbone": {k: v.cpu() for k, v in self.backbone.state_dict().items()},
-            "partial_fc": {"weight": gather_rows(self.pfc.weight, self.num_classes).cpu()},
-            "optimizer": optimizer,
+            "auxiliary": {k: v.cpu() for k, v in self.task.aux_losses.state_dict().items()},
+            "optimizer": named_state(self.optimizer, skip=(self.pfc.weight,)),
+            "partial_fc": {"num_classes": self.num_classes, "embedding_dim": self.backbone.embedding_dim},
             "scheduler": {"base_lr": self.base_lr, "total_steps": self.total_steps, "step": self.step},
             "scaler": self.scaler.state_dict(),
             "step": self.step,
@@ -258,16 +290,18 @@ class Trainer:
             "rng": {"seed": self.seed, "scheme": "derived per (seed, stream, step, rank)"},
             "nonfinite_steps": self.nonfinite_steps,
             "config": config_to_dict(self.cfg),
-        } | ({"ifm": self.ifm.state_dict()} if self.ifm is not None else {})  # IFM hookup: critics apart
+        }
 
-    def save(self) -> Path | None:
-        """Write a checkpoint for the current step (all ranks call; rank 0 writes)."""
-        state = self.state_dict()
-        path = None
-        if self.env.is_main:
-            path = save_checkpoint(state, self.output, self.step, self.cfg.run.keep_checkpoints)
-            self.logger.info(f"step {self.step}: saved {path}")
-        self.env.barrier()
+    def save(self) -> Path:
+        """Write ``checkpoint_<step>/`` (all ranks call: each writes its Partial FC rows)."""
+        path = save_checkpoint(
+            self.state_dict(),
+            self.pfc.sharded_state_dict(self.optimizer),
+            self.output,
+            self.step,
+            self.cfg.run.keep_checkpoints,
+        )
+        self.logger.info(f"step {self.step}: saved {path}")
         return path
 
     def _resume(self, resume: str) -> None:
@@ -283,24 +317,13 @@ class Trainer:
             raise ValueError(
                 f"{path}: checkpoint architecture {state['arch']} differs from the configured {self.backbone.arch}"
             )
-        weight = state["partial_fc"]["weight"]
-        if tuple(weight.shape) != (self.num_classes, self.backbone.embedding_dim):
-            raise ValueError(
-                f"{path}: Partial FC weight of shape {tuple(weight.shape)} does not match "
-                f"{self.num_classes} classes x {self.backbone.embedding_dim} dims of {self.cfg.data.rec}"
-            )
         self.backbone.load_state_dict(state["backbone"])
-        if self.ifm is not None:  # IFM hookup
-            if "ifm" not in state:
-                raise ValueError(f"{path}: checkpoint has no IFM critics but ifm.weight={self.cfg.ifm.weight} is set")
-            self.ifm.load_state_dict(state["ifm"])
-        start, stop = self.pfc.class_start, self.pfc.class_stop
-        with torch.no_grad():
-            self.pfc.weight.copy_(weight[start:stop])
-        optimizer = state["optimizer"]
-        for pid, key in self._pfc_state_entries(optimizer, self.num_classes):
-            optimizer["state"][pid][key] = optimizer["state"][pid][key][start:stop]
-        self.optimizer.load_state_dict(optimizer)
+        if state.get("version", 1) >= 2:
+            self._load_partial_fc(path)
+            self.task.aux_losses.load_state_dict(state["auxiliary"])
+            load_named_state(self.optimizer, state["optimizer"], str(path))
+        else:
+            self._load_single_file(path, state)
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         saved = DataPosition(**state["data_position"])
@@ -314,13 +337,46 @@ class Trainer:
         )
         self.logger.info(f"resumed from {path} at step {self.step}, epoch {saved.epoch} batch {saved.batch}{note}")
 
+    def _check_pfc_shape(self, path: Path, shape: tuple[int, ...]) -> None:
+        if tuple(shape) != (self.num_classes, self.backbone.embedding_dim):
+            raise ValueError(
+                f"{path}: Partial FC weight of shape {tuple(shape)} does not match "
+                f"{self.num_classes} classes x {self.backbone.embedding_dim} dims of {self.cfg.data.rec}"
+            )
+
+    def _load_partial_fc(self, path: Path) -> None:
+        """This rank's rows of the weight and optimizer state, in place (any saved world size)."""
+        entries = sharded_entries(path)
+        if "weight" not in entries:
+            raise ValueError(f"{path}: the sharded checkpoint has no Partial FC weight")
+        self._check_pfc_shape(path, entries["weight"][0])
+        load_sharded(path, self.pfc.sharded_state_dict(self.optimizer, entries))
+
+    def _load_single_file(self, path: Path, state: dict[str, Any]) -> None:
+        """Version 1: full Partial FC matrices in the file, optimizer groups by position
+        (0: the backbone's trainable parameters in order, 1: the Partial FC weight)."""
+        weight = state["partial_fc"]["weight"]
+        self._check_pfc_shape(path, weight.shape)
+        start, stop = self.pfc.class_start, self.pfc.class_stop
+        with torch.no_grad():
+            self.pfc.weight.copy_(weight[start:stop])
+        saved = state["optimizer"]
+        names = [f"backbone.{n}" for n, p in self.backbone.named_parameters() if p.requires_grad]
+        backbone_ids, pfc_ids = (g["params"] for g in saved["param_groups"])
+        named = {names[i]: saved["state"][pid] for i, pid in enumerate(backbone_ids) if pid in saved["state"]}
+        load_named_state(self.optimizer, named, str(path))
+        for pid in pfc_ids:
+            for key, value in saved["state"].get(pid, {}).items():
+                if torch.is_tensor(value) and value.shape == weight.shape:
+                    value = value[start:stop]
+                self.pfc.optimizer_state(self.optimizer)[key] = value.to(self.device).clone()
+
     # ------------------------------------------------------------------ steps
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
         """One optimisation step on this rank's share of a global batch; returns metrics."""
         cfg, env = self.cfg, self.env
-        self.backbone.train()
-        self.pfc.train()
+        self.task.train()
         seed_step(self.seed, self.step, env.rank)
         lr = self.base_lr * lr_factor(cfg.schedule, self.step, self.total_steps)
         set_lr(self.optimizer, lr)
@@ -333,34 +389,20 @@ class Trainer:
         if cfg.run.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
 
-        with torch.autocast(
-            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
-        ):
-            embeddings, kl = self.model(images, return_kl=True)
         sampling = None
         if self.pfc.num_sample < self.pfc.num_local:  # negatives are drawn only when sampling
             sampling = torch_generator(self.seed, Stream.CLASS_SAMPLING, self.step, env.rank)
-        margin_loss = self.pfc(embeddings.float(), labels, generator=sampling)
-        kl = kl.float()
-        kl_loss = self.backbone.kl_loss(kl)
-        # The KL is a mean over *local* samples; dividing by the world size makes the summed
-        # DDP gradients those of the global-batch mean.
-        loss = margin_loss + kl_loss / env.world_size
-        flows = None
-        if self.ifm_step is not None:  # IFM hookup: L = L_clf - lambda * sum_l F_l (local term)
-            ifm_term, flows = self.ifm_step()
-            loss = loss + ifm_term / env.world_size
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
+            loss, task_metrics = self.task(images, labels, sampling)
 
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
 
-        stats = torch.cat([margin_loss.detach().view(1), kl_loss.detach().view(1), kl.detach()])
-        if env.distributed:
-            local = stats[1:] / env.world_size
-            torch.distributed.all_reduce(local)
-            stats = torch.cat([stats[:1], local])
-        values = stats.tolist()  # the step's only host synchronisation
-        total = values[0] + values[1]
+        # The step's only host synchronisation: the metrics, for the non-finite check and logs.
+        values = _to_host(task_metrics)
+        total = values["loss"]
         if not math.isfinite(total):
             self._on_nonfinite(total, values)
             return {"loss": total, "skipped": True, "lr": lr}
@@ -372,15 +414,12 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.backbone.parameters(), cfg.optim.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        metrics = {"loss": total, "margin_loss": values[0], "kl_loss": values[1], "kl_cells": values[2:], "lr": lr}
-        if flows is not None:  # IFM hookup: this rank's F_l per layer pair
-            metrics["ifm_flows"] = flows.tolist()
-        return metrics
+        return {**values, "lr": lr}
 
-    def _on_nonfinite(self, total: float, values: list[float]) -> None:
+    def _on_nonfinite(self, total: float, values: dict[str, Any]) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.nonfinite_steps += 1
-        detail = f"margin loss {values[0]}, weighted KL {values[1]}"
+        detail = f"margin loss {values['margin_loss']}, weighted KL {values['kl_loss']}"
         if self.nonfinite_steps > self.cfg.run.max_nonfinite_steps:
             raise NonFiniteLossError(
                 f"non-finite loss {total} at step {self.step} ({detail}); "

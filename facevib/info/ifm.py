@@ -27,7 +27,7 @@ from torch.utils.hooks import RemovableHandle
 
 from facevib.info.jsd import CRITIC_HIDDEN, Critic, feature_vectors, jsd_objective, sample_pairs
 
-__all__ = ["IFMRegularizer", "LayerTap", "parse_pairs"]
+__all__ = ["IFMRegularizer", "IFMTaskLoss", "LayerTap", "parse_pairs"]
 
 
 def parse_pairs(pairs: Sequence[str | Sequence[str]]) -> list[tuple[str, str]]:
@@ -187,6 +187,24 @@ class IFMRegularizer(nn.Module):
         self._tap.clear()
         total = torch.stack(flows)
         return -self.weight * total.sum(), total.detach()
+
+
+class IFMTaskLoss(nn.Module):
+    """IFM as an auxiliary loss of :class:`facevib.engine.task.FaceRecognitionTask`.
+
+    The task calls ``forward(batch)`` after the backbone's forward and adds the returned
+    term; the regulariser already holds the hooked feature maps, so ``batch`` is not read.
+    Metrics: ``flows``, F_l per layer pair (logged as ``ifm/flows``).
+    """
+
+    def __init__(self, regularizer: IFMRegularizer) -> None:
+        super().__init__()
+        self.regularizer = regularizer
+
+    def forward(self, batch: object = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(-weight * sum_l F_l, {"flows": F per pair})`` from the last training forward."""
+        term, flows = self.regularizer()
+        return term, {"flows": flows}
 
 
 def _channels(features: Tensor) -> int:

@@ -131,6 +131,11 @@ class CombinedMarginLoss(nn.Module):
         self.m3 = float(m3)
         self.detach_margin = detach_margin
 
+    def phi(self, target_cos: Tensor) -> Tensor:
+        """The unscaled target logit cos(m1 theta + m2) - m3 of target cosines (any shape);
+        see :func:`target_margin`. Fused losses (Partial FC) call this on the targets only."""
+        return target_margin(target_cos, self.m1, self.m2, self.m3)
+
     def forward(self, cos: Tensor, labels: Tensor) -> Tensor:
         """Margin-adjusted, scaled logits (B, C); see :func:`margin_logits`."""
         return margin_logits(cos, labels, self.s, self.m1, self.m2, self.m3, self.detach_margin)
