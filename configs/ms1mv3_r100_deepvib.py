@@ -1,4 +1,5 @@
-"""Deep VIB iResNet-100 (one VIB at the embedding, Alemi et al.) on MS1MV3, paper recipe.
+"""Deep VIB iResNet-100 on MS1MV3, paper recipe: one VIB at the embedding (Alemi et al.,
+"Deep Variational Information Bottleneck", arXiv:1612.00410).
 
 The comparison model of the cellVIB paper's Table 5; beta 1e-3 on its single cell.
 """

@@ -32,6 +32,7 @@ __all__ = [
     "TrainConfig",
     "load_config",
     "apply_overrides",
+    "check_field_types",
     "validate",
     "config_to_dict",
     "config_from_dict",
@@ -329,12 +330,21 @@ _CHOICES = {
 }
 
 
-def validate(cfg: TrainConfig) -> TrainConfig:
-    """Check every field once; raise ValueError naming the first bad one."""
+def check_field_types(cfg: Any) -> None:
+    """Check every field of every section of a config dataclass against its annotation.
+
+    Works on any config made of dataclass sections (:class:`TrainConfig`, the
+    classification experiments' config); raises ValueError naming ``section.field``.
+    """
     for section in dataclasses.fields(cfg):
         obj = getattr(cfg, section.name)
         for name, annotation in _field_types(type(obj)).items():
             _coerce(getattr(obj, name), annotation, f"{section.name}.{name}")
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check every field once; raise ValueError naming the first bad one."""
+    check_field_types(cfg)
     for (section, name), choices in _CHOICES.items():
         value = getattr(getattr(cfg, section), name)
         if value not in choices:

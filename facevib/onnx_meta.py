@@ -410,7 +410,9 @@ def read_metadata(
     if has_session:
         shape = source.get_inputs()[0].shape
         out_shape = source.get_outputs()[0].shape
-        outputs = [o.name for o in source.get_outputs()]
+        # Only the first output is known to be the embedding; what any other output means is
+        # not described by a file without facevib metadata, so it is not advertised.
+        outputs = [source.get_outputs()[0].name]
         if input_size is None and len(shape) == 4 and isinstance(shape[2], int):
             input_size = shape[2]
         if embedding_dim is None and len(out_shape) == 2 and isinstance(out_shape[1], int):

@@ -283,6 +283,12 @@ def test_load_backbone_facevib_checkpoint_and_errors(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     assert isinstance(loaded, IResNet) and not loaded.training
     assert torch.equal(loaded(x), model(x)) and torch.equal(loaded.uncertainty(x), model.uncertainty(x))
+    folder = tmp_path / "checkpoint_00000010"  # a training checkpoint folder reads its state.pt
+    folder.mkdir()
+    (folder / "state.pt").write_bytes(path.read_bytes())
+    assert torch.equal(load_backbone(folder)(x), model(x))
+    with pytest.raises(FileNotFoundError, match="folder without state.pt"):
+        load_backbone(tmp_path)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_backbone(tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="does not match"):

@@ -150,6 +150,28 @@ def _plain_onnx(path: Path, output: str = "fc1", size: int = 112) -> Path:
     return path
 
 
+def test_fallback_names_only_the_embedding_output_of_a_two_output_file(tmp_path: Path) -> None:
+    """A foreign file with an extra (undescribed) ``uncertainty`` output still gets defaults."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["data"], ["pooled"], name="pool"),
+            helper.make_node("Flatten", ["pooled"], ["fc1"], name="flatten"),
+            helper.make_node("ReduceMean", ["fc1"], ["uncertainty"], name="mean", keepdims=0),
+        ],
+        "two_outputs",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [
+            helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("uncertainty", TensorProto.FLOAT, ["N"]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "two.onnx")
+    session = ort.InferenceSession(str(tmp_path / "two.onnx"), providers=["CPUExecutionProvider"])
+    assert read_metadata(session) == ModelMetadata.default(3, 112, outputs=["fc1"])
+
+
 def test_file_without_facevib_metadata_falls_back_to_insightface_defaults(tmp_path: Path) -> None:
     session = ort.InferenceSession(str(_plain_onnx(tmp_path / "plain.onnx")), providers=["CPUExecutionProvider"])
     with pytest.raises(MissingMetadataError, match="no facevib metadata"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from facevib.config import IFMConfig, ModelConfig, _coerce, _field_types, load_config, validate_ifm
+from facevib.config import IFMConfig, ModelConfig, check_field_types, load_config, validate_ifm
 from facevib.experiments.classify import OptimSettings
 
 __all__ = ["ClassicConfig", "ClassicData", "ClassicRun", "DATASETS", "load_classic_config", "validate_classic"]
@@ -61,10 +61,7 @@ def load_classic_config(path: str | Path) -> ClassicConfig:
 
 def validate_classic(cfg: ClassicConfig) -> ClassicConfig:
     """Check every field's type and the values that can be checked before reading data."""
-    for section in ("data", "model", "optim", "ifm", "run"):
-        obj = getattr(cfg, section)
-        for name, annotation in _field_types(type(obj)).items():
-            _coerce(getattr(obj, name), annotation, f"{section}.{name}")
+    check_field_types(cfg)
     if cfg.data.name not in DATASETS:
         raise ValueError(f"data.name={cfg.data.name!r}: must be one of {', '.join(DATASETS)}")
     if cfg.data.name in ("mnist", "cifar10", "pacs") and not cfg.data.root:

@@ -17,12 +17,17 @@ from facevib.models.registry import create_model
 
 __all__ = ["load_backbone"]
 
+# The file of a training checkpoint folder (``checkpoint_<step>/``) that holds the backbone;
+# named here rather than imported so the model library does not depend on the training engine.
+_CHECKPOINT_STATE = "state.pt"
+
 
 def load_backbone(path: str | os.PathLike[str], name: str | None = None, **overrides: Any) -> nn.Module:
     """Build and load a backbone, returned in eval mode on the CPU.
 
     Args:
-        path: either a facevib checkpoint (``torch.save``d dict with ``"arch"`` =
+        path: a training checkpoint folder (``checkpoint_<step>/``, read from its
+            ``state.pt``), a facevib checkpoint file (``torch.save``d dict with ``"arch"`` =
             ``{"name", "kwargs"}`` and ``"backbone"`` = state_dict; the model is rebuilt from
             ``arch``), or a plain state_dict such as arcface_torch's ``backbone.pth``.
         name: registered model name; required for a plain state_dict, and if given for a
@@ -40,6 +45,10 @@ def load_backbone(path: str | os.PathLike[str], name: str | None = None, **overr
             that do not fit the model (the message names the path and keys).
     """
     path = Path(path)
+    if path.is_dir():  # a training checkpoint folder: its backbone lives in state.pt
+        if not (path / _CHECKPOINT_STATE).is_file():
+            raise FileNotFoundError(f"{path} is a folder without {_CHECKPOINT_STATE}: not a facevib checkpoint")
+        path = path / _CHECKPOINT_STATE
     if not path.is_file():
         raise FileNotFoundError(f"backbone checkpoint {path} does not exist")
     try:

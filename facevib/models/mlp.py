@@ -4,8 +4,9 @@ One class, variants as data:
 
 * ``plain`` (``mlp``): the deterministic network, ReLU after each hidden layer, a linear
   K-dimensional bottleneck (K = 256 in the paper) and a linear classifier.
-* ``deep`` (``deepvib_mlp``): Deep VIB (Alemi et al.), one VIB cell at the bottleneck
-  layer only (the paper's limit beta_1 = beta_2 -> 0).
+* ``deep`` (``deepvib_mlp``): Deep VIB (Alemi et al., "Deep Variational Information
+  Bottleneck", arXiv:1612.00410), one VIB cell at the bottleneck layer only (the paper's
+  limit beta_1 = beta_2 -> 0).
 * ``cell`` (``cellvib_mlp``): every layer is a VIB cell (paper eq. 7, "cellVIB-v2");
   ``cells=(1, 2)`` gives "cellVIB-v1" (second and third layers only).
 
