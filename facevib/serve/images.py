@@ -22,12 +22,12 @@ import binascii
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 import numpy as np
 
 from facevib.align import norm_crop
 from facevib.data.imagecodec import decode_rgb
+from facevib.detect.base import Detector
 from facevib.serve.errors import ServeError
 from facevib.serve.imageheader import read_header
 
@@ -44,22 +44,6 @@ __all__ = [
 ]
 
 _DATA_URI = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
-
-
-class Detector(Protocol):
-    """What the ``detector`` slot holds: ``detect(rgb_uint8_hxwx3, ...) -> faces``, largest first.
-
-    Each face has ``bbox`` (4,) x1 y1 x2 y2, ``landmarks`` (5, 2) and ``score`` (float).
-    """
-
-    def detect(
-        self,
-        image: np.ndarray,
-        *,
-        min_face_size: float | None = None,
-        threshold: float | None = None,
-        max_faces: int | None = None,
-    ) -> list[Any]: ...
 
 
 @dataclass(frozen=True)
