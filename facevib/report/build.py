@@ -120,7 +120,10 @@ def _results_table(runs: Sequence[RunResults]) -> Table:
     if ijb_first:
         target = ijb_first["target"]
         for fpr in _TABLE_FPRS:
-            row = [f"{target} TPR % @ FPR={fpr:g}", f"{ijb_first['pairs']} ({ijb_first['genuine']} / {ijb_first['impostor']})"]
+            row = [
+                f"{target} TPR % @ FPR={fpr:g}",
+                f"{ijb_first['pairs']} ({ijb_first['genuine']} / {ijb_first['impostor']})",
+            ]
             for run in runs:
                 row.append(_tpr_cell(run.ijb, fpr))
                 if run in fused:
@@ -186,7 +189,16 @@ def _training_table(runs: Sequence[RunResults]) -> Table:
                 f"{last.get('kl_loss', 0.0):.3f}",
             ]
         )
-    headers = ["model", "network", "steps", "batch", "time (logged steps)", "samples/s", "final margin loss", "final beta*KL"]
+    headers = [
+        "model",
+        "network",
+        "steps",
+        "batch",
+        "time (logged steps)",
+        "samples/s",
+        "final margin loss",
+        "final beta*KL",
+    ]
     return Table(headers, rows)
 
 
@@ -340,7 +352,9 @@ def _exchange_section(inputs: ReportInputs) -> list[Block]:
     blocks.append(Table(["request", "sent", "status", "ms", "answer"], rows))
     calibration = (exchange.get("model") or {}).get("calibration") if isinstance(exchange.get("model"), dict) else None
     if calibration and exchange.get("verify"):
-        outcome = ", ".join(f"{kind} pair {'accepted' if v['match'] else 'rejected'}" for kind, v in exchange["verify"].items())
+        outcome = ", ".join(
+            f"{kind} pair {'accepted' if v['match'] else 'rejected'}" for kind, v in exchange["verify"].items()
+        )
         blocks.append(
             Paragraph(
                 f"The pairs are the first genuine and the first impostor pair of the protocol file, not chosen by "
@@ -365,7 +379,9 @@ _NUMBER_LIST = re.compile(r"\[\s*((?:-?[\d.e+-]+,\s*)*-?[\d.e+-]+)\s*\]")
 
 def _compact_json(value: Any) -> str:
     """Indented JSON with lists of numbers (landmarks) kept on one line."""
-    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(m.group(1).replace(",", " ").split()) + "]", json.dumps(value, indent=1))
+    return _NUMBER_LIST.sub(
+        lambda m: "[" + ", ".join(m.group(1).replace(",", " ").split()) + "]", json.dumps(value, indent=1)
+    )
 
 
 def _synthetic_description(data: Path | None) -> str:
@@ -379,7 +395,11 @@ def _synthetic_description(data: Path | None) -> str:
         f"{opts['images_per_identity']} photos in `train.rec`; verification sets from held-out identities, "
         f"{opts['bin_images_per_identity']} photos each, paired 10 folds deep"
     )
-    sets = [f"`{name}.bin` {opts[f'{name}_pairs']} pairs of {ids[name]} people" for name in ("lfw", "cfp_fp", "agedb_30") if ids.get(name)]
+    sets = [
+        f"`{name}.bin` {opts[f'{name}_pairs']} pairs of {ids[name]} people"
+        for name in ("lfw", "cfp_fp", "agedb_30")
+        if ids.get(name)
+    ]
     text += " (" + ", ".join(sets) + ")" if sets else ""
     if ids.get("ijbc"):
         text += (
@@ -393,15 +413,29 @@ def _locations(inputs: ReportInputs) -> Table:
     rows = []
     for run in inputs.runs:
         rows += [
-            [f"`{run.root}/metrics.jsonl`", f"{run.label}: one JSON line per logged step (loss, KL per cell, lr, samples/s)"],
-            [f"`{run.root}/tensorboard/`", f"{run.label}: TensorBoard events (`.venv/bin/tensorboard --logdir {run.root}`)"],
+            [
+                f"`{run.root}/metrics.jsonl`",
+                f"{run.label}: one JSON line per logged step (loss, KL per cell, lr, samples/s)",
+            ],
+            [
+                f"`{run.root}/tensorboard/`",
+                f"{run.label}: TensorBoard events (`.venv/bin/tensorboard --logdir {run.root}`)",
+            ],
             [f"`{run.root}/checkpoint_*.pt`", f"{run.label}: resumable checkpoints (`--resume latest`)"],
             [f"`{run.root}/backbone.pt`", f"{run.label}: the trained backbone, input of eval/ and export"],
             [f"`{run.root}/config.json`", f"{run.label}: the resolved training config"],
-            [f"`{run.root}/eval/`", f"{run.label}: `verification.json`, `ijbc.json`, `ijbc_features.npz` (feature cache), `ijbc_roc.png`"],
+            [
+                f"`{run.root}/eval/`",
+                f"{run.label}: `verification.json`, `ijbc.json`, `ijbc_features.npz` (feature cache), `ijbc_roc.png`",
+            ],
         ]
     if inputs.onnx is not None:
-        rows.append([f"`{inputs.onnx}`", "the exported model (embedding + uncertainty outputs, calibrated threshold in its metadata)"])
+        rows.append(
+            [
+                f"`{inputs.onnx}`",
+                "the exported model (embedding + uncertainty outputs, calibrated threshold in its metadata)",
+            ]
+        )
     rows.append([f"`{inputs.out}/http_exchange.json`", "the HTTP transcript (and `http_exchange.server.log`)"])
     rows.append([f"`{inputs.out}/plots/`", "the figures of this report"])
     return Table(["path", "what"], rows)

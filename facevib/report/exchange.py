@@ -85,7 +85,9 @@ def astronaut_photo(folder: Path) -> ImageRef:
 
     path = Path(folder) / "astronaut.jpg"
     path.parent.mkdir(parents=True, exist_ok=True)
-    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    ok, encoded = cv2.imencode(
+        ".jpg", cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95]
+    )
     if not ok:
         raise RuntimeError("OpenCV could not encode skimage's astronaut image")
     path.write_bytes(encoded.tobytes())
@@ -168,7 +170,9 @@ def run_exchange(
         verify = {}
         for kind, (a, b) in pairs.items():
             (sent_a, shown_a), (sent_b, shown_b) = _image_payload(a), _image_payload(b)
-            answer = call("POST", "/v1/verify", {"a": sent_a, "b": sent_b}, {"a": shown_a, "b": shown_b}, (a.name, b.name))
+            answer = call(
+                "POST", "/v1/verify", {"a": sent_a, "b": sent_b}, {"a": shown_a, "b": shown_b}, (a.name, b.name)
+            )
             verify[kind] = {k: answer.get(k) for k in ("score", "threshold", "match", "threshold_source", "target_fpr")}
         sent, shown = _image_payload(photo)
         answer = call("POST", "/v1/embed", {"images": [sent]}, {"images": [shown]}, (photo.name,))

@@ -168,4 +168,3 @@ def worker_main(job_file: str) -> int:
         if not message[0]:
             return 1
     return 0
-
