@@ -33,6 +33,7 @@ from facevib.export import (
     insightface_problems,
     onnx_differences,
     read_onnx_metadata,
+    write_metadata,
 )
 from facevib.export.__main__ import main
 from facevib.models import create_model, load_backbone
@@ -441,3 +442,25 @@ def test_onnx_on_cuda_provider_when_available(exported: dict) -> None:
     assert embedder.backend.startswith("onnxruntime:")
     images = np.zeros((2, 112, 112, 3), np.uint8)
     assert embedder(images).shape == (2, 32)
+
+
+def test_metadata_makes_one_self_contained_file_with_the_exported_permissions(exported: dict, tmp_path: Path) -> None:
+    """torch's dynamo exporter keeps the weights in ``<file>.data``; after ``write_metadata``
+    the weights are inside the file, the stale sidecar is gone and the mode is the export's."""
+    model, source = exported["r18"]
+    sidecars = [p for p in source.parent.iterdir() if p.name.startswith(source.name) and p != source]
+    assert sidecars, "the dynamo exporter wrote no external data file: this test no longer tests anything"
+    for file in [source, *sidecars]:
+        (tmp_path / file.name).write_bytes(file.read_bytes())
+    path = tmp_path / source.name
+    path.chmod(0o644)
+    write_metadata(path, ModelMetadata.default(32, 112, model_name="r18"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [source.name]
+    assert path.stat().st_mode & 0o777 == 0o644
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 112, 112)).astype(np.float32)
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"data": x})
+    was_training = model.training  # the fixture's model is shared: leave its mode as found
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(x)).numpy()
+    model.train(was_training)
+    assert np.abs(got - expected).max() <= 1e-4

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -120,7 +121,8 @@ def write_metadata(path: str | os.PathLike, metadata: ModelMetadata, out: str | 
 
     path = Path(path)
     target = Path(out) if out is not None else path
-    proto = onnx.load(str(path))
+    sidecars = _external_data_files(path)
+    proto = onnx.load(str(path))  # external weights (torch's exporter writes <file>.data) are read in
     names = [o.name for o in proto.graph.output]
     if names != metadata.outputs:
         raise ValueError(f"{path}: graph outputs {names} differ from the metadata's outputs {metadata.outputs}")
@@ -132,12 +134,32 @@ def write_metadata(path: str | os.PathLike, metadata: ModelMetadata, out: str | 
     handle, temporary = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent)
     os.close(handle)
     try:
-        onnx.save(proto, temporary)
+        onnx.save(proto, temporary)  # one self-contained file: what a server or Triton copies
+        # mkstemp creates the file 0600; give it the source file's permissions instead.
+        shutil.copymode(path, temporary)
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    if target == path:  # the weights now live inside the file: its old sidecars are stale
+        for sidecar in sidecars:
+            sidecar.unlink(missing_ok=True)
     return target
+
+
+def _external_data_files(path: Path) -> list[Path]:
+    """The files that hold ``path``'s externally stored tensors (none when all are inline)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    locations = {
+        entry.value
+        for tensor in proto.graph.initializer
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return [path.parent / location for location in sorted(locations)]
 
 
 def read_onnx_metadata(path: str | os.PathLike) -> ModelMetadata:
