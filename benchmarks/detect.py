@@ -24,7 +24,6 @@ import base64
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+from facevib.serve.launch import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,33 +166,19 @@ def in_process(model: Path, photo: np.ndarray, seconds: float) -> dict[str, Any]
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_server(model: Path, device: str) -> tuple[subprocess.Popen, str]:
-    import httpx
-
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, str(ROOT / "serve" / "app.py"), "--model", str(model), "--detector", "mtcnn"]
     cmd += ["--device", device, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    proc.terminate()
-    raise RuntimeError("server not healthy after 120 s")
+    try:
+        wait_healthy(url, proc, timeout=120, poll_s=0.3)
+    except RuntimeError as err:
+        proc.kill()
+        raise RuntimeError(f"{err}: {proc.communicate()[1][-2000:]}") from None
+    return proc, url
 
 
 async def _load(url: str, body: bytes, concurrency: int, duration: float) -> dict[str, Any]:

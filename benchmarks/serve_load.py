@@ -24,7 +24,6 @@ import base64
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from facevib.serve.launch import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -186,16 +187,9 @@ def bare_ort(model: Path, threads: int, batches: Sequence[int], seconds: float) 
     return {"img_per_s_by_batch": out, "best_batch": int(best), "best_img_per_s": out[best]}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_server(model: Path, args: argparse.Namespace, max_batch: int) -> tuple[subprocess.Popen, str]:
-    import httpx
 
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable,
         str(ROOT / "serve" / "app.py"),
@@ -220,18 +214,12 @@ def start_server(model: Path, args: argparse.Namespace, max_batch: int) -> tuple
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=60).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("server did not become healthy in 300 s")
+    try:  # /health runs a real inference: an r100 batch on a busy CPU can take a while
+        wait_healthy(url, proc, timeout=300, request_timeout=60, poll_s=0.5)
+    except RuntimeError as err:
+        proc.kill()
+        raise RuntimeError(f"{err}: {proc.communicate()[1][-2000:]}") from None
+    return proc, url
 
 
 def stop_server(proc: subprocess.Popen) -> None:

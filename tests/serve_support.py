@@ -12,14 +12,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import httpx
 import matplotlib.cbook
 import numpy as np
 import skimage.data
@@ -31,6 +29,7 @@ from facevib.align import norm_crop
 from facevib.data.transforms import images_to_tensor
 from facevib.export import export_onnx
 from facevib.models import create_model
+from facevib.serve.launch import wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"layers": (1, 1, 1, 1), "widths": (8, 16, 16, 32), "embedding_dim": 32}
@@ -149,19 +148,11 @@ def running_server(
     proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"server exited {proc.returncode}:\n{log.read()[-4000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not healthy after {timeout} s")
-            time.sleep(0.2)
+        try:
+            wait_healthy(url, proc, timeout, poll_s=0.2)
+        except RuntimeError as err:
+            log.seek(0)
+            raise RuntimeError(f"{err}:\n{log.read()[-4000:]}") from None
         proc.log = log  # type: ignore[attr-defined]
         yield url, proc
     finally:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from facevib.data.ijb import IJBSet
+from facevib.serve.launch import free_port, wait_healthy
 
 __all__ = ["ASTRONAUT_LANDMARKS", "ImageRef", "protocol_pairs", "run_exchange", "ServerProcess", "free_port"]
 
@@ -211,13 +211,6 @@ def run_exchange(
     }
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 class ServerProcess:
     """``python serve/app.py --model MODEL`` on ``127.0.0.1`` and a free port, as a context
     manager: ``__enter__`` returns the base URL once ``/health`` answers 200; ``__exit__``
@@ -272,27 +265,18 @@ class ServerProcess:
         ]
 
     def __enter__(self) -> str:
-        import httpx
-
         self.port = free_port()
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in __exit__
         sink = self._log if self._log is not None else subprocess.DEVNULL
         self._process = subprocess.Popen(self.command(), stdout=sink, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                self._stop()
-                raise RuntimeError(f"the server exited with status {self._process.returncode}: {self._tail()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200:
-                    return self.url
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        self._stop()
-        raise RuntimeError(f"the server was not healthy after {self.start_timeout:g} s: {self._tail()}")
+        try:
+            wait_healthy(self.url, self._process, self.start_timeout)
+        except RuntimeError as err:
+            self._stop()
+            raise RuntimeError(f"{err}: {self._tail()}") from None
+        return self.url
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop()
