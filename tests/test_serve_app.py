@@ -96,6 +96,7 @@ def test_verify_uses_the_calibrated_threshold(client: TestClient, models) -> Non
     assert same["match"] is True and same["score"] == pytest.approx(1.0, abs=1e-6)
     assert same["threshold"] == pytest.approx(models.threshold)
     assert same["threshold_source"] == "calibration" and same["target_fpr"] == pytest.approx(models.target_fpr)
+    assert same["calibration_note"] is None
     different = client.post("/v1/verify", json={"a": a, "b": b}).json()
     expected = unit(torch_embeddings(models.model, crops))
     assert different["score"] == pytest.approx(float(expected[0] @ expected[1]), abs=1e-5)
@@ -105,6 +106,24 @@ def test_verify_uses_the_calibrated_threshold(client: TestClient, models) -> Non
     override = client.post("/v1/verify", json={"a": a, "b": vector, "threshold": different["score"] - 0.01}).json()
     assert override["match"] is True and override["threshold_source"] == "request" and override["target_fpr"] is None
     assert override["score"] == pytest.approx(different["score"], abs=1e-5)
+
+
+def test_verify_never_applies_a_template_threshold(models, tmp_path) -> None:
+    """A template-level calibration (IJB templates) is not the single-image threshold: the server
+    falls back to its own (or asks for one) and says why in `calibration_note`."""
+    from serve_support import with_calibration
+
+    template = with_calibration(models.model, models.plain, tmp_path / "template.onnx", 0.9973, 1e-3, "template")
+    request = {"a": {"embedding": [1.0, 0.0] + [0.0] * 30}, "b": {"embedding": [0.6, 0.8] + [0.0] * 30}}
+    with TestClient(create_app(ServeSettings(model=str(template), threshold=0.5))) as client:
+        body = client.post("/v1/verify", json=request).json()
+        assert client.get("/v1/info").json()["model"]["calibration"]["protocol"] == "template"
+    assert (body["threshold"], body["threshold_source"], body["match"]) == (0.5, "server", True)  # cosine 0.6
+    assert body["target_fpr"] is None and "0.9973 is for template scores" in body["calibration_note"]
+    with TestClient(create_app(ServeSettings(model=str(template))), raise_server_exceptions=False) as client:
+        refused = client.post("/v1/verify", json=request)
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "no_threshold"
+    assert "not for the cosine of two single images" in refused.json()["error"]["message"]
 
 
 def test_one_bad_image_does_not_fail_the_others(client: TestClient) -> None:

@@ -33,7 +33,7 @@ from facevib.eval.identification import DEFAULT_FPIRS, average_galleries, identi
 from facevib.eval.roc import DEFAULT_FPRS, roc_auc, roc_curve, tpr_at_fpr, tpr_at_fpr_nearest
 from facevib.eval.templates import fusion_weights, score_pairs, template_features, template_rows
 
-__all__ = ["ImageFeatures", "IJBResult", "embed_ijb", "evaluate_ijb", "load_features", "save_features"]
+__all__ = ["ImageFeatures", "IJBResult", "embed_ijb", "evaluate_ijb", "load_aligned", "load_features", "save_features"]
 
 _FORMAT = "facevib-ijb-features-1"
 
@@ -133,7 +133,12 @@ def load_features(path: str | os.PathLike) -> ImageFeatures:
     )
 
 
-def _load_aligned(path: Path, landmarks: np.ndarray) -> np.ndarray:
+def load_aligned(path: Path, landmarks: np.ndarray) -> np.ndarray:
+    """The 112x112 ArcFace crop of the loose crop at ``path`` (its 5 points ``landmarks``).
+
+    Raises:
+        IJBFormatError: the file does not decode, or the points cannot be aligned; names the file.
+    """
     from facevib.align import norm_crop
 
     try:
@@ -154,7 +159,7 @@ def _aligned_batches(ijb: IJBSet, batch: int, workers: int) -> Iterator[tuple[in
 
         def submit(start: int) -> list[Future]:
             stop = min(start + batch, len(paths))
-            return [pool.submit(_load_aligned, paths[i], ijb.landmarks[i]) for i in range(start, stop)]
+            return [pool.submit(load_aligned, paths[i], ijb.landmarks[i]) for i in range(start, stop)]
 
         pending = submit(starts[0]) if starts else []
         for index, start in enumerate(starts):

@@ -104,15 +104,17 @@ async def embed(request: Request) -> JSONResponse:
 async def verify(request: Request) -> JSONResponse:
     """Cosine similarity of two faces (images or embeddings) and the match decision.
 
-    The threshold is the request's, else the model's calibrated one (from its metadata),
-    else the server's `--threshold`; `threshold_source` says which.
+    The threshold is the request's, else the model's calibrated one (from its metadata) when it
+    was calibrated on single images, else the server's `--threshold`; `threshold_source` says
+    which. A template-level calibration (IJB 1:1 templates) is never applied to these
+    single-image scores: `calibration_note` says so.
     """
     state = server_state(request)
     service = state.ready_service()
     if media_type(request) != "application/json":
         raise ServeError("unsupported_media_type", "send application/json", "content-type")
     envelope = parse_model(VerifyEnvelope, await json_body(request), "")
-    threshold, source, target_fpr = _threshold(envelope.threshold, service.runtime, state.settings)
+    threshold, source, target_fpr, note = _threshold(envelope.threshold, service.runtime, state.settings)
     vectors = await until_disconnect(request, service.verify_embeddings({"a": envelope.a, "b": envelope.b}))
     score = float(np.clip(np.dot(vectors["a"], vectors["b"]), -1.0, 1.0))
     return JSONResponse(
@@ -122,24 +124,33 @@ async def verify(request: Request) -> JSONResponse:
             "match": score > threshold,  # the calibration contract: accept iff cosine > threshold
             "threshold_source": source,
             "target_fpr": target_fpr,
+            "calibration_note": note,
         }
     )
 
 
 def _threshold(
     requested: float | None, runtime: ModelRuntime, settings: ServeSettings
-) -> tuple[float, str, float | None]:
-    if requested is not None:
-        return float(requested), "request", None
+) -> tuple[float, str, float | None, str | None]:
+    """``(threshold, source, target_fpr, calibration_note)`` for one /v1/verify request."""
     calibration = runtime.metadata.calibration
-    if calibration is not None:
-        return float(calibration.threshold), "calibration", float(calibration.target_fpr)
+    note = None
+    if calibration is not None and not calibration.single_image:
+        note = (
+            f"the model's calibrated threshold {calibration.threshold:.4f} is for {calibration.protocol} scores "
+            f"({calibration.source}), not for the cosine of two single images, so it is not applied here; "
+            "recalibrate with python -m facevib.export --calibrate (protocol single_image)"
+        )
+    if requested is not None:
+        return float(requested), "request", None, note
+    if calibration is not None and calibration.single_image:
+        return float(calibration.threshold), "calibration", float(calibration.target_fpr), None
     if settings.threshold is not None:
-        return float(settings.threshold), "server", None
+        return float(settings.threshold), "server", None, note
     raise ServeError(
         "no_threshold",
-        "the model has no calibrated threshold (export it with --calibrate) and the server none (--threshold): "
-        "pass one in the request",
+        (note + "; " if note else "the model has no calibrated threshold (export it with --calibrate) and ")
+        + "the server has none (--threshold): pass one in the request",
         "threshold",
     )
 

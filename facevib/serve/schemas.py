@@ -166,6 +166,11 @@ class VerifyResponse(BaseModel):
         "server: the server's --threshold setting."
     )
     target_fpr: float | None = Field(description="The false positive rate the calibrated threshold was chosen for.")
+    calibration_note: str | None = Field(
+        default=None,
+        description="Why the model's calibrated threshold was not applied (it was calibrated on templates, "
+        "not single images); null when there is nothing to say.",
+    )
 
 
 class HealthResponse(BaseModel):
