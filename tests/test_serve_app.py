@@ -340,7 +340,7 @@ def test_unknown_routes_and_methods_use_the_error_shape(client: TestClient) -> N
 
 def test_health_info_metrics_openapi(client: TestClient, models) -> None:
     health = client.get("/health").json()
-    assert health["status"] == "ok" and health["inference_ms"] > 0
+    assert health["status"] == "ok" and health["inference_ms"] > 0 and health["cosine"] >= 0.9999
     info = client.get("/v1/info").json()
     assert info["runtime"]["providers"] == ["CPUExecutionProvider"] and info["warnings"] == []
     assert info["model"]["embedding_dim"] == 32 and info["batching"]["max_batch"] == 32
@@ -351,7 +351,7 @@ def test_health_info_metrics_openapi(client: TestClient, models) -> None:
     assert "facevib_batch_size_count" in metrics and "facevib_queue_depth" in metrics
     assert 'facevib_faces_total{mode="aligned"}' in metrics
     schema = client.get("/openapi.json").json()
-    for path in ("/v1/embed", "/v1/verify", "/health", "/v1/info", "/metrics"):
+    for path in ("/v1/embed", "/v1/verify", "/health", "/health/live", "/health/ready", "/v1/info", "/metrics"):
         assert path in schema["paths"]
     embed = schema["paths"]["/v1/embed"]["post"]
     assert set(embed["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
@@ -359,21 +359,30 @@ def test_health_info_metrics_openapi(client: TestClient, models) -> None:
     assert {"EmbedRequest", "ImageInput", "VerifyRequest", "ErrorResponse"} <= set(schema["components"]["schemas"])
 
 
-def test_health_is_503_when_the_model_drifts_or_is_not_loaded(models) -> None:
-    app = create_app(ServeSettings(model=str(models.plain)))
+def test_readiness_follows_the_background_check_and_liveness_does_not(models) -> None:
+    app = create_app(ServeSettings(model=str(models.plain), health_interval_s=3600))  # checks run by hand here
     with TestClient(app, raise_server_exceptions=False) as client:
-        assert client.get("/health").status_code == 200
-        runtime = app.state.serve.runtime
+        ready = client.get("/health/ready").json()
+        assert ready["status"] == "ok" and ready["cosine"] == pytest.approx(1.0, abs=1e-6)
+        assert ready["max_queue"] == 512 and ready["queued_faces"] == 0
+        health, runtime = app.state.serve.health, app.state.serve.runtime
         good = runtime.reference_output
-        runtime.reference_output = good + 1.0  # as if the runtime now computed something else
-        broken = client.get("/health")
+        runtime.reference_output = good * 3.0  # same direction: the cosine check passes, as on TF32
+        assert health.check().ok and client.get("/health").status_code == 200
+        runtime.reference_output = -good  # as if the runtime now computed something else
+        assert not health.check().ok
+        broken, alias, live = client.get("/health/ready"), client.get("/health"), client.get("/health/live")
         runtime.reference_output = good
+        health.check()
         assert client.get("/health").status_code == 200
-    assert broken.status_code == 503 and "no longer matches" in broken.json()["error"]["message"]
-    # After shutdown (as before start-up) nothing is loaded: 503 with Retry-After, not a crash.
-    stopped = TestClient(app, raise_server_exceptions=False).get("/health")
+    assert broken.status_code == alias.status_code == 503 and live.status_code == 200
+    assert "cosine -1.000000 to its start-up reference" in broken.json()["error"]["message"]
+    # After shutdown (as before start-up) nothing is loaded: 503 with Retry-After, not a crash;
+    # the process still answers its liveness probe.
+    stopped_client = TestClient(app, raise_server_exceptions=False)
+    stopped = stopped_client.get("/health")
     assert stopped.status_code == 503 and stopped.json()["error"]["code"] == "unavailable"
-    assert stopped.headers["retry-after"] == "5"
+    assert stopped.headers["retry-after"] == "5" and stopped_client.get("/health/live").status_code == 200
 
 
 def test_api_key_guards_everything_but_health(models) -> None:
@@ -443,6 +452,8 @@ def test_detector_slot_gives_per_face_results(models) -> None:
         calls: list = []
 
         def detect(self, image, *, min_face_size=None, threshold=None, max_faces=None):
+            if image.min() == image.max():  # the health check's blank image: no face, as a real detector
+                return []
             self.calls.append(image.shape)
             return [Face(ASTRONAUT_LANDMARKS, 0.99), Face(ASTRONAUT_LANDMARKS * 0.5, 0.8)]
 

@@ -3,7 +3,6 @@ and shapes the JSON; errors are raised as ServeError and answered in one place."
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import platform
 import time
@@ -15,7 +14,6 @@ from fastapi.responses import JSONResponse, Response
 
 import facevib
 from facevib.serve.auth import require_api_key
-from facevib.serve.batcher import DeadlineExceeded, QueueFull
 from facevib.serve.errors import ServeError, error_body
 from facevib.serve.intake import embed_specs, json_body, media_type, until_disconnect
 from facevib.serve.metrics import CONTENT_TYPE_LATEST
@@ -24,6 +22,7 @@ from facevib.serve.schemas import (
     EmbedResponse,
     ErrorResponse,
     HealthResponse,
+    LiveResponse,
     VerifyEnvelope,
     VerifyResponse,
 )
@@ -208,60 +207,64 @@ async def metrics(request: Request) -> Response:
 health_router = APIRouter()
 
 
+@health_router.get("/health/live", response_model=LiveResponse, summary="Liveness: the process answers")
+async def health_live(request: Request) -> JSONResponse:
+    """No inference, no queue, no lock: answers as long as the event loop runs (a Kubernetes
+    liveness probe). Needs no API key."""
+    started_at = server_state(request).started_at
+    return JSONResponse({"status": "ok", "uptime_s": round(time.time() - started_at, 3)})
+
+
 @health_router.get(
-    "/health", response_model=HealthResponse, responses=_errors(503), summary="Liveness with a real inference"
+    "/health/ready", response_model=HealthResponse, responses=_errors(503), summary="Readiness: able to serve"
 )
-async def health(request: Request) -> JSONResponse:
-    """Runs the model on a fixed input through the batcher and checks the output against the one
-    computed at start-up; 503 while loading, overloaded or broken. Needs no API key."""
+async def health_ready(request: Request) -> JSONResponse:
+    """200 when the model is loaded, the last background inference check passed (and is
+    recent) and the queue is below its bound; else 503 saying why (a Kubernetes readiness
+    probe). Reads the background check's result: never waits behind traffic. Needs no API key."""
     state = server_state(request)
     service = state.ready_service()
-    runtime = service.runtime
-    started = time.perf_counter()
-    try:
-        result = await service.batcher.submit(
-            runtime.fixed_input(), timeout_s=min(10.0, state.settings.request_timeout_s)
+    health, batcher = state.health, service.batcher
+    assert health is not None
+    last = health.last
+    if last is None:
+        raise ServeError("unavailable", "no health check has finished yet", headers={"Retry-After": "5"})
+    if not last.ok:
+        raise ServeError("unavailable", f"last health check failed: {last.problem}", headers={"Retry-After": "5"})
+    age = time.time() - last.checked_at
+    # A check that hangs (a stuck GPU, say) must not leave the last good answer standing.
+    if age > 3 * health.interval_s + state.settings.request_timeout_s:
+        raise ServeError("unavailable", f"no health check finished in the last {age:.0f} s")
+    if batcher.queued_faces >= batcher.max_queue:
+        raise ServeError(
+            "overloaded",
+            f"queue full ({batcher.queued_faces} of {batcher.max_queue} faces)",
+            headers={"Retry-After": "1"},
         )
-    except QueueFull:
-        raise ServeError("overloaded", "queue full", headers={"Retry-After": "1"}) from None
-    except DeadlineExceeded:
-        raise ServeError("unavailable", "health inference timed out") from None
-    except Exception as err:  # the runtime itself failed: unhealthy, not a client error
-        logger.error("health inference failed", exc_info=err)
-        raise ServeError("unavailable", f"inference failed ({type(err).__name__})") from None
-    assert runtime.reference_output is not None
-    if not np.allclose(result.outputs[0][0], runtime.reference_output, rtol=1e-3, atol=1e-4):
-        raise ServeError("unavailable", "inference on the fixed input no longer matches its start-up output")
-    inference_ms = round(1e3 * (time.perf_counter() - started), 3)
-    detector_ms = await _check_detector(state.detector, service.pool)
     return JSONResponse(
         {
             "status": "ok",
-            "model": runtime.metadata.model_name,
-            "inference_ms": inference_ms,
+            "model": service.runtime.metadata.model_name,
+            "inference_ms": last.inference_ms,
+            "cosine": last.cosine,
             "detector": _detector_name(state.detector),
-            "detector_ms": detector_ms,
+            "detector_ms": last.detector_ms,
+            "checked_s_ago": round(age, 3),
+            "queued_faces": batcher.queued_faces,
+            "max_queue": batcher.max_queue,
         }
     )
 
 
-# A fixed, face-free image: a working detector finds nothing in it.
-_HEALTH_IMAGE = np.full((96, 128, 3), 127, dtype=np.uint8)
-
-
-async def _check_detector(detector: Any, pool: Any) -> float | None:
-    """Milliseconds of a detection on :data:`_HEALTH_IMAGE` in the decoding pool, or 503 when it fails."""
-    if detector is None:
-        return None
-    started = time.perf_counter()
-    try:
-        faces = await asyncio.get_running_loop().run_in_executor(pool, detector.detect, _HEALTH_IMAGE)
-    except Exception as err:  # the detector itself failed: unhealthy, not a client error
-        logger.error("health detection failed", exc_info=err)
-        raise ServeError("unavailable", f"face detector failed ({type(err).__name__})") from None
-    if faces:
-        raise ServeError("unavailable", f"face detector found {len(faces)} faces in a blank image")
-    return round(1e3 * (time.perf_counter() - started), 3)
+# /health stays what it was for existing probes and scripts: readiness.
+health_router.add_api_route(
+    "/health",
+    health_ready,
+    methods=["GET"],
+    response_model=HealthResponse,
+    responses=_errors(503),
+    summary="Alias of /health/ready",
+)
 
 
 def _detector_name(detector: Any) -> str | None:
