@@ -23,6 +23,7 @@ accepted), and ``resolved`` is that function's flag: ``target_fpr * impostors >=
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +33,21 @@ from facevib.eval.embed import Embedder
 from facevib.eval.ijb import embed_ijb, evaluate_ijb
 from facevib.eval.roc import OperatingPoint, split_scores, tpr_at_fpr, wilson_interval
 from facevib.eval.verification import l2_normalize
-from facevib.export.labelled import calibration_kind, read_labelled_images, read_labelled_pairs
+from facevib.export.labelled import LabelledImages, calibration_kind, read_labelled_images, read_labelled_pairs
 from facevib.onnx_meta import PROTOCOLS, Calibration, HeldOut
 
-__all__ = ["calibration_kind", "calibrate", "split_halves", "embed_single", "identity_pair_scores", "held_out_rates"]
+__all__ = [
+    "SplitScores",
+    "calibrate",
+    "calibration_kind",
+    "embed_single",
+    "held_out_rates",
+    "identity_pair_scores",
+    "identity_split_scores",
+    "split_halves",
+]
 
-# Rows of the similarity matrix computed at once: 1024 x N float32 stays small for any N here.
+# Rows of the similarity matrix computed at once: 1024 x N float64 stays small for any N here.
 _ROW_BLOCK = 1024
 
 
@@ -138,9 +148,27 @@ def _pairs_calibration(embedder: Embedder, data: Path, target_fpr: float, seed: 
     return _calibration(point, target_fpr, source, "single_image", holdout)
 
 
-def _identity_calibration(
-    embedder: Embedder, data: Path, target_fpr: float, max_images: int, seed: int, progress: bool
-) -> Calibration:
+@dataclass(frozen=True)
+class SplitScores:
+    """Single-image pair scores of a labelled set, split by identity: ``calibration`` and
+    ``held_out`` are ``(scores, same)`` over every pair inside each half; ``identities`` the
+    two halves' sizes; ``faces`` what was read."""
+
+    calibration: tuple[np.ndarray, np.ndarray]
+    held_out: tuple[np.ndarray, np.ndarray]
+    identities: tuple[int, int]
+    faces: LabelledImages
+
+
+def identity_split_scores(
+    embedder: Embedder, data: str | os.PathLike, *, max_images: int = 4000, seed: int = 0, progress: bool = True
+) -> SplitScores:
+    """Embed (a sample of) the labelled set ``data`` once per image and score every pair inside
+    each half of its identities (:func:`split_halves`).
+
+    Raises:
+        ValueError: fewer than 4 identities, or a half without genuine or impostor pairs.
+    """
     faces = read_labelled_images(data, max_images=max_images, seed=seed)
     names = np.unique(faces.identities)
     if names.size < 4:
@@ -153,12 +181,20 @@ def _identity_calibration(
         scores, same = identity_pair_scores(unit[rows], faces.identities[rows])
         _need_both(scores, same, f"{data}: the {name} half ({members.size} identities, {rows.size} images)")
         scored.append((scores, same))
-    (point,) = tpr_at_fpr(*scored[0], [target_fpr])
-    holdout = held_out_rates(*scored[1], point.threshold, identities=int(halves[1].size))
+    return SplitScores(scored[0], scored[1], (int(halves[0].size), int(halves[1].size)), faces)
+
+
+def _identity_calibration(
+    embedder: Embedder, data: Path, target_fpr: float, max_images: int, seed: int, progress: bool
+) -> Calibration:
+    split = identity_split_scores(embedder, data, max_images=max_images, seed=seed, progress=progress)
+    (point,) = tpr_at_fpr(*split.calibration, [target_fpr])
+    holdout = held_out_rates(*split.held_out, point.threshold, identities=split.identities[1])
+    faces = split.faces
     unlabelled = f", {faces.unlabelled} images without a subject left out" if faces.unlabelled else ""
     source = (
         f"{faces.source}: {len(faces.images)} of {faces.available} images{unlabelled}, single image (no flip), "
-        f"every pair; threshold on {halves[0].size} identities, rates on {halves[1].size} others"
+        f"every pair; threshold on {split.identities[0]} identities, rates on {split.identities[1]} others"
     )
     return _calibration(point, target_fpr, source, "single_image", holdout)
 
