@@ -126,6 +126,18 @@ def test_verify_never_applies_a_template_threshold(models, tmp_path) -> None:
     assert "not for the cosine of two single images" in refused.json()["error"]["message"]
 
 
+def test_embeddings_are_written_at_float32_precision(client: TestClient, models) -> None:
+    """About 10 characters a value (float32's shortest round-trip digits), not float64's ~19,
+    and still the model's embedding."""
+    crop = aligned_crops()[:1]
+    response = client.post("/v1/embed", json={"images": [{"data": b64(png(crop[0])), "aligned": True}]})
+    text = response.text
+    values = text.split('"embedding":[', 1)[1].split("]", 1)[0].split(",")
+    assert len(values) == 32 and sum(map(len, values)) / len(values) <= 12
+    expected = unit(torch_embeddings(models.model, crop))[0]
+    np.testing.assert_allclose([float(v) for v in values], expected, atol=1e-5)
+
+
 def test_one_bad_image_does_not_fail_the_others(client: TestClient) -> None:
     crops = aligned_crops()
     status, body = embed_json(client, [{"data": b64(png(crops[0]))}, {"data": "%%%"}, {"data": b64(png(crops[1]))}])

@@ -201,7 +201,7 @@ def _face_result(face: FaceCrop, outputs: tuple[np.ndarray, ...], row: int) -> d
         raise ServeError("internal_error", f"the model produced an embedding of norm {norm}")
     uncertainty = float(outputs[1][row]) if len(outputs) > 1 else None
     return {
-        "embedding": (raw / norm).tolist(),
+        "embedding": (raw / norm).astype(np.float32),  # float32 array: encoded at its own precision
         "norm": norm,
         "uncertainty": uncertainty if uncertainty is None or math.isfinite(uncertainty) else None,
         "bbox": face.bbox,

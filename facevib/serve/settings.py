@@ -54,7 +54,9 @@ class ServeSettings:
         default="mtcnn",
     )
     intra_op_threads: int = _help("ONNX Runtime threads per inference (0: the cores this process may use)", default=0)
-    decode_workers: int = _help("threads decoding and aligning images (0: min(4, cores))", default=0)
+    decode_workers: int = _help(
+        "threads decoding and aligning images (0: one per core this process may use)", default=0
+    )
     log_level: str = _help("logging level of the facevib.serve logger", default="info")
     health_interval_s: float = _help(
         "seconds between background inference checks; /health/ready reports the last one", default=10.0
