@@ -4,13 +4,11 @@ The network input is the face contract's (:mod:`facevib.contract`): RGB, ``(x - 
 with 127.5 for both (= ``x / 127.5 - 1``), NCHW float32. OpenCV decodes to BGR; rather than converting to RGB, flipping, transposing
 and scaling in four passes, the per-sample fast path hands the BGR image to
 ``cv2.dnn.blobFromImage``, which swaps channels, subtracts the mean, scales and writes
-CHW float32 in one pass. Measured on the project's 2-core machines, 112x112 JPEG q95, one
-thread: decode 120-150 us; then blobFromImage 35-45 us, against ~105 us for cvtColor +
-numpy flip + torch permute/float/normalise; writing into a preallocated float tensor with
-numpy or per-channel cv2 calls took 45-55 us, so it is not used per sample.
+CHW float32 in one pass, about a third of the time of the four separate passes or of writing
+into a preallocated tensor (times in ``docs/results.md``, "per-sample training transform").
 
-In a DataLoader worker, collating float32 samples into shared memory costs another ~130 us
-of CPU per image, against ~36 us for uint8 samples (a quarter of the bytes). Loaders that
+In a DataLoader worker, collating float32 samples into shared memory costs several times
+more CPU than collating uint8 samples (a quarter of the bytes). Loaders that
 can normalise on the GPU should take ``normalize=False`` samples and ``normalize_images``
 the batch there. For host-side batches of decoded images, ``images_to_tensor`` writes into
 one (optionally preallocated) tensor with torch, which uses all intra-op threads.

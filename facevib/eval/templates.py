@@ -74,7 +74,8 @@ def _sum_runs(x: np.ndarray, sizes: np.ndarray, out: np.ndarray) -> np.ndarray:
     Rows are added in order (first row, + second, + third, ...): the order in which
     ``np.mean``/``np.sum`` over axis 0 accumulate, so the sums equal the reference's bit for
     bit. Vectorised across runs: step ``k`` adds the ``k``-th row of every run longer than
-    ``k`` (``np.add.reduceat`` computes the same but walks memory across rows, ~5x slower).
+    ``k`` (``np.add.reduceat`` computes the same but walks memory across rows and was several times
+slower; see ``docs/results.md``).
     """
     starts = np.r_[0, np.cumsum(sizes[:-1])]
     by_size = np.argsort(-sizes, kind="stable")
