@@ -21,19 +21,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
 
+from facevib.cli import make_parser
 from facevib.info.analysis import analyze_checkpoints, default_device, format_table
 from facevib.info.sources import load_samples
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line instead of usage + message
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--model", nargs="+", required=True, help="facevib checkpoint(s) (backbone.pt)")
     parser.add_argument("--data", required=True, help="'digits', a RecordIO folder, or a verification .bin")
     parser.add_argument("--out", required=True, help="output folder")

@@ -18,16 +18,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line instead of usage + message
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+from facevib.cli import make_parser
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--run", action="append", required=True, metavar="LABEL=DIR", help="a model's run folder")
     parser.add_argument("--out", required=True, help="folder for REPORT.md, report.html and plots/")
     parser.add_argument("--data", default=None, help="data folder (synth.json, *.bin, IJBC/)")

@@ -13,18 +13,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from typing import NoReturn
 
+from facevib.cli import make_parser
 from facevib.serve.settings import ServeSettings, env_name, flag_name
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line instead of usage + message
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     for f in dataclasses.fields(ServeSettings):
         # Strings here; ServeSettings.from_strings converts and checks them, as it does env vars.
         parser.add_argument(

@@ -17,6 +17,7 @@ import sys
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from facevib.cli import make_parser
 from facevib.config import apply_overrides, load_config, validate
 from facevib.distributed import init_distributed, shutdown_distributed
 from facevib.engine import Trainer
@@ -24,7 +25,7 @@ from facevib.engine.trainer import NonFiniteLossError
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("config", help="config module, e.g. configs/ms1mv3_r100_cellvib.py")
     parser.add_argument(
         "--set",
