@@ -21,7 +21,7 @@ SCRIPTS = [
     "serve/app.py",
     "serve/exchange.py",
 ]
-MODULES = ["facevib.export.__main__", "facevib.detect.__main__", "facevib.data.__main__"]
+MODULES = ["facevib.train", "facevib.export.__main__", "facevib.detect.__main__", "facevib.data.__main__"]
 
 
 def _script_parser(rel: str):
@@ -80,3 +80,16 @@ def test_make_parser_keeps_the_docstring_layout(capsys: pytest.CaptureFixture[st
         parser.parse_args(["--help"])
     out = capsys.readouterr().out
     assert "    python -m tool --x 1\n    python -m tool --x 2" in out
+
+
+def test_training_module_and_script_are_one_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from facevib.train import main
+
+    script = importlib.util.spec_from_file_location("cli_train_wrapper", ROOT / "train" / "arcface.py")
+    wrapper = importlib.util.module_from_spec(script)
+    script.loader.exec_module(wrapper)
+    assert wrapper.main is main
+    missing = tmp_path / "no_such_config.py"
+    assert main([str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no_such_config.py" in err
