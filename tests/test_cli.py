@@ -21,7 +21,15 @@ SCRIPTS = [
     "serve/app.py",
     "serve/exchange.py",
 ]
-MODULES = ["facevib.train", "facevib.export.__main__", "facevib.detect.__main__", "facevib.data.__main__"]
+MODULES = [
+    "facevib.train",
+    "facevib.report.__main__",
+    "facevib.info.__main__",
+    "facevib.serve.__main__",
+    "facevib.export.__main__",
+    "facevib.detect.__main__",
+    "facevib.data.__main__",
+]
 
 
 def _script_parser(rel: str):
