@@ -32,11 +32,6 @@ def make_parser(doc: str | None, prog: str | None = None, **kwargs) -> Parser:
     return Parser(prog=prog, description=doc, **kwargs)
 
 
-def add_device(parser: argparse.ArgumentParser, default: str = "auto") -> None:
-    """The shared ``--device`` flag (cpu, cuda, cuda:N or auto)."""
-    parser.add_argument("--device", default=default, help="cpu, cuda, cuda:N or auto")
-
-
 def user_error(prog: str, message: object) -> int:
     """Print the one-line form of a user mistake raised after parsing; return exit code 2."""
     print(f"{prog}: error: {message}", file=sys.stderr)
