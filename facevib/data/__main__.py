@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from facevib.cli import Parser
+
 __all__ = ["main", "build_parser"]
 
 
@@ -79,7 +81,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m facevib.data`` argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m facevib.data",
         description="Pack and inspect face-recognition data sets (RecordIO, .bin, IJB).",
     )
