@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import facevib.experiments.models  # noqa: F401  (registers the research families)
 from facevib.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from facevib.experiments import ArrayDataset, OptimSettings, fit_classifier
 from facevib.info.ifm import IFMRegularizer, parse_pairs

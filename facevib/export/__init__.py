@@ -15,9 +15,6 @@
 
 from facevib.export.calibrate import calibrate, calibration_kind
 from facevib.export.graph import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    UNCERTAINTY_NAME,
     compare_onnx,
     export_onnx,
     insightface_problems,
@@ -34,9 +31,6 @@ from facevib.export.pipeline import ExportResult, checkpoint_config, export_mode
 from facevib.export.triton import check_triton_settings, triton_config, write_triton_repository
 
 __all__ = [
-    "INPUT_NAME",
-    "OUTPUT_NAME",
-    "UNCERTAINTY_NAME",
     "ExportResult",
     "build_metadata",
     "calibrate",
