@@ -97,6 +97,8 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint", plain_ok: bool =
             (the message names the path and the field).
     """
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist")
     if path.is_dir():
         if not (path / STATE_FILE).is_file():
             raise FileNotFoundError(f"{path} is a folder without {STATE_FILE}: not a facevib checkpoint")
