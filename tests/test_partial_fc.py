@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from itertools import pairwise
@@ -198,3 +199,19 @@ def test_two_gloo_ranks_with_sampling_equal_one_fc_over_the_same_centres(tmp_pat
     torch.testing.assert_close(got["loss"], expected.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got["weight_grad"], weight.grad, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got["backbone_weight_grad"], backbone.weight.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_a_checkpoint_of_the_previous_row_block_layout_loads(tmp_path):
+    """tests/fixtures/rowshard_partial_fc was written by 2 gloo ranks with the row-block
+    layout used before the DTensor one (ranks of 19 and 18 rows, blocks of 5 rows), holding
+    weight[i, j] = i + j / 100 and momentum[i, j] = -(10 i + j)."""
+    from facevib.engine.checkpoint import load_sharded, sharded_entries
+
+    checkpoint = tmp_path / "checkpoint_00000001"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "rowshard_partial_fc", checkpoint / "partial_fc")
+    rows, cols = torch.arange(37.0).unsqueeze(1), torch.arange(6.0).unsqueeze(0)
+    pfc = PartialFC(CombinedMarginLoss(), embedding_dim=6, num_classes=37)
+    optimizer = torch.optim.SGD([pfc.weight], lr=0.1, momentum=0.9)
+    load_sharded(checkpoint, pfc.sharded_state_dict(optimizer, sharded_entries(checkpoint)))
+    torch.testing.assert_close(pfc.weight.data, rows + cols / 100, rtol=0, atol=0)
+    torch.testing.assert_close(pfc.optimizer_state(optimizer)["momentum_buffer"], -(rows * 10 + cols), rtol=0, atol=0)
