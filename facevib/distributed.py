@@ -114,13 +114,12 @@ def shutdown_distributed() -> None:
 
 
 def shard_range(num_items: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Contiguous ``[start, stop)`` of ``num_items`` owned by ``rank``.
-
-    Rank r holds ``n // W + (r < n % W)`` items, so shards differ by at most one.
-    """
-    base, extra = divmod(num_items, world_size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
+    """Contiguous ``[start, stop)`` of ``num_items`` owned by ``rank``, as ``torch.chunk`` and
+    DTensor's ``Shard(0)`` split them: ``ceil(n / W)`` items per rank, the last non-empty rank
+    takes the remainder, and ranks past the end get an empty range."""
+    chunk = -(-num_items // world_size)
+    start = min(rank * chunk, num_items)
+    return start, min(start + chunk, num_items)
 
 
 class _AllGather(torch.autograd.Function):

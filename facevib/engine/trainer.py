@@ -133,7 +133,7 @@ class Trainer:
             self.backbone.embedding_dim,
             self.num_classes,
             cfg.head.sample_rate,
-            generator=torch_generator(self.seed, Stream.INIT, 1),
+            seed=derive_seed(self.seed, Stream.INIT, 1),
             device=self.device,
         )
         if aux_losses is None:
