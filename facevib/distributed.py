@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
+import subprocess
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +20,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
     "DistEnv",
+    "cuda_mismatch",
+    "visible_nvidia_gpus",
     "init_distributed",
     "shutdown_distributed",
     "all_gather_with_grad",
@@ -53,8 +57,43 @@ class DistEnv:
             dist.barrier()
 
 
+def visible_nvidia_gpus() -> int:
+    """How many GPUs ``nvidia-smi -L`` lists (0 without the tool, or when it fails)."""
+    executable = shutil.which("nvidia-smi")
+    if executable is None:
+        return 0
+    try:
+        listed = subprocess.run([executable, "-L"], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    if listed.returncode != 0:  # e.g. "NVIDIA-SMI has failed": no usable driver, so no GPU
+        return 0
+    return sum(line.startswith("GPU ") for line in listed.stdout.splitlines())
+
+
+def cuda_mismatch() -> str | None:
+    """One line saying why torch cannot use the GPUs ``nvidia-smi`` sees, or None.
+
+    None when there are no GPUs or torch can use them. Otherwise the installed torch is a
+    CPU-only build, or a CUDA build the driver is too old for; silently training on the
+    CPU of a GPU machine is never what was meant.
+    """
+    gpus = visible_nvidia_gpus()
+    if gpus == 0 or torch.cuda.is_available():
+        return None
+    build = torch.version.cuda
+    why = "a CPU-only build" if build is None else f"built for CUDA {build}, which this driver does not run"
+    return (
+        f"nvidia-smi lists {gpus} GPU(s) but torch {torch.version.__version__} cannot use them ({why}); "
+        "install a CUDA build of torch (`make install` does on this host) or set run.device=cpu"
+    )
+
+
 def _resolve_device(device: str, local_rank: int) -> torch.device:
     if device == "auto":
+        problem = cuda_mismatch()
+        if problem is not None:
+            raise ValueError(f"run.device=auto: {problem}")
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
