@@ -18,6 +18,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from facevib.config import ConfigError
+
 __all__ = [
     "DistEnv",
     "cuda_mismatch",
@@ -93,15 +95,15 @@ def _resolve_device(device: str, local_rank: int) -> torch.device:
     if device == "auto":
         problem = cuda_mismatch()
         if problem is not None:
-            raise ValueError(f"run.device=auto: {problem}")
+            raise ConfigError(f"run.device=auto: {problem}")
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
+            raise ConfigError("device 'cuda' requested but CUDA is not available on this machine")
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         return torch.device("cuda", torch.cuda.current_device())
     if device != "cpu":
-        raise ValueError(f"device {device!r}: expected 'auto', 'cpu' or 'cuda'")
+        raise ConfigError(f"device {device!r}: expected 'auto', 'cpu' or 'cuda'")
     return torch.device("cpu")
 
 

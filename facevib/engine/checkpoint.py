@@ -6,8 +6,8 @@ Layout of ``checkpoint_<step:08d>/``:
   parameter name, scaler, step, data position, config), written by rank 0 and readable
   with ``torch.load(..., weights_only=True)`` (no pickled code runs on load);
 * ``partial_fc/`` — a ``torch.distributed.checkpoint`` (DCP) folder with the Partial FC
-  weight and its optimizer state, written by every rank for its own rows in blocks and
-  reloaded at any world size (see :mod:`facevib.row_shards`).
+  weight and its optimizer state, written by every rank for its own rows (DTensor
+  ``Shard(0)``) and reloaded at any world size (see :mod:`facevib.row_shards`).
 
 All ranks write into ``.checkpoint_<step>.tmp/`` (one shared file system, as DCP's
 file-system writer expects); rank 0 renames it once everything is on disk, so a crash
@@ -31,6 +31,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+from facevib.config import ConfigError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -151,7 +153,7 @@ def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a damaged or foreign file
-        raise ValueError(f"{what} {path} is not a readable torch file ({type(exc).__name__}: {exc})") from exc
+        raise ConfigError(f"{what} {path} is not a readable torch file ({type(exc).__name__}: {exc})") from exc
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -164,7 +166,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     else:
         state = read_torch_file(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a facevib training checkpoint (no format={CHECKPOINT_FORMAT!r} entry)")
+        raise ConfigError(f"{path}: not a facevib training checkpoint (no format={CHECKPOINT_FORMAT!r} entry)")
     return state
 
 
@@ -174,7 +176,7 @@ def sharded_entries(path: str | Path) -> dict[str, tuple[torch.Size, torch.dtype
     try:
         metadata = dcp.FileSystemReader(folder).read_metadata()
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{folder}: not a readable sharded checkpoint ({exc})") from exc
+        raise ConfigError(f"{folder}: not a readable sharded checkpoint ({exc})") from exc
     return {
         key: (md.size, md.properties.dtype)
         for key, md in metadata.state_dict_metadata.items()

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from facevib import __version__
-from facevib.config import TrainConfig, config_to_dict
+from facevib.config import ConfigError, TrainConfig, config_to_dict
 from facevib.data.datasets import MXFaceDataset
 from facevib.data.transforms import normalize_images
 from facevib.distributed import DistEnv
@@ -116,7 +116,7 @@ class Trainer:
         self.global_batch = cfg.data.batch_size * env.world_size
         self.steps_per_epoch = batches_per_epoch(len(self.dataset), self.global_batch)
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"{cfg.data.rec}: {len(self.dataset)} images is less than one global batch of "
                 f"{self.global_batch} (data.batch_size={cfg.data.batch_size} x {env.world_size} ranks)"
             )
@@ -191,7 +191,7 @@ class Trainer:
         bad = (labels < 0) | (labels >= self.num_classes)
         if bad.any():
             index = int(np.flatnonzero(bad)[0])
-            raise ValueError(
+            raise ConfigError(
                 f"{self.cfg.data.rec}: sample {index} has label {int(labels[index])}, outside "
                 f"[0, {self.num_classes}) ({int(bad.sum())} such samples; check property / train.idx)"
             )
@@ -218,7 +218,10 @@ class Trainer:
         cfg = self.cfg.model
         # Same initial weights on every rank and in every run with this seed.
         torch.manual_seed(derive_seed(self.seed, Stream.INIT, 0))
-        backbone = create_model(cfg.name, **cfg.kwargs)
+        try:
+            backbone = create_model(cfg.name, **cfg.kwargs)
+        except (TypeError, ValueError) as exc:  # the model's own check of the configured kwargs
+            raise ConfigError(f"model.name={cfg.name!r}, model.kwargs={cfg.kwargs!r}: {exc}") from exc
         if cfg.init_backbone:
             self._initialise_from(backbone, Path(cfg.init_backbone))
         backbone.to(self.device)
@@ -237,11 +240,11 @@ class Trainer:
         payload = read_torch_file(path, what="model.init_backbone")
         state = payload.get("backbone", payload) if isinstance(payload, dict) else payload
         if not isinstance(state, dict):
-            raise ValueError(f"model.init_backbone: {path} holds a {type(state).__name__}, not a state_dict")
+            raise ConfigError(f"model.init_backbone: {path} holds a {type(state).__name__}, not a state_dict")
         try:
             report = load_arcface_state_dict(backbone, state)
         except ValueError as exc:
-            raise ValueError(f"model.init_backbone: {path}: {exc}") from exc
+            raise ConfigError(f"model.init_backbone: {path}: {exc}") from exc
         self.logger.info(
             f"initialised from {path}: {len(state)} tensors loaded, "
             f"{len(report.missing_keys)} VIB tensors left at their initialisation"
@@ -262,7 +265,7 @@ class Trainer:
             "device": str(self.device),
             "amp": str(self.amp_dtype),
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
-            "versions": {"facevib": __version__, "torch": torch.__version__},
+            "versions": {"facevib": __version__, "torch": torch.version.__version__},
         }
         self.output.mkdir(parents=True, exist_ok=True)
         (self.output / "config.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -314,7 +317,7 @@ class Trainer:
             path = Path(resume)
         state = load_checkpoint(path)
         if state["arch"] != self.backbone.arch:
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: checkpoint architecture {state['arch']} differs from the configured {self.backbone.arch}"
             )
         self.backbone.load_state_dict(state["backbone"])
@@ -339,7 +342,7 @@ class Trainer:
 
     def _check_pfc_shape(self, path: Path, shape: tuple[int, ...]) -> None:
         if tuple(shape) != (self.num_classes, self.backbone.embedding_dim):
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: Partial FC weight of shape {tuple(shape)} does not match "
                 f"{self.num_classes} classes x {self.backbone.embedding_dim} dims of {self.cfg.data.rec}"
             )
@@ -348,7 +351,7 @@ class Trainer:
         """This rank's rows of the weight and optimizer state, in place (any saved world size)."""
         entries = sharded_entries(path)
         if "weight" not in entries:
-            raise ValueError(f"{path}: the sharded checkpoint has no Partial FC weight")
+            raise ConfigError(f"{path}: the sharded checkpoint has no Partial FC weight")
         self._check_pfc_shape(path, entries["weight"][0])
         load_sharded(path, self.pfc.sharded_state_dict(self.optimizer, entries))
 
