@@ -46,7 +46,7 @@ DEMO_IJB := $(PY) eval/ijb.py --target IJBC --data-root $(DEMO_DATA)/IJBC --no-p
 MTCNN_WHEEL := build/facenet_pytorch-2.6.0-py3-none-any.whl
 
 .PHONY: detector-wheel detector-weights
-.PHONY: install test demo demo-data demo-train demo-eval demo-serve demo-report lint clean
+.PHONY: install test gpu-check demo demo-data demo-train demo-eval demo-serve demo-report lint clean
 
 install: $(STAMP)
 
@@ -59,6 +59,12 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP) detector-wheel
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# One-shot acceptance on a CUDA machine (<= 8 min on one H200): gpu-marked tests, training
+# throughput, NCCL + DCP, ONNX Runtime on CUDA, serving and embedding throughput -> JSON.
+GPU_CHECK_OUT ?= runs/gpu_check.json
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)
 
 demo: $(STAMP)
 	rm -rf $(DEMO_OUT) && mkdir -p $(DEMO_OUT) && date +%s > $(DEMO_OUT)/started_at

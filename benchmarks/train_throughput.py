@@ -19,6 +19,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -79,6 +80,7 @@ def measure(args: argparse.Namespace, name: str, compiled: bool, output: Path) -
     cfg.run.amp = "auto"
     cfg.run.channels_last = args.channels_last
     cfg.run.compile = compiled
+    cfg.run.compile_backend = args.compile_backend
     cfg.run.tensorboard = False
     validate(cfg)
     env = init_distributed(args.device)
@@ -105,14 +107,21 @@ def measure(args: argparse.Namespace, name: str, compiled: bool, output: Path) -
     for _ in range(args.warmup):  # includes compilation
         step()
     sync()
+    if env.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    # Markers on stderr around the timed steps: with TORCH_LOGS=recompiles, a recompilation
+    # logged between them happened after warm-up (benchmarks/gpu_check.py counts them).
+    print(f"[timed steps begin] {name}", file=sys.stderr, flush=True)
     times = []
     for _ in range(args.steps):
         start = time.perf_counter()
         step()
         sync()
         times.append(time.perf_counter() - start)
+    print(f"[timed steps end] {name}", file=sys.stderr, flush=True)
     median = statistics.median(times)
-    return {"median_s": median, "min_s": min(times), "samples_per_s": args.batch / median}
+    peak = torch.cuda.max_memory_allocated() if env.device.type == "cuda" else None
+    return {"median_s": median, "min_s": min(times), "samples_per_s": args.batch / median, "peak_memory_bytes": peak}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -126,6 +135,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--classes", type=int, default=None, help="identities in the Partial FC (cpu 1000, cuda 93431)")
     parser.add_argument("--sample-rate", type=float, default=1.0, help="Partial FC sample rate")
     parser.add_argument("--compile", choices=["off", "on", "both"], default="off", help="torch.compile variants")
+    parser.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile backend (eager: trace only, for dry runs)"
+    )
     parser.add_argument(
         "--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC (default: on for CUDA)"
     )
@@ -169,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         {
                             "model": name,
                             "variant": variant,
+                            "batch": args.batch,
                             "compile": compiled,
                             **result,
                             "ratio_to_baseline": baseline_rate / result["samples_per_s"] if baseline_rate else None,
