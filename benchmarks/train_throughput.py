@@ -1,9 +1,10 @@
 """Training throughput of the whole step: backbone, Partial FC, margin loss, KL, optimizer.
 
 Each variant builds a real run (``Trainer``: backbone, DDP, Partial FC, optimizer) and
-times its training task directly — forward through ``FaceRecognitionTask`` under the
-run's autocast, backward, optimizer step — on a fixed, already normalised batch on the
-device, so data loading and the loop's logging are out of the measurement. Variants are side by side:
+times the trainer's own step, ``Trainer.train_step`` (seeding, flips and normalisation on the
+device, autocast, forward, backward, the metrics' host sync, clipping, the update), on a
+fixed uint8 batch already on the device, so data loading and logging are out of the
+measurement. Variants are side by side:
 baseline vs cellVIB vs Deep VIB, with torch.compile off/on where asked. On CUDA the step
 runs under bf16 autocast with channels_last, and model FLOP utilisation is reported against
 a peak (default 790 TFLOP/s, dense bf16 measured on one H100); the training FLOPs of an
@@ -31,7 +32,6 @@ from torch.utils.data import Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from facevib.config import TrainConfig, validate
-from facevib.data.transforms import normalize_images
 from facevib.distributed import init_distributed
 from facevib.engine import Trainer
 from facevib.models import create_model
@@ -86,19 +86,13 @@ def measure(args: argparse.Namespace, name: str, compiled: bool, output: Path) -
     env = init_distributed(args.device)
     data = InMemoryFaces(args.batch, args.classes)
     trainer = Trainer(cfg, env, dataset=data)
-    task, optimizer = trainer.task.train(), trainer.optimizer
-    images = normalize_images(data.images.to(env.device))
-    if cfg.run.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    labels = data.labels.to(env.device)
-    amp = trainer.amp_dtype
+    images, labels = data.images.to(env.device), data.labels.to(env.device)
 
     def step() -> None:
-        with torch.autocast(env.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            loss, _ = task(images, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        # The trainer's own step: seeding, lr, flips, normalisation, channels_last, autocast,
+        # forward, backward, the metrics' host sync, clipping, the update.
+        trainer.train_step(images, labels)
+        trainer.step += 1
 
     def sync() -> None:
         if env.device.type == "cuda":
