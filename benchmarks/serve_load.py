@@ -6,7 +6,8 @@
    server process (``serve/app.py``) is started; a *separate* load process keeps C requests in
    flight (C = 1, 8, 32, 64), each request one aligned 112x112 JPEG as base64 JSON, and counts
    responses completed inside the measuring window (after a warm-up) for p50/p99 latency and
-   throughput.
+   throughput. Meanwhile one more connection sends ``GET /health/live`` every 50 ms (a
+   liveness probe under load): its p50/p99 latency is reported per cell.
 
 The table gives img/s, latency and the ratio to bare ONNX Runtime; ``--out`` writes JSON.
 The issue's goals: on CPU with r100, server img/s at C=32 >= 0.85x bare ORT, and batching on
@@ -92,10 +93,24 @@ async def _load(url: str, body: bytes, concurrency: int, warmup: float, duration
                     latencies.append(done - sent)
                     finished.append(done)
 
+    probes: list[float] = []
+
+    async def prober() -> None:
+        """GET /health/live every 50 ms on its own connection, as a liveness probe would."""
+        async with httpx.AsyncClient(timeout=600) as probe_client:
+            while time.perf_counter() < measure_to:
+                sent = time.perf_counter()
+                response = await probe_client.get(f"{url}/health/live")
+                done = time.perf_counter()
+                if measure_from <= sent and response.status_code == 200:
+                    probes.append(done - sent)
+                await asyncio.sleep(0.05)
+
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=600) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        await asyncio.gather(prober(), *(worker(client) for _ in range(concurrency)))
     lat = np.array(latencies) if latencies else np.array([np.nan])
+    live = np.array(probes) if probes else np.array([np.nan])
     # Rate between the first and the last completion in the window: responses of one batch
     # arrive together, so counting them over a fixed window would be off by up to a batch.
     first, last = (min(finished), max(finished)) if finished else (0.0, 0.0)
@@ -108,6 +123,9 @@ async def _load(url: str, body: bytes, concurrency: int, warmup: float, duration
         "img_per_s": rate,
         "p50_ms": float(np.percentile(lat, 50) * 1e3),
         "p99_ms": float(np.percentile(lat, 99) * 1e3),
+        "live_probes": len(probes),
+        "live_p50_ms": float(np.percentile(live, 50) * 1e3),
+        "live_p99_ms": float(np.percentile(live, 99) * 1e3),
     }
 
 
@@ -240,12 +258,16 @@ def print_table(results: dict[str, Any]) -> None:
         f"\nmodel {results['model']} | bare ONNX Runtime: {ref:.2f} img/s at batch {results['bare_ort']['best_batch']} "
         f"({', '.join(f'b{k}: {v:.2f}' for k, v in results['bare_ort']['img_per_s_by_batch'].items())})"
     )
-    print(f"{'variant':<14}{'conc':>6}{'img/s':>10}{'x bare':>8}{'p50 ms':>10}{'p99 ms':>10}{'done':>7}")
+    print(
+        f"{'variant':<14}{'conc':>6}{'img/s':>10}{'x bare':>8}{'p50 ms':>10}{'p99 ms':>10}{'done':>7}"
+        f"{'live p50':>10}{'live p99':>10}"
+    )
     for variant, cells in results["server"].items():
         for cell in cells:
             print(
                 f"{variant:<14}{cell['concurrency']:>6}{cell['img_per_s']:>10.2f}{cell['img_per_s'] / ref:>8.2f}"
                 f"{cell['p50_ms']:>10.1f}{cell['p99_ms']:>10.1f}{cell['completed']:>7}"
+                f"{cell['live_p50_ms']:>10.2f}{cell['live_p99_ms']:>10.2f}"
             )
 
 

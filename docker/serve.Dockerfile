@@ -29,7 +29,7 @@ WORKDIR /opt/facevib
 # server never imports (tests/test_serve_process.py runs it with torch blocked), so the source
 # tree is put on PYTHONPATH instead, data files (detector weights) included.
 RUN pip install "numpy>=1.24" "opencv-python-headless>=4.8,<5" "onnxruntime-gpu>=1.19" "fastapi>=0.110" \
-        "uvicorn>=0.27" "python-multipart>=0.0.9" "prometheus-client>=0.17" "pillow>=10"
+        "uvicorn>=0.27" "python-multipart>=0.0.9" "prometheus-client>=0.17" "pillow>=10" "orjson>=3.9"
 COPY facevib facevib
 COPY serve serve
 ENV PYTHONPATH=/opt/facevib
@@ -40,10 +40,12 @@ USER facevib
 
 ENV FACEVIB_HOST=0.0.0.0 FACEVIB_PORT=8000 FACEVIB_DEVICE=cuda
 EXPOSE 8000
-# /health runs a real inference on a fixed input (200 ok, 503 loading/overloaded/broken).
-# start-period covers model loading and the warm-up of the padded batch sizes.
-HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
-    CMD python3 -c "import os, sys, urllib.request; port = os.environ.get('FACEVIB_PORT', '8000'); sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/health', timeout=8).status == 200 else 1)"
+# /health/ready: model loaded, last background inference check passed, queue below its bound
+# (200, else 503); it never waits in the inference queue. /health/live (no inference) is the
+# liveness probe for orchestrators (docs/serving.md). start-period covers model loading and the
+# warm-up of the padded batch sizes.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
+    CMD python3 -c "import os, sys, urllib.request; port = os.environ.get('FACEVIB_PORT', '8000'); sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/health/ready', timeout=2).status == 200 else 1)"
 
 ENTRYPOINT ["python3", "serve/app.py"]
 CMD []

@@ -51,6 +51,8 @@ __all__ = [
     "MetadataError",
     "MissingMetadataError",
     "Calibration",
+    "HeldOut",
+    "PROTOCOLS",
     "ModelMetadata",
     "default_preprocess",
     "read_metadata",
@@ -97,6 +99,52 @@ def _count(value: Any, key: str, minimum: int = 0) -> int:
     return value
 
 
+PROTOCOLS: tuple[str, ...] = ("single_image", "template")
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Rates of a calibrated threshold on identities the threshold never saw.
+
+    Single-image calibration splits the identities in two: the threshold is read off one half,
+    and these are the counts and rates on the other half's pairs, with 95% Wilson intervals
+    (``[low, high]``), so an operator sees what the threshold does on new people.
+    """
+
+    identities: int
+    impostor_pairs: int
+    genuine_pairs: int
+    false_accepts: int
+    true_accepts: int
+    fpr: float
+    fpr_interval: tuple[float, float]
+    tpr: float
+    tpr_interval: tuple[float, float]
+
+    def __post_init__(self) -> None:
+        key = PREFIX + "calibration.holdout"
+        _count(self.identities, f"{key}.identities", 0)
+        _count(self.impostor_pairs, f"{key}.impostor_pairs", 1)
+        _count(self.genuine_pairs, f"{key}.genuine_pairs", 1)
+        _count(self.false_accepts, f"{key}.false_accepts", 0)
+        _count(self.true_accepts, f"{key}.true_accepts", 0)
+        _finite(self.fpr, f"{key}.fpr", 0.0, 1.0)
+        _finite(self.tpr, f"{key}.tpr", 0.0, 1.0)
+        for name in ("fpr_interval", "tpr_interval"):
+            value = getattr(self, name)
+            if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
+                raise MetadataError(f"{key}.{name}: expected [low, high], got {value!r}")
+            low, high = (_finite(v, f"{key}.{name}", 0.0, 1.0) for v in value)
+            if low > high:
+                raise MetadataError(f"{key}.{name}: low {low} > high {high}")
+            object.__setattr__(self, name, (low, high))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HeldOut:
+        """Build from the JSON object stored under ``facevib.calibration.holdout``."""
+        return cls(**_fields_of(cls, data, PREFIX + "calibration.holdout"))
+
+
 @dataclass(frozen=True)
 class Calibration:
     """A cosine decision threshold measured on labelled pairs: accept iff ``cosine > threshold``.
@@ -106,8 +154,14 @@ class Calibration:
     reached at ``threshold`` on the calibration pairs (``fpr <= target_fpr``). ``resolved`` is
     True when ``target_fpr * impostor_pairs >= 1``: otherwise no impostor may be accepted at
     all, the threshold is the largest impostor score, and the pairs cannot tell ``target_fpr``
-    from FPR 0 (the threshold is then stricter than needed). ``source`` names the data (e.g.
-    ``"verification:lfw.bin,cfp_fp.bin"`` or ``"ijb:IJBC"``).
+    from FPR 0 (the threshold is then stricter than needed). ``source`` names the data.
+
+    ``protocol`` says which score the threshold is for: ``"single_image"`` (one image per side,
+    no flip: the cosine ``/v1/verify`` computes) or ``"template"`` (IJB 1:1 template cosines:
+    image + flip, several images averaged, a different and much tighter distribution). A file
+    written before the field existed reads as ``"template"``, the reading the server never
+    applies to single images. ``holdout`` holds the threshold's rates on held-out identities
+    (:class:`HeldOut`), None when the data could not be split by identity.
     """
 
     threshold: float
@@ -118,6 +172,8 @@ class Calibration:
     genuine_pairs: int
     resolved: bool
     source: str
+    protocol: str = "template"
+    holdout: HeldOut | None = None
 
     def __post_init__(self) -> None:
         key = PREFIX + "calibration"
@@ -131,18 +187,35 @@ class Calibration:
             raise MetadataError(f"{key}.resolved: expected true or false, got {self.resolved!r}")
         if not isinstance(self.source, str):
             raise MetadataError(f"{key}.source: expected a string, got {self.source!r}")
+        if self.protocol not in PROTOCOLS:
+            raise MetadataError(f"{key}.protocol: expected one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.holdout is not None and not isinstance(self.holdout, HeldOut):
+            raise MetadataError(f"{key}.holdout: expected a HeldOut, got {type(self.holdout).__name__}")
+
+    @property
+    def single_image(self) -> bool:
+        """Whether the threshold applies to the cosine of two single-image embeddings."""
+        return self.protocol == "single_image"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
         """Build from the JSON object stored under ``facevib.calibration``."""
-        key = PREFIX + "calibration"
-        if not isinstance(data, Mapping):
-            raise MetadataError(f"{key}: expected a JSON object, got {type(data).__name__}")
-        names = [f.name for f in cls.__dataclass_fields__.values()]
-        missing = [n for n in names if n not in data]
-        if missing:
-            raise MetadataError(f"{key}: missing field(s) {', '.join(missing)}")
-        return cls(**{n: data[n] for n in names})
+        fields = _fields_of(cls, data, PREFIX + "calibration", optional=("protocol", "holdout"))
+        if fields.get("holdout") is not None:
+            fields["holdout"] = HeldOut.from_dict(fields["holdout"])
+        return cls(**fields)
+
+
+def _fields_of(cls: type, data: Any, key: str, optional: Sequence[str] = ()) -> dict[str, Any]:
+    """The dataclass ``cls``'s fields read from the JSON object ``data`` (``optional`` ones may
+    be absent and keep their defaults)."""
+    if not isinstance(data, Mapping):
+        raise MetadataError(f"{key}: expected a JSON object, got {type(data).__name__}")
+    names = [f.name for f in cls.__dataclass_fields__.values()]
+    missing = [n for n in names if n not in data and n not in optional]
+    if missing:
+        raise MetadataError(f"{key}: missing field(s) {', '.join(missing)}")
+    return {n: data[n] for n in names if n in data}
 
 
 @dataclass(frozen=True)

@@ -120,12 +120,14 @@ def serve_models() -> ServeModels:
     return _MODELS
 
 
-def with_calibration(model: nn.Module, src: Path, dst: Path, threshold: float, target_fpr: float) -> Path:
+def with_calibration(
+    model: nn.Module, src: Path, dst: Path, threshold: float, target_fpr: float, protocol: str = "single_image"
+) -> Path:
     """A copy of ``src`` whose metadata carries a known calibration (as `--calibrate` would write)."""
     from facevib.export import build_metadata, write_metadata
     from facevib.onnx_meta import Calibration
 
-    calibration = Calibration(threshold, target_fpr, 0.0, 0.9, 20_000, 3_000, True, "tests")
+    calibration = Calibration(threshold, target_fpr, 0.0, 0.9, 20_000, 3_000, True, "tests", protocol=protocol)
     return write_metadata(src, build_metadata(model, calibration=calibration), out=dst)
 
 

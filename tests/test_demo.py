@@ -273,3 +273,7 @@ def test_demo_pipeline_end_to_end(tmp_path: Path, launch) -> None:
     for heading in re.findall(r"^#+ (.+)$", prose, flags=re.MULTILINE):
         assert heading.replace("&", "&amp;") in page
     assert math.isfinite(float(re.search(r"cosine > (-?[\d.]+)", report).group(1)))
+    # The shipped threshold is single-image, and the report gives its rates on held-out identities.
+    held = calibration["holdout"]
+    assert calibration["protocol"] == "single_image" and held["identities"] >= 2
+    assert f"held-out identities the same threshold gives FPR {held['fpr']:.2e}" in report

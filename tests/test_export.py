@@ -7,6 +7,7 @@ cover the default ``torch.export``-based one (a one-output and a two-output grap
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from facevib.export import (
     write_metadata,
 )
 from facevib.export.__main__ import main
+from facevib.export.calibrate import split_halves
 from facevib.models import create_model, load_backbone
 from facevib.onnx_meta import ModelMetadata, default_preprocess
 
@@ -266,7 +268,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Pat
 
 
 def _reference_calibration(model: nn.Module, data: Path, target_fpr: float) -> dict:
-    """Threshold, rates and counts computed here from the .bin files and the PyTorch model."""
+    """Threshold, rates and counts computed here from the .bin files and the PyTorch model, on
+    the calibration half of the pairs (the split is a seeded choice, taken from the code)."""
     scores, same = [], []
     for path in sorted(data.glob("*.bin")):
         pairs = read_bin(path)
@@ -276,6 +279,9 @@ def _reference_calibration(model: nn.Module, data: Path, target_fpr: float) -> d
         scores.append((emb[0::2] * emb[1::2]).sum(dim=1).numpy())
         same.append(np.asarray(pairs.issame, bool))
     scores, same = np.concatenate(scores), np.concatenate(same)
+    first, second = split_halves(np.arange(scores.size), seed=0)
+    held_scores, held_same = scores[second], same[second]
+    scores, same = scores[first], same[first]
     impostor, genuine = np.sort(scores[~same])[::-1], scores[same]
     allowed = int(np.floor(target_fpr * impostor.size + 1e-9))
     threshold = impostor[allowed]
@@ -286,6 +292,9 @@ def _reference_calibration(model: nn.Module, data: Path, target_fpr: float) -> d
         "impostor_pairs": impostor.size,
         "genuine_pairs": genuine.size,
         "resolved": allowed >= 1,
+        "held_false_accepts": int(np.sum(held_scores[~held_same] > threshold)),
+        "held_impostor_pairs": int((~held_same).sum()),
+        "held_genuine_pairs": int(held_same.sum()),
     }
 
 
@@ -325,7 +334,10 @@ def test_cli_writes_metadata_calibration_and_triton_repository(
     assert (cal.impostor_pairs, cal.genuine_pairs) == (ref["impostor_pairs"], ref["genuine_pairs"])
     assert cal.threshold == pytest.approx(ref["threshold"], abs=1e-4)
     assert abs(cal.tpr - ref["tpr"]) <= 1.0 / ref["genuine_pairs"] and cal.fpr <= 0.05
-    assert cal.source.startswith("verification pairs (single image, no flip): agedb_30.bin,cfp_fp.bin")
+    assert cal.source.startswith("verification pairs agedb_30.bin,cfp_fp.bin") and cal.protocol == "single_image"
+    held = cal.holdout
+    assert (held.impostor_pairs, held.genuine_pairs) == (ref["held_impostor_pairs"], ref["held_genuine_pairs"])
+    assert abs(held.false_accepts - ref["held_false_accepts"]) <= 1 and held.identities == 0  # unknown
 
     # Triton: the config parses with Triton's own protobuf and names the file's tensors.
     config = text_format.Parse((repo / "face" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
@@ -347,18 +359,48 @@ def test_cli_writes_metadata_calibration_and_triton_repository(
 
 
 def test_cli_calibrates_on_an_ijb_folder(
-    checkpoint: tuple[nn.Module, Path], synthetic_dir: Path, tmp_path: Path
+    checkpoint: tuple[nn.Module, Path], synthetic_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     _, path = checkpoint
+    ijb = synthetic_dir / "IJBC"
     out = tmp_path / "ijb.onnx"
-    assert main([str(path), "--out", str(out), "--legacy-exporter", "--calibrate", str(synthetic_dir / "IJBC")]) == 0
+    common = [str(path), "--out", str(out), "--legacy-exporter", "--calibrate", str(ijb), "--device", "cpu"]
+    # Single image (the default): every pair of images, subjects from the 1:N files.
+    assert main([*common, "--target-fpr", "1e-2"]) == 0
+    assert "held out (" in capsys.readouterr().out
     meta = _session_metadata(out)
     assert meta.outputs == ["embedding"] and meta.uncertainty is None and insightface_problems(out) == []
-    labels = np.loadtxt(synthetic_dir / "IJBC" / "meta" / "ijbc_template_pair_label.txt", dtype=int)[:, 2]
-    cal = meta.calibration
+    cal, held = meta.calibration, meta.calibration.holdout
+    subjects = {}
+    for name in ("ijbc_1N_gallery_G1.csv", "ijbc_1N_gallery_G2.csv", "ijbc_1N_probe_mixed.csv"):
+        for line in (ijb / "meta" / name).read_text().splitlines()[1:]:
+            template, subject = line.split(",")[:2]
+            subjects[int(template)] = int(subject)
+    per_subject: dict[int, int] = {}
+    for line in (ijb / "meta" / "ijbc_face_tid_mid.txt").read_text().splitlines():
+        subject = subjects[int(line.split()[1])]
+        per_subject[subject] = per_subject.get(subject, 0) + 1
+    # Each half's pairs are all the pairs of its images; together the halves hold every subject.
+    images = sum(per_subject.values())
+    assert held.identities == len(per_subject) - len(per_subject) // 2  # the held-out half is the larger
+    genuine_all = sum(k * (k - 1) // 2 for k in per_subject.values())
+    assert cal.genuine_pairs + held.genuine_pairs == genuine_all
+    first_images = round((1 + math.sqrt(1 + 8 * (cal.impostor_pairs + cal.genuine_pairs))) / 2)
+    assert first_images * (first_images - 1) // 2 == cal.impostor_pairs + cal.genuine_pairs
+    second_images = images - first_images
+    assert held.impostor_pairs + held.genuine_pairs == second_images * (second_images - 1) // 2
+    assert cal.protocol == "single_image" and cal.resolved
+    assert cal.source.startswith("IJBC images") and cal.fpr <= 1e-2
+
+    # The template protocol on request: IJB 1:1 template pairs, and the CLI says it is not served.
+    assert main([*common, "--calibration-protocol", "template"]) == 0
+    assert "/v1/verify will not apply it" in capsys.readouterr().out
+    labels = np.loadtxt(ijb / "meta" / "ijbc_template_pair_label.txt", dtype=int)[:, 2]
+    cal = _session_metadata(out).calibration
     assert (cal.impostor_pairs, cal.genuine_pairs) == (int((labels == 0).sum()), int((labels == 1).sum()))
     assert cal.target_fpr == 1e-4 and cal.resolved is (cal.impostor_pairs * 1e-4 >= 1) is False
-    assert cal.fpr == 0.0 and cal.source.startswith("IJBC 1:1 template pairs")
+    assert cal.fpr == 0.0 and cal.source.startswith("IJBC 1:1 template pairs") and cal.protocol == "template"
+    assert cal.holdout is None
 
 
 @pytest.mark.slow
@@ -394,7 +436,10 @@ def _cli(args: list[str]) -> int:
         (["--target-fpr", "1e-3"], "--target-fpr needs --calibrate"),
         (["--triton-name", "x"], "--triton-name needs --triton-repo"),
         (["--calibrate", "{empty}", "--target-fpr", "2"], "target FPR must be in (0, 1), got 2.0"),
-        (["--calibrate", "{empty}"], "holds no verification .bin files and no IJB-B/C meta/ folder"),
+        (["--calibrate", "{empty}"], "holds no verification .bin files, no IJB-B/C meta/ folder, no train.rec"),
+        (["--device", "cuda"], "--device needs --calibrate"),
+        (["--calibration-protocol", "template"], "--calibration-protocol needs --calibrate"),
+        (["--calibrate", "{empty}", "--calibration-images", "3"], "--calibration-images must be >= 4, got 3"),
         (["--triton-repo", "{tmp}/t", "--triton-name", "a b"], "Triton model name must be"),
         (["--triton-repo", "{tmp}/t", "--max-batch", "0"], "Triton max_batch_size must be >= 1"),
         (["--opset", "17"], "the dynamo exporter needs opset >= 18"),

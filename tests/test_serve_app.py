@@ -96,6 +96,7 @@ def test_verify_uses_the_calibrated_threshold(client: TestClient, models) -> Non
     assert same["match"] is True and same["score"] == pytest.approx(1.0, abs=1e-6)
     assert same["threshold"] == pytest.approx(models.threshold)
     assert same["threshold_source"] == "calibration" and same["target_fpr"] == pytest.approx(models.target_fpr)
+    assert same["calibration_note"] is None
     different = client.post("/v1/verify", json={"a": a, "b": b}).json()
     expected = unit(torch_embeddings(models.model, crops))
     assert different["score"] == pytest.approx(float(expected[0] @ expected[1]), abs=1e-5)
@@ -105,6 +106,36 @@ def test_verify_uses_the_calibrated_threshold(client: TestClient, models) -> Non
     override = client.post("/v1/verify", json={"a": a, "b": vector, "threshold": different["score"] - 0.01}).json()
     assert override["match"] is True and override["threshold_source"] == "request" and override["target_fpr"] is None
     assert override["score"] == pytest.approx(different["score"], abs=1e-5)
+
+
+def test_verify_never_applies_a_template_threshold(models, tmp_path) -> None:
+    """A template-level calibration (IJB templates) is not the single-image threshold: the server
+    falls back to its own (or asks for one) and says why in `calibration_note`."""
+    from serve_support import with_calibration
+
+    template = with_calibration(models.model, models.plain, tmp_path / "template.onnx", 0.9973, 1e-3, "template")
+    request = {"a": {"embedding": [1.0, 0.0] + [0.0] * 30}, "b": {"embedding": [0.6, 0.8] + [0.0] * 30}}
+    with TestClient(create_app(ServeSettings(model=str(template), threshold=0.5))) as client:
+        body = client.post("/v1/verify", json=request).json()
+        assert client.get("/v1/info").json()["model"]["calibration"]["protocol"] == "template"
+    assert (body["threshold"], body["threshold_source"], body["match"]) == (0.5, "server", True)  # cosine 0.6
+    assert body["target_fpr"] is None and "0.9973 is for template scores" in body["calibration_note"]
+    with TestClient(create_app(ServeSettings(model=str(template))), raise_server_exceptions=False) as client:
+        refused = client.post("/v1/verify", json=request)
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "no_threshold"
+    assert "not for the cosine of two single images" in refused.json()["error"]["message"]
+
+
+def test_embeddings_are_written_at_float32_precision(client: TestClient, models) -> None:
+    """About 10 characters a value (float32's shortest round-trip digits), not float64's ~19,
+    and still the model's embedding."""
+    crop = aligned_crops()[:1]
+    response = client.post("/v1/embed", json={"images": [{"data": b64(png(crop[0])), "aligned": True}]})
+    text = response.text
+    values = text.split('"embedding":[', 1)[1].split("]", 1)[0].split(",")
+    assert len(values) == 32 and sum(map(len, values)) / len(values) <= 12
+    expected = unit(torch_embeddings(models.model, crop))[0]
+    np.testing.assert_allclose([float(v) for v in values], expected, atol=1e-5)
 
 
 def test_one_bad_image_does_not_fail_the_others(client: TestClient) -> None:
@@ -321,7 +352,7 @@ def test_unknown_routes_and_methods_use_the_error_shape(client: TestClient) -> N
 
 def test_health_info_metrics_openapi(client: TestClient, models) -> None:
     health = client.get("/health").json()
-    assert health["status"] == "ok" and health["inference_ms"] > 0
+    assert health["status"] == "ok" and health["inference_ms"] > 0 and health["cosine"] >= 0.9999
     info = client.get("/v1/info").json()
     assert info["runtime"]["providers"] == ["CPUExecutionProvider"] and info["warnings"] == []
     assert info["model"]["embedding_dim"] == 32 and info["batching"]["max_batch"] == 32
@@ -332,7 +363,7 @@ def test_health_info_metrics_openapi(client: TestClient, models) -> None:
     assert "facevib_batch_size_count" in metrics and "facevib_queue_depth" in metrics
     assert 'facevib_faces_total{mode="aligned"}' in metrics
     schema = client.get("/openapi.json").json()
-    for path in ("/v1/embed", "/v1/verify", "/health", "/v1/info", "/metrics"):
+    for path in ("/v1/embed", "/v1/verify", "/health", "/health/live", "/health/ready", "/v1/info", "/metrics"):
         assert path in schema["paths"]
     embed = schema["paths"]["/v1/embed"]["post"]
     assert set(embed["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
@@ -340,21 +371,30 @@ def test_health_info_metrics_openapi(client: TestClient, models) -> None:
     assert {"EmbedRequest", "ImageInput", "VerifyRequest", "ErrorResponse"} <= set(schema["components"]["schemas"])
 
 
-def test_health_is_503_when_the_model_drifts_or_is_not_loaded(models) -> None:
-    app = create_app(ServeSettings(model=str(models.plain)))
+def test_readiness_follows_the_background_check_and_liveness_does_not(models) -> None:
+    app = create_app(ServeSettings(model=str(models.plain), health_interval_s=3600))  # checks run by hand here
     with TestClient(app, raise_server_exceptions=False) as client:
-        assert client.get("/health").status_code == 200
-        runtime = app.state.serve.runtime
+        ready = client.get("/health/ready").json()
+        assert ready["status"] == "ok" and ready["cosine"] == pytest.approx(1.0, abs=1e-6)
+        assert ready["max_queue"] == 512 and ready["queued_faces"] == 0
+        health, runtime = app.state.serve.health, app.state.serve.runtime
         good = runtime.reference_output
-        runtime.reference_output = good + 1.0  # as if the runtime now computed something else
-        broken = client.get("/health")
+        runtime.reference_output = good * 3.0  # same direction: the cosine check passes, as on TF32
+        assert health.check().ok and client.get("/health").status_code == 200
+        runtime.reference_output = -good  # as if the runtime now computed something else
+        assert not health.check().ok
+        broken, alias, live = client.get("/health/ready"), client.get("/health"), client.get("/health/live")
         runtime.reference_output = good
+        health.check()
         assert client.get("/health").status_code == 200
-    assert broken.status_code == 503 and "no longer matches" in broken.json()["error"]["message"]
-    # After shutdown (as before start-up) nothing is loaded: 503 with Retry-After, not a crash.
-    stopped = TestClient(app, raise_server_exceptions=False).get("/health")
+    assert broken.status_code == alias.status_code == 503 and live.status_code == 200
+    assert "cosine -1.000000 to its start-up reference" in broken.json()["error"]["message"]
+    # After shutdown (as before start-up) nothing is loaded: 503 with Retry-After, not a crash;
+    # the process still answers its liveness probe.
+    stopped_client = TestClient(app, raise_server_exceptions=False)
+    stopped = stopped_client.get("/health")
     assert stopped.status_code == 503 and stopped.json()["error"]["code"] == "unavailable"
-    assert stopped.headers["retry-after"] == "5"
+    assert stopped.headers["retry-after"] == "5" and stopped_client.get("/health/live").status_code == 200
 
 
 def test_api_key_guards_everything_but_health(models) -> None:
@@ -424,6 +464,8 @@ def test_detector_slot_gives_per_face_results(models) -> None:
         calls: list = []
 
         def detect(self, image, *, min_face_size=None, threshold=None, max_faces=None):
+            if image.min() == image.max():  # the health check's blank image: no face, as a real detector
+                return []
             self.calls.append(image.shape)
             return [Face(ASTRONAUT_LANDMARKS, 0.99), Face(ASTRONAUT_LANDMARKS * 0.5, 0.8)]
 

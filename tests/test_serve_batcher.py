@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from facevib.serve.batcher import Batcher, BatcherStats, DeadlineExceeded, QueueFull
+from facevib.serve.batcher import Batcher, BatcherStats, DeadlineExceeded, QueueFull, TooLarge
 
 
 class Recorder:
@@ -164,6 +164,75 @@ def test_inference_errors_reach_every_caller_and_the_batcher_keeps_going() -> No
         np.testing.assert_array_equal(result.outputs[0], rows(7, 1) + 1)
 
     asyncio.run(with_batcher(infer, test, max_batch=2, max_delay_s=1.0, max_queue=4))
+
+
+def test_an_item_that_can_never_fit_is_too_large_not_full() -> None:
+    async def test(batcher: Batcher, drops: list) -> None:
+        with pytest.raises(TooLarge, match="5 faces in one request; the queue holds at most 4"):
+            await batcher.submit(rows(0, 5), timeout_s=5)
+        assert (await batcher.submit(rows(0, 4), timeout_s=5)).outputs[0].shape == (4, 3)  # 4 fit
+
+    asyncio.run(with_batcher(Recorder(), test, max_batch=2, max_delay_s=0.0, max_queue=4))
+
+
+def test_timed_out_and_cancelled_items_release_queue_capacity_at_once() -> None:
+    """Only live faces count: a caller that gave up frees its room before the consumer (blocked
+    here on a running batch) ever reaches its item."""
+    infer = Recorder(block=True)
+
+    async def test(batcher: Batcher, drops: list) -> None:
+        running = asyncio.ensure_future(batcher.submit(rows(0, 2), timeout_s=10))
+        await asyncio.to_thread(infer.entered.wait, 5)
+        with pytest.raises(DeadlineExceeded):
+            await batcher.submit(rows(10, 4), timeout_s=0.05)
+        assert batcher.queued_faces == 0 and drops == ["deadline"] * 2  # 4 faces: two parts of max_batch
+        gone = asyncio.ensure_future(batcher.submit(rows(20, 4), timeout_s=10))
+        while batcher.queued_faces < 4:
+            await asyncio.sleep(0)
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert batcher.queued_faces == 0 and drops == ["deadline"] * 2 + ["cancelled"] * 2
+        kept = asyncio.ensure_future(batcher.submit(rows(30, 4), timeout_s=10))  # the whole queue is free again
+        infer.release.set()
+        await running
+        np.testing.assert_array_equal((await kept).outputs[0], rows(30, 4) * 2)
+        assert np.concatenate(infer.batches)[:, 0].tolist() == [0.0, 1.0, 30.0, 31.0, 32.0, 33.0]
+
+    asyncio.run(with_batcher(infer, test, max_batch=2, max_delay_s=0.0, max_queue=4))
+
+
+def test_stop_resolves_every_future_and_leaves_the_loop_running() -> None:
+    """The batch in flight and the queued one both fail with DeadlineExceeded; while stop()
+    waits for the inference thread the loop keeps running (here: the coroutine that releases
+    the blocked model runs during stop(), which would deadlock if stop() blocked the loop)."""
+    infer = Recorder(block=True)
+
+    async def main() -> None:
+        batcher = Batcher(infer, max_batch=2, max_delay_s=0.0, max_queue=8)
+        await batcher.start()
+        in_flight = asyncio.ensure_future(batcher.submit(rows(0, 2), timeout_s=30))
+        await asyncio.to_thread(infer.entered.wait, 5)
+        queued = asyncio.ensure_future(batcher.submit(rows(10, 2), timeout_s=30))
+        while batcher.queued_faces < 2:
+            await asyncio.sleep(0)
+
+        async def release_when_resolved() -> None:
+            await asyncio.wait([in_flight, queued])  # resolved by stop(), with the model still blocked
+            assert not infer.release.is_set()
+            infer.release.set()
+
+        releaser = asyncio.ensure_future(release_when_resolved())
+        await batcher.stop(drain_s=30)
+        await releaser
+        for future in (in_flight, queued):
+            with pytest.raises(DeadlineExceeded, match="shutting down"):
+                future.result()
+        assert batcher.queued_faces == 0 and len(infer.batches) == 1  # the queued batch never ran
+        with pytest.raises(RuntimeError, match="not running"):
+            await batcher.submit(rows(0, 1), timeout_s=1)
+
+    asyncio.run(main())
 
 
 def test_bad_settings_are_refused() -> None:

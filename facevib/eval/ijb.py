@@ -38,6 +38,7 @@ __all__ = [
     "IJBResult",
     "embed_ijb",
     "evaluate_ijb",
+    "load_aligned",
     "load_features",
     "loader_threads",
     "save_features",
@@ -141,7 +142,12 @@ def load_features(path: str | os.PathLike) -> ImageFeatures:
     )
 
 
-def _load_aligned(path: Path, landmarks: np.ndarray) -> np.ndarray:
+def load_aligned(path: Path, landmarks: np.ndarray) -> np.ndarray:
+    """The 112x112 ArcFace crop of the loose crop at ``path`` (its 5 points ``landmarks``).
+
+    Raises:
+        IJBFormatError: the file does not decode, or the points cannot be aligned; names the file.
+    """
     from facevib.align import norm_crop
 
     try:
@@ -173,7 +179,7 @@ def _aligned_batches(ijb: IJBSet, batch: int, workers: int) -> Iterator[tuple[in
 
         def submit(start: int) -> list[Future]:
             stop = min(start + batch, len(paths))
-            return [pool.submit(_load_aligned, paths[i], ijb.landmarks[i]) for i in range(start, stop)]
+            return [pool.submit(load_aligned, paths[i], ijb.landmarks[i]) for i in range(start, stop)]
 
         pending = submit(starts[0]) if starts else []
         for index, start in enumerate(starts):

@@ -23,6 +23,7 @@ scores apart (an IJB-C run has 15.7M scores, of which 19.6k genuine).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -38,6 +39,8 @@ __all__ = [
     "roc_auc",
     "impostor_thresholds",
     "tpr_at_fpr",
+    "Z95",
+    "wilson_interval",
     "tpr_at_fpr_nearest",
 ]
 
@@ -218,3 +221,23 @@ def tpr_at_fpr_nearest(
         index = int(np.argmin(np.abs(fpr - target)))  # argmin returns the first minimum
         points.append(NearestPoint(float(target), float(tpr[index]), float(fpr[index]), float(thresholds[index])))
     return points
+
+
+Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (Wilson 1927), as ``(low, high)``.
+
+    Unlike the normal approximation it stays inside [0, 1] and behaves near 0 and 1, where
+    TPR and FPR figures of face models live (0 false accepts still gives a positive upper end).
+    """
+    if trials <= 0:
+        raise ValueError(f"trials must be positive, got {trials}")
+    if not 0 <= successes <= trials:
+        raise ValueError(f"successes must be in [0, {trials}], got {successes}")
+    p = successes / trials
+    z2 = z * z
+    centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / (1 + z2 / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)

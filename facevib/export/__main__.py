@@ -19,6 +19,7 @@ import sys
 
 from facevib.cli import make_parser
 from facevib.export.pipeline import export_model
+from facevib.onnx_meta import PROTOCOLS
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -30,9 +31,29 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--uncertainty", action="store_true", help="add the per-image 'uncertainty' output (cellvib_/deepvib_ models)"
     )
     parser.add_argument(
-        "--calibrate", default=None, metavar="DATA", help="folder of verification .bin files, or an IJB-B/C folder"
+        "--calibrate",
+        default=None,
+        metavar="DATA",
+        help="labelled faces: an IJB-B/C folder, a RecordIO set or image folder of held-out identities, or .bin files",
     )
     parser.add_argument("--target-fpr", type=float, default=None, help="FPR of the calibrated threshold (default 1e-4)")
+    parser.add_argument(
+        "--calibration-protocol",
+        choices=PROTOCOLS,
+        default=None,
+        help="single_image (default: the score /v1/verify computes) or template (IJB 1:1 templates; not served)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="images sampled from the labelled set, whole identities (default 4000: ~8M pairs)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="where calibration runs the exported file: auto (default), cpu, cuda, cuda:N"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar while calibrating")
     parser.add_argument("--triton-repo", default=None, metavar="DIR", help="also write a Triton model repository")
     parser.add_argument("--triton-name", default=None, help="Triton model name (default: the stem of --out)")
     parser.add_argument("--max-batch", type=int, default=64, help="Triton max_batch_size")
@@ -51,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     """Export; return 0, or 2 with a one-line error for a user mistake."""
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    if args.target_fpr is not None and args.calibrate is None:
-        parser.error("--target-fpr needs --calibrate DATA")
+    for flag in ("target_fpr", "calibration_protocol", "calibration_images", "device"):
+        if getattr(args, flag) is not None and args.calibrate is None:
+            parser.error(f"--{flag.replace('_', '-')} needs --calibrate DATA")
+    if args.calibration_images is not None and args.calibration_images < 4:
+        parser.error(f"--calibration-images must be >= 4, got {args.calibration_images}")
     for flag in ("triton_name", "max_batch", "max_delay_us"):
         if args.triton_repo is None and getattr(args, flag) != parser.get_default(flag):
             parser.error(f"--{flag.replace('_', '-')} needs --triton-repo DIR")
@@ -64,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             uncertainty=args.uncertainty,
             calibration_data=args.calibrate,
             target_fpr=1e-4 if args.target_fpr is None else args.target_fpr,
+            calibration_protocol=args.calibration_protocol or "single_image",
+            calibration_images=args.calibration_images or 4000,
+            device=args.device or "auto",
+            progress=not args.no_progress,
             triton_repo=args.triton_repo,
             triton_name=args.triton_name,
             max_batch_size=args.max_batch,
@@ -89,9 +117,20 @@ def main(argv: list[str] | None = None) -> int:
         cal = meta.calibration
         note = "" if cal.resolved else " (NOT resolved: fewer than 1/target_fpr impostor pairs)"
         print(
-            f"threshold {cal.threshold:.6f} at target FPR {cal.target_fpr:g}: FPR {cal.fpr:.3g}, TPR {cal.tpr:.4f} "
-            f"on {cal.impostor_pairs} impostor / {cal.genuine_pairs} genuine pairs{note}"
+            f"{cal.protocol} threshold {cal.threshold:.6f} at target FPR {cal.target_fpr:g}: FPR {cal.fpr:.3g}, "
+            f"TPR {cal.tpr:.4f} on {cal.impostor_pairs} impostor / {cal.genuine_pairs} genuine pairs{note} "
+            f"(ran on {result.calibration_backend})"
         )
+        if cal.holdout is not None:
+            held = cal.holdout
+            print(
+                f"held out ({held.identities or 'unknown'} identities): FPR {held.fpr:.3g} "
+                f"[{held.fpr_interval[0]:.3g}, {held.fpr_interval[1]:.3g}] on {held.impostor_pairs} impostor pairs, "
+                f"TPR {held.tpr:.4f} [{held.tpr_interval[0]:.4f}, {held.tpr_interval[1]:.4f}] on "
+                f"{held.genuine_pairs} genuine pairs (95% Wilson)"
+            )
+        if not cal.single_image:
+            print("template threshold: /v1/verify will not apply it to single-image scores")
     if result.triton_dir is not None:
         print(f"wrote Triton model {result.triton_dir} (config.pbtxt, 1/model.onnx)")
     return 0

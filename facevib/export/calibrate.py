@@ -1,13 +1,19 @@
-"""A cosine decision threshold at a target FPR, measured on labelled pairs with facevib.eval.
+"""A cosine decision threshold at a target FPR, measured on labelled faces.
 
-Two kinds of data (:func:`calibration_kind` decides):
+Two protocols (``protocol``):
 
-* a folder of verification ``.bin`` files (LFW, CFP-FP, ...): every pair of every set, each
-  image embedded **alone** (no flip), cosine of the two embeddings: exactly the score the
-  server computes for ``/v1/verify`` on two aligned crops, so the threshold applies there as is;
-* an IJB-B/C folder (``meta/`` + ``loose_crop/``, or its parent): the IJB 1:1 protocol of
-  :mod:`facevib.eval.ijb` (image + flip, detector-score weighted templates), so the threshold
-  is for template-to-template cosines; ``source`` says so.
+* ``"single_image"`` (the default): the score ``/v1/verify`` computes, as NIST FRVT measures
+  it: each image embedded **once, alone** (no flip), every pair of images of different
+  identities an impostor pair, every pair of one identity a genuine pair (N images give about
+  N^2/2 impostor pairs: ~1,500 images resolve FPR 1e-5). The identities are split at random in
+  two halves: the threshold is read off the first half's pairs, and its FPR and TPR are
+  measured on the second half's (:class:`facevib.onnx_meta.HeldOut`, Wilson intervals), so
+  the shipped figures are those of people the threshold never saw. ``.bin`` sets carry no
+  identities: their listed pairs are split in two at random instead (the halves may share
+  people, and ``source`` says so).
+* ``"template"`` (IJB folders only): the IJB 1:1 protocol of :mod:`facevib.eval.ijb` (image +
+  flip, detector-score weighted templates). Template cosines are far tighter than single-image
+  ones, so this threshold does not apply to ``/v1/verify``; the server says so.
 
 The threshold is read off the impostor scores exactly (:func:`facevib.eval.roc.tpr_at_fpr`:
 accept iff ``cosine > threshold``, at most ``floor(target_fpr * impostors)`` impostors
@@ -17,83 +23,92 @@ accepted), and ``resolved`` is that function's flag: ``target_fpr * impostors >=
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from facevib.data.ijb import IJB_TARGETS, ijb_layout, read_ijb
+from facevib.data.ijb import read_ijb
 from facevib.eval.embed import Embedder
 from facevib.eval.ijb import embed_ijb, evaluate_ijb
-from facevib.eval.roc import OperatingPoint, tpr_at_fpr
-from facevib.eval.verification import l2_normalize, list_bin_targets, load_bins
-from facevib.onnx_meta import Calibration
+from facevib.eval.roc import OperatingPoint, split_scores, tpr_at_fpr, wilson_interval
+from facevib.eval.verification import l2_normalize
+from facevib.export.labelled import LabelledImages, calibration_kind, read_labelled_images, read_labelled_pairs
+from facevib.onnx_meta import PROTOCOLS, Calibration, HeldOut
 
-__all__ = ["calibration_kind", "calibrate"]
+__all__ = [
+    "SplitScores",
+    "calibrate",
+    "calibration_kind",
+    "embed_single",
+    "held_out_rates",
+    "identity_pair_scores",
+    "identity_split_scores",
+    "split_halves",
+]
+
+# Rows of the similarity matrix computed at once: 1024 x N float64 stays small for any N here.
+_ROW_BLOCK = 1024
 
 
-def calibration_kind(data: str | os.PathLike) -> tuple[str, str | None]:
-    """``("verification", None)`` when ``data`` holds ``.bin`` files, ``("ijb", "IJBC"/"IJBB")``
-    when it is an IJB folder (or its parent). ``.bin`` files win when both are present.
+def split_halves(items: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``items`` in a seeded random order, cut in two (the first half the smaller, when odd),
+    each half sorted: which identities (or pairs) calibrate and which are held out."""
+    shuffled = np.random.default_rng(seed).permutation(np.asarray(items))
+    return np.sort(shuffled[: len(shuffled) // 2]), np.sort(shuffled[len(shuffled) // 2 :])
 
-    Raises:
-        FileNotFoundError: ``data`` is missing or holds neither.
-    """
-    data = Path(data)
-    if not data.is_dir():
-        raise FileNotFoundError(f"calibration data {data} is not a folder")
-    if list_bin_targets(data):
-        return "verification", None
-    for target in IJB_TARGETS:
-        if ijb_layout(data, target).tid_mid.is_file():
-            return "ijb", target
-    raise FileNotFoundError(
-        f"calibration data {data} holds no verification .bin files and no IJB-B/C meta/ folder "
-        f"(looked for {data}/*.bin, {data}/meta/ijbc_face_tid_mid.txt and {data}/IJBC/meta/...)"
+
+def embed_single(
+    embedder: Embedder, images: np.ndarray, *, progress: bool = True, desc: str = "calibrating"
+) -> np.ndarray:
+    """Unit-length single-image embeddings (no flip), ``(N, D)`` float64, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    parts = []
+    step = embedder.batch_size
+    with tqdm(total=len(images), desc=desc, unit="img", disable=not progress) as bar:
+        for start in range(0, len(images), step):
+            parts.append(embedder.embed(images[start : start + step]))
+            bar.update(len(parts[-1]))
+    return l2_normalize(np.concatenate(parts).astype(np.float64))
+
+
+def identity_pair_scores(unit: np.ndarray, identities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine and same-identity label of every unordered pair ``i < j`` of rows of ``unit``."""
+    scores, same = [], []
+    n = len(unit)
+    for start in range(0, n, _ROW_BLOCK):
+        stop = min(start + _ROW_BLOCK, n)
+        block = unit[start:stop] @ unit.T
+        rows, cols = np.nonzero(np.arange(start, stop)[:, None] < np.arange(n)[None, :])
+        scores.append(block[rows, cols])
+        same.append(identities[start + rows] == identities[cols])
+    if not scores:
+        return np.zeros(0), np.zeros(0, bool)
+    return np.concatenate(scores), np.concatenate(same)
+
+
+def held_out_rates(scores: np.ndarray, same: np.ndarray, threshold: float, identities: int) -> HeldOut:
+    """FPR and TPR of "accept iff score > threshold" on held-out pairs, with 95% Wilson intervals."""
+    genuine, impostor = split_scores(scores, same)
+    false_accepts = int(np.count_nonzero(impostor > threshold))
+    true_accepts = int(np.count_nonzero(genuine > threshold))
+    return HeldOut(
+        identities=int(identities),
+        impostor_pairs=int(impostor.size),
+        genuine_pairs=int(genuine.size),
+        false_accepts=false_accepts,
+        true_accepts=true_accepts,
+        fpr=false_accepts / impostor.size,
+        fpr_interval=wilson_interval(false_accepts, int(impostor.size)),
+        tpr=true_accepts / genuine.size,
+        tpr_interval=wilson_interval(true_accepts, int(genuine.size)),
     )
 
 
-def _verification_point(embedder: Embedder, data: Path, target_fpr: float) -> tuple[OperatingPoint, str]:
-    bins = load_bins(data)
-    scores, labels = [], []
-    for verification_bin in bins:
-        unit = l2_normalize(embedder.embed(verification_bin.images))
-        scores.append(np.sum(unit[0::2] * unit[1::2], axis=1))
-        labels.append(np.asarray(verification_bin.issame, dtype=bool))
-    (point,) = tpr_at_fpr(np.concatenate(scores), np.concatenate(labels), [target_fpr])
-    names = ",".join(f"{b.name}.bin" for b in bins)
-    return point, f"verification pairs (single image, no flip): {names} in {data}"
-
-
-def _ijb_point(embedder: Embedder, data: Path, target: str, target_fpr: float) -> tuple[OperatingPoint, str]:
-    ijb = read_ijb(data, target)
-    features = embed_ijb(ijb, embedder, progress=False)
-    (exact,) = evaluate_ijb(ijb, features, fprs=[target_fpr]).summary["tpr_at_fpr"]["exact"]
-    point = OperatingPoint(**exact)
-    return point, f"{target} 1:1 template pairs (image + flip, detector-score weighted) in {ijb.layout.root}"
-
-
-def calibrate(embedder: Embedder, data: str | os.PathLike, target_fpr: float = 1e-4) -> Calibration:
-    """The threshold of ``embedder``'s cosine scores at ``target_fpr`` on the pairs in ``data``.
-
-    Args:
-        embedder: the model to calibrate; the export pipeline passes the written ONNX file
-            (:meth:`Embedder.from_onnx`), i.e. what the server runs.
-        data: a folder of ``.bin`` files or an IJB folder (see the module docstring).
-        target_fpr: in (0, 1).
-
-    Raises:
-        FileNotFoundError: ``data`` holds no usable set.
-        ValueError: ``target_fpr`` outside (0, 1), or malformed data (the file is named).
-    """
-    if not 0.0 < target_fpr < 1.0:
-        raise ValueError(f"target FPR must be in (0, 1), got {target_fpr}")
-    data = Path(data)
-    kind, target = calibration_kind(data)
-    if kind == "verification":
-        point, source = _verification_point(embedder, data, target_fpr)
-    else:
-        assert target is not None
-        point, source = _ijb_point(embedder, data, target, target_fpr)
+def _calibration(
+    point: OperatingPoint, target_fpr: float, source: str, protocol: str, holdout: HeldOut | None
+) -> Calibration:
     return Calibration(
         # float64 cosines of unit vectors can exceed 1 by an ulp; the contract keeps [-1, 1].
         threshold=float(np.clip(point.threshold, -1.0, 1.0)),
@@ -104,4 +119,135 @@ def calibrate(embedder: Embedder, data: str | os.PathLike, target_fpr: float = 1
         genuine_pairs=int(point.genuine),
         resolved=bool(point.resolved),
         source=source,
+        protocol=protocol,
+        holdout=holdout,
     )
+
+
+def _need_both(scores: np.ndarray, same: np.ndarray, what: str) -> None:
+    if same.all() or not same.any():
+        raise ValueError(
+            f"{what} has {int(same.sum())} genuine and {int((~same).sum())} impostor pairs: both are needed "
+            "(more identities, or more images per identity)"
+        )
+
+
+def _pairs_calibration(embedder: Embedder, data: Path, target_fpr: float, seed: int, progress: bool) -> Calibration:
+    pairs = read_labelled_pairs(data)
+    unit = embed_single(embedder, pairs.images, progress=progress)
+    scores = np.sum(unit[0::2] * unit[1::2], axis=1)
+    first, second = split_halves(np.arange(scores.size), seed)
+    for half, name in ((first, "calibration half"), (second, "held-out half")):
+        _need_both(scores[half], pairs.same[half], f"{data}: the {name} of the pairs")
+    (point,) = tpr_at_fpr(scores[first], pairs.same[first], [target_fpr])
+    holdout = held_out_rates(scores[second], pairs.same[second], point.threshold, identities=0)
+    source = (
+        f"{pairs.source}, single image (no flip); threshold on a random half of the pairs, rates on the other "
+        "(identities unknown, so the halves may share people)"
+    )
+    return _calibration(point, target_fpr, source, "single_image", holdout)
+
+
+@dataclass(frozen=True)
+class SplitScores:
+    """Single-image pair scores of a labelled set, split by identity: ``calibration`` and
+    ``held_out`` are ``(scores, same)`` over every pair inside each half; ``identities`` the
+    two halves' sizes; ``faces`` what was read."""
+
+    calibration: tuple[np.ndarray, np.ndarray]
+    held_out: tuple[np.ndarray, np.ndarray]
+    identities: tuple[int, int]
+    faces: LabelledImages
+
+
+def identity_split_scores(
+    embedder: Embedder, data: str | os.PathLike, *, max_images: int = 4000, seed: int = 0, progress: bool = True
+) -> SplitScores:
+    """Embed (a sample of) the labelled set ``data`` once per image and score every pair inside
+    each half of its identities (:func:`split_halves`).
+
+    Raises:
+        ValueError: fewer than 4 identities, or a half without genuine or impostor pairs.
+    """
+    faces = read_labelled_images(data, max_images=max_images, seed=seed)
+    names = np.unique(faces.identities)
+    if names.size < 4:
+        raise ValueError(f"{data}: {names.size} identities; single-image calibration needs at least 4 (2 per half)")
+    halves = split_halves(names, seed)
+    unit = embed_single(embedder, faces.images, progress=progress)
+    scored = []
+    for members, name in zip(halves, ("calibration", "held-out"), strict=True):
+        rows = np.flatnonzero(np.isin(faces.identities, members))
+        scores, same = identity_pair_scores(unit[rows], faces.identities[rows])
+        _need_both(scores, same, f"{data}: the {name} half ({members.size} identities, {rows.size} images)")
+        scored.append((scores, same))
+    return SplitScores(scored[0], scored[1], (int(halves[0].size), int(halves[1].size)), faces)
+
+
+def _identity_calibration(
+    embedder: Embedder, data: Path, target_fpr: float, max_images: int, seed: int, progress: bool
+) -> Calibration:
+    split = identity_split_scores(embedder, data, max_images=max_images, seed=seed, progress=progress)
+    (point,) = tpr_at_fpr(*split.calibration, [target_fpr])
+    holdout = held_out_rates(*split.held_out, point.threshold, identities=split.identities[1])
+    faces = split.faces
+    unlabelled = f", {faces.unlabelled} images without a subject left out" if faces.unlabelled else ""
+    source = (
+        f"{faces.source}: {len(faces.images)} of {faces.available} images{unlabelled}, single image (no flip), "
+        f"every pair; threshold on {split.identities[0]} identities, rates on {split.identities[1]} others"
+    )
+    return _calibration(point, target_fpr, source, "single_image", holdout)
+
+
+def _template_calibration(
+    embedder: Embedder, data: Path, target: str, target_fpr: float, progress: bool
+) -> Calibration:
+    ijb = read_ijb(data, target)
+    features = embed_ijb(ijb, embedder, progress=progress)
+    (exact,) = evaluate_ijb(ijb, features, fprs=[target_fpr]).summary["tpr_at_fpr"]["exact"]
+    source = f"{target} 1:1 template pairs (image + flip, detector-score weighted) in {ijb.layout.root}"
+    return _calibration(OperatingPoint(**exact), target_fpr, source, "template", None)
+
+
+def calibrate(
+    embedder: Embedder,
+    data: str | os.PathLike,
+    target_fpr: float = 1e-4,
+    *,
+    protocol: str = "single_image",
+    max_images: int = 4000,
+    seed: int = 0,
+    progress: bool = True,
+) -> Calibration:
+    """The threshold of ``embedder``'s cosine scores at ``target_fpr`` on the faces in ``data``.
+
+    Args:
+        embedder: the model to calibrate; the export pipeline passes the written ONNX file
+            (:meth:`Embedder.from_onnx`), i.e. what the server runs.
+        data: a folder of ``.bin`` files, an IJB folder, a RecordIO set or an image folder
+            (:func:`facevib.export.labelled.calibration_kind`).
+        target_fpr: in (0, 1).
+        protocol: ``"single_image"`` or ``"template"`` (IJB only); see the module docstring.
+        max_images: images sampled from a labelled set (whole identities; ~N^2/2 pairs).
+        seed: of the sampling and of the split into halves.
+        progress: show a progress bar while embedding.
+
+    Raises:
+        FileNotFoundError: ``data`` holds no usable set.
+        ValueError: bad ``target_fpr``/``protocol``, too few identities or pairs, or malformed
+            data (the file is named).
+    """
+    if not 0.0 < target_fpr < 1.0:
+        raise ValueError(f"target FPR must be in (0, 1), got {target_fpr}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"calibration protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    data = Path(data)
+    kind, target = calibration_kind(data)
+    if protocol == "template":
+        if kind != "ijb":
+            raise ValueError(f"the template protocol needs an IJB-B/C folder; {data} holds a {kind} set")
+        assert target is not None
+        return _template_calibration(embedder, data, target, target_fpr, progress)
+    if kind == "verification":
+        return _pairs_calibration(embedder, data, target_fpr, seed, progress)
+    return _identity_calibration(embedder, data, target_fpr, max_images, seed, progress)

@@ -20,7 +20,7 @@ from facevib.export.graph import export_onnx, insightface_problems
 from facevib.export.metadata import build_metadata, write_metadata
 from facevib.export.triton import check_triton_settings, write_triton_repository
 from facevib.models.loading import model_from_checkpoint
-from facevib.onnx_meta import ModelMetadata
+from facevib.onnx_meta import PROTOCOLS, ModelMetadata
 
 __all__ = ["ExportResult", "export_model"]
 
@@ -31,12 +31,14 @@ class ExportResult:
 
     ``insightface_problems`` lists why insightface-style clients would not take the file as
     a drop-in (empty for the default file; the ``--uncertainty`` file has two outputs).
+    ``calibration_backend`` says what ran the calibration (e.g. a CPU fallback), None without one.
     """
 
     path: Path
     metadata: ModelMetadata
     insightface_problems: list[str]
     triton_dir: Path | None
+    calibration_backend: str | None = None
 
 
 def export_model(
@@ -47,6 +49,10 @@ def export_model(
     uncertainty: bool = False,
     calibration_data: str | os.PathLike | None = None,
     target_fpr: float = 1e-4,
+    calibration_protocol: str = "single_image",
+    calibration_images: int = 4000,
+    device: str = "auto",
+    progress: bool = True,
     triton_repo: str | os.PathLike | None = None,
     triton_name: str | None = None,
     max_batch_size: int = 64,
@@ -61,8 +67,12 @@ def export_model(
             arcface_torch's ``backbone.pth`` (then ``network`` names the model, e.g. ``"r100"``).
         out: the ONNX file to write.
         uncertainty: add the ``uncertainty`` output (cellVIB and Deep VIB models).
-        calibration_data: a folder of verification ``.bin`` files or an IJB folder; the
-            threshold at ``target_fpr`` is measured on the written file and stored.
+        calibration_data: labelled faces (``.bin`` files, an IJB, RecordIO or image folder);
+            the threshold at ``target_fpr`` is measured on the written file and stored
+            (:func:`facevib.export.calibrate`, with ``calibration_protocol``, at most
+            ``calibration_images`` images, a progress bar when ``progress``).
+        device: where calibration runs the written file (``"cpu"``, ``"cuda[:N]"``, or
+            ``"auto"``: ONNX Runtime's CUDA provider when this build has one).
         triton_repo: also write a Triton model repository there, model ``triton_name``
             (default: the stem of ``out``), with ``max_batch_size`` and
             ``max_queue_delay_us`` for its dynamic batcher.
@@ -75,6 +85,8 @@ def export_model(
     """
     if not 0.0 < target_fpr < 1.0:
         raise ValueError(f"target FPR must be in (0, 1), got {target_fpr}")
+    if calibration_protocol not in PROTOCOLS:
+        raise ValueError(f"calibration protocol must be one of {', '.join(PROTOCOLS)}, got {calibration_protocol!r}")
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise ValueError(f"output file must end in .onnx, got {out}")
@@ -85,8 +97,18 @@ def export_model(
     config = checkpoint.config
     export_onnx(model, out, uncertainty=uncertainty, dynamo=dynamo, opset=opset)
     metadata = build_metadata(model, config=config, uncertainty=uncertainty)
+    calibration_backend = None
     if calibration_data is not None:
-        measured = calibrate(Embedder.from_onnx(out), calibration_data, target_fpr)
+        embedder = Embedder.from_onnx(out, device=device)
+        measured = calibrate(
+            embedder,
+            calibration_data,
+            target_fpr,
+            protocol=calibration_protocol,
+            max_images=calibration_images,
+            progress=progress,
+        )
+        calibration_backend = embedder.backend
         metadata = dataclasses.replace(metadata, calibration=measured)
     write_metadata(out, metadata)
     problems = insightface_problems(out)
@@ -101,4 +123,10 @@ def export_model(
             max_batch_size=max_batch_size,
             max_queue_delay_us=max_queue_delay_us,
         )
-    return ExportResult(path=out, metadata=metadata, insightface_problems=problems, triton_dir=triton_dir)
+    return ExportResult(
+        path=out,
+        metadata=metadata,
+        insightface_problems=problems,
+        triton_dir=triton_dir,
+        calibration_backend=calibration_backend,
+    )

@@ -306,6 +306,30 @@ def _embed_answer(result: dict[str, Any], photo: dict[str, Any]) -> str:
     return what
 
 
+def _calibration_text(calibration: dict[str, Any]) -> str:
+    """The shipped threshold, the score it is for, and its rates on held-out identities."""
+    protocol = calibration.get("protocol", "template")
+    text = (
+        f"Calibrated threshold ({protocol.replace('_', '-')} scores): cosine > {calibration['threshold']:.4f} for "
+        f"target FPR {calibration['target_fpr']:g} (FPR {calibration['fpr']:.2e}, TPR {_pct(calibration['tpr'])}% on "
+        f"{calibration['impostor_pairs']} impostor / {calibration['genuine_pairs']} genuine calibration pairs; "
+        f"{calibration['source']})."
+    )
+    held = calibration.get("holdout")
+    if held:
+        fpr_low, fpr_high = held["fpr_interval"]
+        tpr_low, tpr_high = held["tpr_interval"]
+        people = f"{held['identities']} held-out identities" if held["identities"] else "the held-out half of the pairs"
+        text += (
+            f" On {people} the same threshold gives FPR {held['fpr']:.2e} (95% Wilson [{fpr_low:.1e}, {fpr_high:.1e}], "
+            f"{held['false_accepts']} of {held['impostor_pairs']} impostor pairs) and TPR {_pct(held['tpr'])}% "
+            f"([{_pct(tpr_low)}, {_pct(tpr_high)}]%, {held['genuine_pairs']} genuine pairs)."
+        )
+    if protocol != "single_image":
+        text += " `/v1/verify` does not apply a template threshold to single-image scores."
+    return text
+
+
 def _exchange_section(inputs: ReportInputs) -> list[Block]:
     blocks: list[Block] = [Heading("The exported model, served")]
     if inputs.onnx is not None and inputs.onnx.is_file():
@@ -318,12 +342,7 @@ def _exchange_section(inputs: ReportInputs) -> list[Block]:
             f"outputs {', '.join(f'`{o}`' for o in meta.get('outputs', []))}, embedding size {meta.get('embedding_dim')}."
         )
         if calibration:
-            text += (
-                f" Calibrated threshold: cosine > {calibration['threshold']:.4f} for target FPR "
-                f"{calibration['target_fpr']:g} (measured FPR {calibration['fpr']:.2e}, TPR {_pct(calibration['tpr'])}% on "
-                f"{calibration['impostor_pairs']} impostor / {calibration['genuine_pairs']} genuine pairs; "
-                f"{calibration['source']})."
-            )
+            text += " " + _calibration_text(calibration)
         blocks.append(Paragraph(text))
     exchange = inputs.exchange
     if not exchange:
@@ -352,14 +371,16 @@ def _exchange_section(inputs: ReportInputs) -> list[Block]:
     blocks.append(Table(["request", "sent", "status", "ms", "answer"], rows))
     calibration = (exchange.get("model") or {}).get("calibration") if isinstance(exchange.get("model"), dict) else None
     if calibration and exchange.get("verify"):
+        rates = calibration.get("holdout") or calibration
+        where = "on held-out identities" if calibration.get("holdout") else "on the calibration data"
         outcome = ", ".join(
             f"{kind} pair {'accepted' if v['match'] else 'rejected'}" for kind, v in exchange["verify"].items()
         )
         blocks.append(
             Paragraph(
                 f"The pairs are the first genuine and the first impostor pair of the protocol file, not chosen by "
-                f"result ({outcome}). At the calibrated threshold the model accepts {_pct(calibration['tpr'])}% of "
-                f"genuine pairs and {calibration['fpr']:.1e} of impostor pairs on the calibration data, so a rejected "
+                f"result ({outcome}). At the calibrated threshold the model accepts {_pct(rates['tpr'])}% of "
+                f"genuine pairs and {rates['fpr']:.1e} of impostor pairs {where}, so a rejected "
                 "genuine pair is the expected outcome for most pairs at this training budget."
             )
         )

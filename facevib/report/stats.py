@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from facevib.eval.roc import Z95, wilson_interval  # re-exported: the report's intervals
 from facevib.eval.verification import kfold_splits
 
 __all__ = [
@@ -24,25 +25,6 @@ __all__ = [
     "accuracy_interval",
     "paired_difference",
 ]
-
-Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
-
-
-def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (Wilson 1927), as ``(low, high)``.
-
-    Unlike the normal approximation it stays inside [0, 1] and behaves near 0 and 1, where
-    TPR and accuracy figures of face models live.
-    """
-    if trials <= 0:
-        raise ValueError(f"trials must be positive, got {trials}")
-    if not 0 <= successes <= trials:
-        raise ValueError(f"successes must be in [0, {trials}], got {successes}")
-    p = successes / trials
-    z2 = z * z
-    centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)
-    half = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / (1 + z2 / trials)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def pooled_correct(fold_accuracies: Sequence[float], pairs: int) -> int:

@@ -5,7 +5,9 @@ Endpoints (their schemas and error responses are in ``/openapi.json``; handlers 
 
 * ``POST /v1/embed``: JSON ``{"images": [...]}`` or ``multipart/form-data`` file parts ``images``.
 * ``POST /v1/verify``: two images or embeddings -> cosine score, threshold, decision.
-* ``GET /health``: a real inference on a fixed input (no API key needed).
+* ``GET /health/live``: the process answers (no inference). ``GET /health/ready`` (alias
+  ``/health``): model loaded, last background inference check passed, queue below its bound
+  (:mod:`facevib.serve.health`). No API key needed.
 * ``GET /v1/info``: model metadata, providers in use, batching settings, versions.
 * ``GET /metrics``: Prometheus text format.
 """
@@ -30,6 +32,7 @@ import facevib
 from facevib.serve.auth import require_api_key
 from facevib.serve.batcher import Batcher
 from facevib.serve.errors import install_error_handlers
+from facevib.serve.health import HealthMonitor
 from facevib.serve.images import Detector
 from facevib.serve.metrics import ServeMetrics
 from facevib.serve.middleware import LimitsAndMetrics
@@ -142,16 +145,26 @@ async def _start(state: ServerState) -> None:
         max_queue=settings.max_queue,
         stats=state.metrics.batcher_stats(),
     )
-    await batcher.start()
-    if state.detector is None and settings.detector.strip().lower() != "none":
-        from facevib.detect import load_detector
+    # Everything started so far is owned by state at once, so a failure below (a detector
+    # that does not load, say) is cleaned up by _stop instead of leaking a task and threads.
+    state.runtime, state.batcher = runtime, batcher
+    try:
+        await batcher.start()
+        if state.detector is None and settings.detector.strip().lower() != "none":
+            from facevib.detect import load_detector
 
-        # One ONNX Runtime thread per call: detections run in parallel in the decoding threads.
-        state.detector = await asyncio.to_thread(load_detector, settings.detector.strip(), threads=1)
-        logger.info("face detector: %s", state.detector.describe())
-    workers = settings.decode_workers or min(4, cpu_count())
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="facevib-decode")
-    state.runtime, state.batcher, state.pool = runtime, batcher, pool
+            # One ONNX Runtime thread per call: detections run in parallel in the decoding threads.
+            state.detector = await asyncio.to_thread(load_detector, settings.detector.strip(), threads=1)
+            logger.info("face detector: %s", state.detector.describe())
+        workers = settings.decode_workers or cpu_count()  # decoding and alignment scale with the cores
+        state.pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="facevib-decode")
+        state.health = HealthMonitor(runtime, state.detector, settings.health_interval_s)
+        await state.health.start()
+    except BaseException:
+        await _stop(state)
+        raise
+    pool = state.pool
+    assert pool is not None
     state.service = Service(
         settings,
         runtime,
@@ -164,8 +177,10 @@ async def _start(state: ServerState) -> None:
 
 async def _stop(state: ServerState) -> None:
     state.service = None
+    if state.health is not None:
+        await state.health.stop()
     if state.batcher is not None:
         await state.batcher.stop()
-    if state.pool is not None:
-        state.pool.shutdown(wait=True)
-    state.batcher = state.pool = state.runtime = None
+    if state.pool is not None:  # running decodes finish, in a thread: the loop keeps answering
+        await asyncio.to_thread(state.pool.shutdown, True)
+    state.batcher = state.pool = state.runtime = state.health = None

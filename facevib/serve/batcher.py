@@ -5,9 +5,12 @@ task takes queued items in arrival order and runs a batch as soon as ``max_batch
 wait, or when the oldest item has waited ``max_delay`` -- whichever comes first. The
 inference function runs in one dedicated thread, never on the event loop (a CUDA session
 runs one stream, so more threads would not run it faster; batching does). The queue is
-bounded (:class:`QueueFull` beyond ``max_queue`` faces), every item carries a deadline
-(:class:`DeadlineExceeded` once it passes), and items whose caller went away (their
-future was cancelled) are dropped before they reach the model.
+bounded (:class:`QueueFull` beyond ``max_queue`` faces; :class:`TooLarge` for an item that
+could never fit), every item carries a deadline (:class:`DeadlineExceeded` once it passes),
+and an item whose caller gave up (timed out, or went away and cancelled its future) leaves
+the queue at once, so only live faces hold queue capacity. :meth:`Batcher.stop` resolves
+every pending future, the batch in flight included, and waits for the inference thread off
+the event loop.
 
 The batcher knows nothing about HTTP or images: it batches numpy arrays along axis 0.
 """
@@ -24,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["BatchResult", "Batcher", "BatcherStats", "DeadlineExceeded", "QueueFull"]
+__all__ = ["BatchResult", "Batcher", "BatcherStats", "DeadlineExceeded", "QueueFull", "TooLarge"]
 
 logger = logging.getLogger("facevib.serve")
 
@@ -33,6 +36,10 @@ InferFn = Callable[[np.ndarray], Sequence[np.ndarray]]
 
 class QueueFull(Exception):
     """The queue holds ``max_queue`` faces already; the caller should retry later."""
+
+
+class TooLarge(ValueError):
+    """An item has more rows than ``max_queue``: no amount of waiting makes it fit."""
 
 
 class DeadlineExceeded(Exception):
@@ -66,12 +73,13 @@ class BatcherStats:
     on_drop: Callable[[str], None] = lambda reason: None  # "cancelled" or "deadline"
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the queue removes one item, not an equal one
 class _Item:
     inputs: np.ndarray
     future: asyncio.Future
     enqueued: float
     deadline: float
+    queued: bool = True  # still in the queue (not taken by a batch, not dropped)
 
     @property
     def size(self) -> int:
@@ -120,6 +128,8 @@ class Batcher:
         self._queue = _Queue()
         self._wakeup: asyncio.Event | None = None
         self._consumer: asyncio.Task | None = None
+        self._in_flight: list[_Item] = []  # the items of the batch now running
+        self._running: concurrent.futures.Future | None = None  # that batch in the inference thread
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="facevib-infer")
 
     # ------------------------------------------------------------------ lifecycle
@@ -131,8 +141,10 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._consumer = asyncio.get_running_loop().create_task(self._consume(), name="facevib-batcher")
 
-    async def stop(self) -> None:
-        """Stop the consumer; queued items fail with ``DeadlineExceeded``; the thread is joined."""
+    async def stop(self, drain_s: float = 10.0) -> None:
+        """Stop the consumer and fail every pending future (queued and in flight) with
+        ``DeadlineExceeded``; then wait up to ``drain_s`` for a batch still running in the
+        inference thread (off the event loop), so the model is not closed under it."""
         if self._consumer is not None:
             self._consumer.cancel()
             try:
@@ -140,12 +152,17 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
             self._consumer = None
-        while self._queue.items:
-            item = self._queue.items.popleft()
+        for item in [*self._in_flight, *self._queue.items]:
+            item.queued = False
             if not item.future.done():
                 item.future.set_exception(DeadlineExceeded("server shutting down"))
-        self._queue.faces = 0
-        self._thread.shutdown(wait=True)
+                item.future.exception()  # retrieved here: a caller that already left is not logged as lost
+        self._in_flight = []
+        self._queue = _Queue()
+        self._thread.shutdown(wait=False, cancel_futures=True)
+        running, self._running = self._running, None
+        if running is not None and not running.done():
+            await asyncio.wait([asyncio.wrap_future(running)], timeout=drain_s)
 
     @property
     def queued_faces(self) -> int:
@@ -167,6 +184,8 @@ class Batcher:
             raise ValueError("submit needs at least one row")
         if self._consumer is None or self._wakeup is None:
             raise RuntimeError("batcher is not running")
+        if count > self.max_queue:
+            raise TooLarge(f"{count} faces in one request; the queue holds at most {self.max_queue} (--max-queue)")
         if self._queue.faces + count > self.max_queue:
             raise QueueFull(f"{self._queue.faces} faces queued, room for {self.max_queue - self._queue.faces}")
         loop = asyncio.get_running_loop()
@@ -186,15 +205,17 @@ class Batcher:
             done, _ = await asyncio.wait(futures, timeout=timeout_s)
             timed_out = len(done) < len(futures)
         finally:
-            # Timed out or cancelled (the client went away): the consumer skips pending parts.
-            for fut in futures:
-                if fut.done():
+            # Timed out or cancelled (the client went away): pending parts leave the queue now,
+            # so they stop holding capacity; a part already running finishes unread.
+            for part in parts:
+                if part.future.done():
                     continue
                 if timed_out:
-                    fut.set_exception(DeadlineExceeded(f"no result within {timeout_s:g} s"))
-                    fut.exception()  # retrieved here, so asyncio does not log it as lost
+                    part.future.set_exception(DeadlineExceeded(f"no result within {timeout_s:g} s"))
+                    part.future.exception()  # retrieved here, so asyncio does not log it as lost
                 else:
-                    fut.cancel()
+                    part.future.cancel()
+                self._discard(part, "deadline" if timed_out else "cancelled")
         if timed_out:
             raise DeadlineExceeded(f"no result within {timeout_s:g} s")
         results = [fut.result() for fut in futures]  # re-raises the inference error, if any
@@ -210,20 +231,26 @@ class Batcher:
 
     # ------------------------------------------------------------------ consumer side
 
+    def _discard(self, item: _Item, reason: str) -> None:
+        """Take a still-queued item out of the queue (its caller gave up)."""
+        if not item.queued:
+            return
+        item.queued = False
+        self._queue.items.remove(item)
+        self._queue.faces -= item.size
+        self.stats.on_drop(reason)
+        self.stats.on_depth(self._queue.faces)
+
     def _drop_dead(self, now: float) -> None:
-        """Remove items whose caller went away or whose deadline passed."""
+        """Remove items whose deadline passed while they waited (their caller has not woken yet)."""
         kept: collections.deque = collections.deque()
         for item in self._queue.items:
-            if item.future.cancelled():
-                self.stats.on_drop("cancelled")
-            elif item.future.done():  # submit() gave up on it: its deadline passed
-                self.stats.on_drop("deadline")
-            elif item.deadline <= now:
-                item.future.set_exception(DeadlineExceeded("deadline passed while queued"))
-                self.stats.on_drop("deadline")
-            else:
+            if item.future.done() or item.deadline > now:
                 kept.append(item)
                 continue
+            item.queued = False
+            item.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+            self.stats.on_drop("deadline")
             self._queue.faces -= item.size
         self._queue.items = kept
 
@@ -232,6 +259,7 @@ class Batcher:
         batch, faces = [], 0
         while self._queue.items and faces + self._queue.items[0].size <= self.max_batch:
             item = self._queue.items.popleft()
+            item.queued = False
             batch.append(item)
             faces += item.size
         self._queue.faces -= faces
@@ -239,7 +267,6 @@ class Batcher:
 
     async def _consume(self) -> None:
         assert self._wakeup is not None
-        loop = asyncio.get_running_loop()
         while True:
             self._drop_dead(time.monotonic())
             if not self._queue.items:
@@ -261,32 +288,39 @@ class Batcher:
             batch = self._take_batch()
             self.stats.on_depth(self._queue.faces)
             if batch:
-                await self._run(loop, batch)
+                await self._run(batch)
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
+    async def _run(self, batch: list[_Item]) -> None:
         started = time.monotonic()
         for item in batch:
             self.stats.on_queue_wait(started - item.enqueued)
-        inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([item.inputs for item in batch])
+        faces = sum(item.size for item in batch)
+        # stop() resolves these if it cancels the consumer while the batch runs.
+        self._in_flight = batch
+        # The batch is concatenated in the inference thread too, not on the event loop.
+        self._running = self._thread.submit(_call, self.infer, [item.inputs for item in batch])
         try:
-            outputs = await loop.run_in_executor(self._thread, _call, self.infer, inputs)
+            outputs = await asyncio.wrap_future(self._running)
         except Exception as err:  # the model failed: every caller of this batch learns why
-            logger.error("inference failed on a batch of %d", len(inputs), exc_info=err)
+            self._in_flight = []
+            logger.error("inference failed on a batch of %d", faces, exc_info=err)
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(err)
             return
+        self._in_flight = []
         seconds = time.monotonic() - started
-        self.stats.on_batch(len(inputs), seconds)
+        self.stats.on_batch(faces, seconds)
         start = 0
         for item in batch:
             rows = tuple(out[start : start + item.size] for out in outputs)
             start += item.size
             if not item.future.done():
-                item.future.set_result(BatchResult(rows, started - item.enqueued, seconds, len(inputs)))
+                item.future.set_result(BatchResult(rows, started - item.enqueued, seconds, faces))
 
 
-def _call(infer: InferFn, inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+def _call(infer: InferFn, parts: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+    inputs = parts[0] if len(parts) == 1 else np.concatenate(parts)
     outputs = tuple(infer(inputs))
     for out in outputs:
         if len(out) != len(inputs):

@@ -32,6 +32,7 @@ ERROR_STATUS: dict[str, int] = {
     "method_not_allowed": 405,
     "body_too_large": 413,
     "image_too_large": 413,
+    "too_many_faces": 413,  # more faces in one request than the queue can ever hold
     "unsupported_media_type": 415,
     "validation_error": 422,
     "invalid_base64": 422,

@@ -74,6 +74,13 @@ async def _multipart_specs(
         form = await request.form(max_files=settings.max_images, max_fields=settings.max_images + 8)
     except StarletteHTTPException as err:
         raise ServeError("invalid_multipart", f"malformed multipart body: {err.detail}", "body") from None
+    try:  # the form's temporary files are closed on every path, errors included
+        return await _form_specs(form, settings)
+    finally:
+        await form.close()
+
+
+async def _form_specs(form: Any, settings: ServeSettings) -> tuple[list[ImageSpec | ServeError], DetectOptions]:
     aligned: bool | None = None
     parts = []
     detection: dict[str, str] = {}
@@ -104,7 +111,6 @@ async def _multipart_specs(
             specs.append(ServeError("invalid_image", "empty file part", f"{field}.data"))
         else:
             specs.append(ImageSpec(data, None, aligned, field))
-    await form.close()
     return specs, options
 
 

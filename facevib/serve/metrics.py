@@ -17,7 +17,16 @@ from facevib.serve.batcher import BatcherStats
 __all__ = ["CONTENT_TYPE_LATEST", "ENDPOINTS", "ServeMetrics"]
 
 # Routes with their own label value; every other path counts as "other".
-ENDPOINTS = ("/v1/embed", "/v1/verify", "/health", "/v1/info", "/metrics", "/openapi.json")
+ENDPOINTS = (
+    "/v1/embed",
+    "/v1/verify",
+    "/health",
+    "/health/live",
+    "/health/ready",
+    "/v1/info",
+    "/metrics",
+    "/openapi.json",
+)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

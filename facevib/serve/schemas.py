@@ -166,11 +166,25 @@ class VerifyResponse(BaseModel):
         "server: the server's --threshold setting."
     )
     target_fpr: float | None = Field(description="The false positive rate the calibrated threshold was chosen for.")
+    calibration_note: str | None = Field(
+        default=None,
+        description="Why the model's calibrated threshold was not applied (it was calibrated on templates, "
+        "not single images); null when there is nothing to say.",
+    )
+
+
+class LiveResponse(BaseModel):
+    status: Literal["ok"]
+    uptime_s: float = Field(description="Seconds since the app was created.")
 
 
 class HealthResponse(BaseModel):
     status: Literal["ok"]
     model: str
-    inference_ms: float
+    inference_ms: float = Field(description="Time of the last background check's inference on the fixed probe.")
+    cosine: float = Field(description="Cosine of that probe's embedding to its start-up reference (>= 0.9999).")
     detector: str | None = Field(description="The face detector's name (none loaded: null).")
     detector_ms: float | None = Field(description="Time of a detection on a fixed image (none loaded: null).")
+    checked_s_ago: float = Field(description="Age of the last background check, in seconds.")
+    queued_faces: int = Field(description="Faces waiting in the batching queue now.")
+    max_queue: int = Field(description="The queue's bound; at it, readiness fails.")

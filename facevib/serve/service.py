@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from facevib.serve.batcher import Batcher, DeadlineExceeded, QueueFull
+from facevib.serve.batcher import Batcher, DeadlineExceeded, QueueFull, TooLarge
 from facevib.serve.errors import ServeError, validation_error
 from facevib.serve.images import DetectOptions, Detector, FaceCrop, ImageSpec, normalise, prepare_faces
 from facevib.serve.runtime import ModelRuntime
@@ -118,6 +118,8 @@ class Service:
             raise ServeError("timeout", f"request deadline of {self.settings.request_timeout_s:g} s passed")
         try:
             result = await self.batcher.submit(inputs, timeout_s=remaining)
+        except TooLarge as err:  # retrying cannot help: not a 503
+            raise ServeError("too_many_faces", f"{err}; send fewer images or faces per request") from None
         except QueueFull as err:
             raise ServeError(
                 "overloaded", f"server overloaded ({err}); retry shortly", headers={"Retry-After": "1"}
@@ -199,7 +201,7 @@ def _face_result(face: FaceCrop, outputs: tuple[np.ndarray, ...], row: int) -> d
         raise ServeError("internal_error", f"the model produced an embedding of norm {norm}")
     uncertainty = float(outputs[1][row]) if len(outputs) > 1 else None
     return {
-        "embedding": (raw / norm).tolist(),
+        "embedding": (raw / norm).astype(np.float32),  # float32 array: encoded at its own precision
         "norm": norm,
         "uncertainty": uncertainty if uncertainty is None or math.isfinite(uncertainty) else None,
         "bbox": face.bbox,

@@ -32,7 +32,7 @@ class ServeSettings:
     model: str = _help("the ONNX file to serve (written by `python -m facevib.export`)", default="")
     host: str = _help("address to bind", default="127.0.0.1")
     port: int = _help("port to bind", default=8000)
-    api_key: str | None = _help("if set, every endpoint except /health needs header X-API-Key: KEY", default=None)
+    api_key: str | None = _help("if set, every endpoint except /health* needs header X-API-Key: KEY", default=None)
     device: str = _help("auto (CUDA when onnxruntime has it), cpu, cuda or cuda:N", default="auto")
     # Triton's dynamic batcher semantics: a batch runs when max_batch faces wait, or when the
     # oldest has waited max_delay_ms; the queue holds at most max_queue faces (503 beyond).
@@ -54,15 +54,20 @@ class ServeSettings:
         default="mtcnn",
     )
     intra_op_threads: int = _help("ONNX Runtime threads per inference (0: the cores this process may use)", default=0)
-    decode_workers: int = _help("threads decoding and aligning images (0: min(4, cores))", default=0)
+    decode_workers: int = _help(
+        "threads decoding and aligning images (0: one per core this process may use)", default=0
+    )
     log_level: str = _help("logging level of the facevib.serve logger", default="info")
+    health_interval_s: float = _help(
+        "seconds between background inference checks; /health/ready reports the last one", default=10.0
+    )
 
     def __post_init__(self) -> None:
         positive = ("max_batch", "max_queue", "max_images", "max_image_pixels")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("request_timeout_s", "max_body_mb"):
+        for name in ("request_timeout_s", "max_body_mb", "health_interval_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.max_delay_ms <= 10_000:

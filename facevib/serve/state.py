@@ -10,6 +10,7 @@ from fastapi import Request
 
 from facevib.serve.batcher import Batcher
 from facevib.serve.errors import ServeError
+from facevib.serve.health import HealthMonitor
 from facevib.serve.images import Detector
 from facevib.serve.metrics import ServeMetrics
 from facevib.serve.runtime import ModelRuntime
@@ -30,6 +31,7 @@ class ServerState:
     batcher: Batcher | None = None
     service: Service | None = None
     pool: concurrent.futures.ThreadPoolExecutor | None = None
+    health: HealthMonitor | None = None
     started_at: float = field(default_factory=time.time)
 
     def ready_service(self) -> Service:
