@@ -4,19 +4,11 @@ Both return ``(image, label)`` with ``image`` a normalised ``(3, 112, 112)`` flo
 tensor (``facevib.data.transforms``) and expose ``.labels`` (int64, one per sample) and
 ``.num_classes`` without decoding any image.
 
-RecordIO layouts (``facevib.data.ms1m_layout`` parses and checks them):
-
-* MS1M/insightface: record 0 is a header record naming the identity records, images are
-  keys ``1 .. first_identity_key - 1``, and one identity record per class gives that
-  class's image keys.
-* Newer writers: every key is an image.
-
-Labels are found without reading images: from the identity records when present (one
-small record per class), otherwise from the 32-byte frame + header of every image record,
-gathered through one read-only memory map, which is faster than a loop of ``os.pread`` (times
-in ``docs/results.md``, "label scan"). When labels
-come from identity records, each sample's own header label is still compared with them
-when the sample is read.
+Labels are found without reading images: from the identity records of the MS1M layout
+(``facevib.data.ms1m_layout``) when present, one small record per class, otherwise from the
+frame + header of every image record (``recordio.scan_headers``, one memory map; times in
+``docs/results.md``, "label scan"). When labels come from identity records, each sample's
+own header label is still compared with them when the sample is read.
 """
 
 from __future__ import annotations
