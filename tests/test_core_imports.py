@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# The engine is checked once its trainer no longer imports facevib.info (the engine restructure).
-CORE_PACKAGES = ("models", "losses", "data", "eval", "export", "serve", "detect")
+CORE_PACKAGES = ("models", "losses", "data", "engine", "eval", "export", "serve", "detect")
 RESEARCH = ("info", "experiments", "synth", "report")
 
 # One fresh interpreter imports every core module (and the top-level ones) and lists which

@@ -27,7 +27,7 @@ from facevib.export.metadata import (
     read_onnx_metadata,
     write_metadata,
 )
-from facevib.export.pipeline import ExportResult, checkpoint_config, export_model
+from facevib.export.pipeline import ExportResult, export_model
 from facevib.export.triton import check_triton_settings, triton_config, write_triton_repository
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "calibrate",
     "calibration_kind",
     "check_triton_settings",
-    "checkpoint_config",
     "compare_onnx",
     "config_digest",
     "describe_uncertainty",
