@@ -35,6 +35,7 @@ from facevib.data.recordio import (
     RecordIOError,
     RecordReader,
     check_index_fits,
+    index_path,
     read_index_arrays,
     record_where,
     scan_headers,
@@ -104,12 +105,9 @@ def _resolve_prefix(prefix_or_dir: str | os.PathLike) -> tuple[Path, Path, Path]
         rec = given
     else:
         rec = given.with_name(given.name + ".rec")
-    idx = rec.with_suffix(".idx")
     if not rec.is_file():
         raise FileNotFoundError(f"RecordIO file not found: {rec} (from {str(prefix_or_dir)!r})")
-    if not idx.is_file():
-        raise FileNotFoundError(f"RecordIO index not found: {idx} (next to {rec})")
-    return rec, idx, rec.parent / "property"
+    return rec, index_path(rec), rec.parent / "property"
 
 
 class _KeyTable:

@@ -39,6 +39,7 @@ __all__ = [
     "RecordWriter",
     "IndexedRecordWriter",
     "encode_record",
+    "index_path",
     "pack",
     "unpack",
     "read_index",
@@ -219,6 +220,14 @@ def read_index(path: str | os.PathLike) -> dict[int, int]:
     return dict(zip(keys.tolist(), offsets.tolist(), strict=True))
 
 
+def index_path(rec_path: Path, idx_path: str | os.PathLike | None = None) -> Path:
+    """``idx_path``, by default the ``.idx`` next to ``rec_path``; ``FileNotFoundError`` naming both when absent."""
+    idx = Path(idx_path) if idx_path is not None else rec_path.with_suffix(".idx")
+    if not idx.is_file():
+        raise FileNotFoundError(f"RecordIO index not found: {idx} (next to {rec_path})")
+    return idx
+
+
 def check_index_fits(
     idx_path: str | os.PathLike, rec_path: str | os.PathLike, rec_size: int, keys: np.ndarray, offsets: np.ndarray
 ) -> None:
@@ -338,9 +347,7 @@ class IndexedRecordReader(RecordReader):
 
     def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None):
         super().__init__(rec_path)
-        self.idx_path = Path(idx_path) if idx_path is not None else self.path.with_suffix(".idx")
-        if not self.idx_path.is_file():
-            raise FileNotFoundError(f"RecordIO index not found: {self.idx_path} (next to {self.path})")
+        self.idx_path = index_path(self.path, idx_path)
         keys, offsets = read_index_arrays(self.idx_path)
         check_index_fits(self.idx_path, self.path, self.size, keys, offsets)
         self.index = dict(zip(keys.tolist(), offsets.tolist(), strict=True))
