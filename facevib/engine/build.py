@@ -11,12 +11,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from facevib.config import TrainConfig
+from facevib.config import ConfigError, TrainConfig
 from facevib.data.datasets import MXFaceDataset
 from facevib.distributed import DistEnv
 from facevib.engine.optim import build_optimizer, lr_factor, scaled_lr
 from facevib.engine.reader import read_checkpoint
-from facevib.engine.seeding import Stream, derive_seed, torch_generator
+from facevib.engine.seeding import Stream, derive_seed
 from facevib.engine.task import FaceRecognitionTask
 from facevib.losses import CombinedMarginLoss
 from facevib.models import create_model, load_arcface_state_dict
@@ -55,7 +55,7 @@ def check_labels(dataset: Dataset, num_classes: int, rec: str) -> None:
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         index = int(np.flatnonzero(bad)[0])
-        raise ValueError(
+        raise ConfigError(
             f"{rec}: sample {index} has label {int(labels[index])}, outside "
             f"[0, {num_classes}) ({int(bad.sum())} such samples; check property / train.idx)"
         )
@@ -65,7 +65,10 @@ def build_backbone(cfg: TrainConfig, device: torch.device, log: Callable[[str], 
     """The configured backbone, the same initial weights on every rank and in every run with
     this seed, optionally initialised from ``model.init_backbone``."""
     torch.manual_seed(derive_seed(cfg.run.seed, Stream.INIT, 0))
-    backbone = create_model(cfg.model.name, **cfg.model.kwargs)
+    try:
+        backbone = create_model(cfg.model.name, **cfg.model.kwargs)
+    except (TypeError, ValueError) as exc:  # the model's own check of the configured kwargs
+        raise ConfigError(f"model.name={cfg.model.name!r}, model.kwargs={cfg.model.kwargs!r}: {exc}") from exc
     if cfg.model.init_backbone:
         _initialise_from(backbone, Path(cfg.model.init_backbone), log)
     backbone.to(device)
@@ -85,7 +88,7 @@ def _initialise_from(backbone: nn.Module, path: Path, log: Callable[[str], None]
         report = load_arcface_state_dict(backbone, checkpoint.backbone)
     except ValueError as exc:
         message = str(exc)
-        raise ValueError(
+        raise ConfigError(
             message if message.startswith("model.init_backbone") else f"model.init_backbone: {exc}"
         ) from exc
     log(
@@ -103,7 +106,7 @@ def build_partial_fc(cfg: TrainConfig, embedding_dim: int, num_classes: int, dev
         embedding_dim,
         num_classes,
         head.sample_rate,
-        generator=torch_generator(cfg.run.seed, Stream.INIT, 1),
+        seed=derive_seed(cfg.run.seed, Stream.INIT, 1),
         device=device,
     )
 

@@ -6,8 +6,8 @@ Layout of ``checkpoint_<step:08d>/``:
   optimizer state keyed by parameter name, scaler, step, data position, config), written
   by rank 0 and read with ``torch.load(..., weights_only=True)`` (no pickled code runs);
 * ``partial_fc/`` — a ``torch.distributed.checkpoint`` (DCP) folder with the Partial FC
-  weight and its optimizer state, written by every rank for its own rows in blocks and
-  reloaded at any world size (see :mod:`facevib.row_shards`).
+  weight and its optimizer state, written by every rank for its own rows (DTensor
+  ``Shard(0)``) and reloaded at any world size (see :mod:`facevib.row_shards`).
 
 All ranks write into ``.checkpoint_<step>.tmp/`` (one shared file system, as DCP's
 file-system writer expects); rank 0 renames it once everything is on disk, so a crash
@@ -32,6 +32,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+from facevib.config import ConfigError
 from facevib.engine.reader import (
     CHECKPOINT_FORMAT,
     STATE_FILE,
@@ -87,7 +88,7 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
         return found[-1]
     old = sorted(p.name for p in Path(directory).glob("checkpoint_*.pt") if is_old_format(p))
     if old:
-        raise ValueError(old_format_error(Path(directory) / old[-1]))
+        raise ConfigError(old_format_error(Path(directory) / old[-1]))
     return None
 
 
@@ -160,7 +161,7 @@ def sharded_entries(path: str | Path) -> dict[str, tuple[torch.Size, torch.dtype
     try:
         metadata = dcp.FileSystemReader(folder).read_metadata()
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{folder}: not a readable sharded checkpoint ({exc})") from exc
+        raise ConfigError(f"{folder}: not a readable sharded checkpoint ({exc})") from exc
     return {
         key: (md.size, md.properties.dtype)
         for key, md in metadata.state_dict_metadata.items()
@@ -197,7 +198,7 @@ class Checkpointer:
             return latest_checkpoint(self.directory)
         path = Path(resume)
         if path.is_file() and is_old_format(path):
-            raise ValueError(old_format_error(path))
+            raise ConfigError(old_format_error(path))
         return path
 
     def load(self, path: str | Path) -> Checkpoint:
@@ -207,7 +208,7 @@ class Checkpointer:
             raise FileNotFoundError(f"checkpoint not found: {path}")
         if not path.is_dir():
             checkpoint = read_checkpoint(path)  # names the old format, or a backbone.pt
-            raise ValueError(f"{checkpoint.path}: a backbone file, not a training checkpoint folder to resume from")
+            raise ConfigError(f"{checkpoint.path}: a backbone file, not a training checkpoint folder to resume from")
         return read_checkpoint(path)
 
     def load_partial_fc(
@@ -221,10 +222,10 @@ class Checkpointer:
         """
         entries = sharded_entries(path)
         if "weight" not in entries:
-            raise ValueError(f"{path}: the sharded checkpoint has no Partial FC weight")
+            raise ConfigError(f"{path}: the sharded checkpoint has no Partial FC weight")
         shape = tuple(entries["weight"][0])
         if shape != (classes, dim):
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: Partial FC weight of shape {shape} does not match {classes} classes x {dim} dims of {origin}"
             )
         load_sharded(path, pfc.sharded_state_dict(optimizer, entries))

@@ -11,6 +11,8 @@ from typing import Any, TextIO
 
 import torch
 
+from facevib.config import ConfigError
+
 __all__ = ["MetricLogger", "format_duration", "metrics_to_host"]
 
 
@@ -43,7 +45,7 @@ class MetricLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:  # optional dependency (the `train` extra)
-                raise ValueError(
+                raise ConfigError(
                     "run.tensorboard=true needs the tensorboard package: pip install 'facevib[train]' "
                     "or set run.tensorboard=false"
                 ) from exc

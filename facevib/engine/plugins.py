@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
+from facevib.config import ConfigError
+
 if TYPE_CHECKING:
     from facevib.config import TrainConfig
 
@@ -73,7 +75,7 @@ def import_plugins(modules: Iterable[str]) -> None:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            raise ValueError(f"run.plugins: cannot import {module!r} ({exc})") from exc
+            raise ConfigError(f"run.plugins: cannot import {module!r} ({exc})") from exc
 
 
 def build_aux_losses(cfg: TrainConfig, backbone: nn.Module, device: torch.device) -> dict[str, nn.Module]:

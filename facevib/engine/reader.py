@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from facevib.config import ConfigError
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "STATE_FILE",
@@ -78,7 +80,7 @@ def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a damaged or foreign file
-        raise ValueError(f"{what} {path} is not a readable torch file ({type(exc).__name__}: {exc})") from exc
+        raise ConfigError(f"{what} {path} is not a readable torch file ({type(exc).__name__}: {exc})") from exc
 
 
 def read_checkpoint(path: str | Path, what: str = "checkpoint", plain_ok: bool = False) -> Checkpoint:
@@ -105,26 +107,26 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint", plain_ok: bool =
         path = path / STATE_FILE
     payload = read_torch_file(path, what)
     if not isinstance(payload, Mapping):
-        raise ValueError(f"{path}: expected a dict (facevib checkpoint or state_dict), got {type(payload).__name__}")
+        raise ConfigError(f"{path}: expected a dict (facevib checkpoint or state_dict), got {type(payload).__name__}")
     if "arch" not in payload and "backbone" not in payload:
         if not plain_ok:
-            raise ValueError(f"{path}: not a facevib checkpoint (no format={CHECKPOINT_FORMAT!r} entry)")
+            raise ConfigError(f"{path}: not a facevib checkpoint (no format={CHECKPOINT_FORMAT!r} entry)")
         return Checkpoint(path, None, {"backbone": dict(payload)}, None)
     fmt = payload.get("format", CHECKPOINT_FORMAT)
     if fmt != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: field 'format' is {fmt!r}, expected {CHECKPOINT_FORMAT!r}")
+        raise ConfigError(f"{path}: field 'format' is {fmt!r}, expected {CHECKPOINT_FORMAT!r}")
     if payload.get("version", 2) < 2 or is_old_format(path):
-        raise ValueError(old_format_error(path))
+        raise ConfigError(old_format_error(path))
     arch = payload.get("arch")
     if (
         not isinstance(arch, Mapping)
         or not isinstance(arch.get("name"), str)
         or not isinstance(arch.get("kwargs", {}), Mapping)
     ):
-        raise ValueError(f"{path}: field 'arch' must be {{'name': str, 'kwargs': dict}}, got {arch!r}")
+        raise ConfigError(f"{path}: field 'arch' must be {{'name': str, 'kwargs': dict}}, got {arch!r}")
     if not isinstance(payload.get("backbone"), Mapping):
-        raise ValueError(f"{path}: field 'backbone' is missing or not a state_dict")
+        raise ConfigError(f"{path}: field 'backbone' is missing or not a state_dict")
     config = payload.get("config")
     if config is not None and not isinstance(config, Mapping):
-        raise ValueError(f"{path}: field 'config' must be a dict, got {type(config).__name__}")
+        raise ConfigError(f"{path}: field 'config' must be a dict, got {type(config).__name__}")
     return Checkpoint(path, dict(arch), dict(payload), config)

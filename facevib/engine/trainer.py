@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from facevib import __version__
-from facevib.config import TrainConfig, config_to_dict
+from facevib.config import ConfigError, TrainConfig, config_to_dict
 from facevib.data.transforms import normalize_images
 from facevib.distributed import DistEnv
 from facevib.engine import build
@@ -83,7 +83,7 @@ class Trainer:
         self.global_batch = cfg.data.batch_size * env.world_size
         self.steps_per_epoch = batches_per_epoch(len(self.dataset), self.global_batch)
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"{cfg.data.rec}: {len(self.dataset)} images is less than one global batch of "
                 f"{self.global_batch} (data.batch_size={cfg.data.batch_size} x {env.world_size} ranks)"
             )
@@ -125,7 +125,7 @@ class Trainer:
             "device": str(self.device),
             "amp": str(self.amp_dtype),
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
-            "versions": {"facevib": __version__, "torch": torch.__version__},
+            "versions": {"facevib": __version__, "torch": torch.version.__version__},
         }
         self.output.mkdir(parents=True, exist_ok=True)
         (self.output / "config.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -174,7 +174,7 @@ class Trainer:
             return
         state = self.checkpointer.load(path).state
         if state["arch"] != self.backbone.arch:
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: checkpoint architecture {state['arch']} differs from the configured {self.backbone.arch}"
             )
         self.backbone.load_state_dict(state["backbone"])
