@@ -4,19 +4,11 @@ Both return ``(image, label)`` with ``image`` a normalised ``(3, 112, 112)`` flo
 tensor (``facevib.data.transforms``) and expose ``.labels`` (int64, one per sample) and
 ``.num_classes`` without decoding any image.
 
-RecordIO layouts (``facevib.data.ms1m_layout`` parses and checks them):
-
-* MS1M/insightface: record 0 is a header record naming the identity records, images are
-  keys ``1 .. first_identity_key - 1``, and one identity record per class gives that
-  class's image keys.
-* Newer writers: every key is an image.
-
-Labels are found without reading images: from the identity records when present (one
-small record per class), otherwise from the 32-byte frame + header of every image record,
-gathered through one read-only memory map, which is faster than a loop of ``os.pread`` (times
-in ``docs/results.md``, "label scan"). When labels
-come from identity records, each sample's own header label is still compared with them
-when the sample is read.
+Labels are found without reading images: from the identity records of the MS1M layout
+(``facevib.data.ms1m_layout``) when present, one small record per class, otherwise from the
+frame + header of every image record (``recordio.scan_headers``, one memory map; times in
+``docs/results.md``, "label scan"). When labels come from identity records, each sample's
+own header label is still compared with them when the sample is read.
 """
 
 from __future__ import annotations
@@ -35,10 +27,19 @@ from facevib.data.ms1m_layout import (
     HEADER_KEY,
     MS1MHeader,
     check_identity_records,
+    integral_keys,
     labels_from_ranges,
     read_header_record,
 )
-from facevib.data.recordio import RecordIOError, RecordReader, read_index_arrays, scan_headers, unpack
+from facevib.data.recordio import (
+    RecordIOError,
+    RecordReader,
+    check_index_fits,
+    index_path,
+    read_index_arrays,
+    record_where,
+    scan_headers,
+)
 from facevib.data.transforms import IMAGE_SIZE, FaceTransform
 
 __all__ = [
@@ -104,12 +105,9 @@ def _resolve_prefix(prefix_or_dir: str | os.PathLike) -> tuple[Path, Path, Path]
         rec = given
     else:
         rec = given.with_name(given.name + ".rec")
-    idx = rec.with_suffix(".idx")
     if not rec.is_file():
         raise FileNotFoundError(f"RecordIO file not found: {rec} (from {str(prefix_or_dir)!r})")
-    if not idx.is_file():
-        raise FileNotFoundError(f"RecordIO index not found: {idx} (next to {rec})")
-    return rec, idx, rec.parent / "property"
+    return rec, index_path(rec), rec.parent / "property"
 
 
 class _KeyTable:
@@ -132,12 +130,6 @@ class _KeyTable:
         pos_clipped = np.minimum(pos, self.size - 1)
         found = (pos < self.size) & (self._sorted[pos_clipped] == query)
         return np.where(found, self._order[pos_clipped], -1)
-
-
-def _integral(values: np.ndarray) -> np.ndarray:
-    """Mask of finite, integral, non-negative values that fit an int32 class id or key."""
-    with np.errstate(invalid="ignore"):
-        return np.isfinite(values) & (values >= 0) & (values < 2**31) & (np.floor(values) == values)
 
 
 def _shorten(keys: list[int]) -> str:
@@ -187,14 +179,7 @@ class MXFaceDataset(Dataset):
         self.skip_corrupt = skip_corrupt
         self._reader = RecordReader(self.rec_path)
         index_keys, index_offsets = read_index_arrays(self.idx_path)
-        past_end = np.flatnonzero(index_offsets >= self._reader.size)
-        if past_end.size:
-            first = int(past_end[0])
-            raise RecordIOError(
-                f"{self.idx_path}: key {int(index_keys[first])} points at byte offset {int(index_offsets[first])}, "
-                f"past the end of {self.rec_path} ({self._reader.size} bytes); {past_end.size} such keys: "
-                "the index does not belong to this file"
-            )
+        check_index_fits(self.idx_path, self.rec_path, self._reader.size, index_keys, index_offsets)
         self._init_skips: list[tuple[int, int, str]] = []
         positions, labels, identity_count = self._locate_images(index_keys, index_offsets, labels_from)
         self._label_source = "identity records" if labels is not None else "record headers"
@@ -226,7 +211,8 @@ class MXFaceDataset(Dataset):
     ) -> tuple[np.ndarray, np.ndarray | None, int | None]:
         """Index positions of the image records, their labels when identity records give them, and the class count."""
         table = _KeyTable(index_keys)
-        header = self._read_header_record(index_offsets, table)
+        position = int(table.positions(np.array([HEADER_KEY]))[0])
+        header = read_header_record(self._reader, int(index_offsets[position])) if position >= 0 else None
         if header is None:
             if labels_from == "identities":
                 raise RecordIOError(
@@ -250,13 +236,6 @@ class MXFaceDataset(Dataset):
         labels = self._labels_from_identities(header, index_offsets[identity_positions])
         return positions[found], labels[found], header.num_identities
 
-    def _read_header_record(self, offsets: np.ndarray, table: _KeyTable) -> MS1MHeader | None:
-        """Record 0 parsed by ``ms1m_layout``: its header, or None when the set has no header record."""
-        position = int(table.positions(np.array([HEADER_KEY]))[0])
-        if position < 0:
-            return None
-        return read_header_record(self._reader, int(offsets[position]))
-
     def _require_keys(self, table: _KeyTable, wanted: np.ndarray, what: str) -> np.ndarray:
         positions = table.positions(wanted)
         missing = wanted[positions < 0]
@@ -279,14 +258,14 @@ class MXFaceDataset(Dataset):
     def _labels_from_headers(self, keys: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         heads = scan_headers(self._reader, keys, offsets, n_labels=1, collect_errors=self.skip_corrupt)
         raw = heads.labels[:, 0]
-        good = _integral(raw)
+        good = integral_keys(raw)  # class ids obey the same bounds as keys (float32 labels below 2**31)
         for position in heads.bad:
             good[position] = False
         if not good.all():
             for position in np.flatnonzero(~good).tolist():
                 key, offset = int(keys[position]), int(offsets[position])
                 reason = heads.bad.get(position) or (
-                    f"{self.rec_path}: record key {key} at byte offset {offset}: label {float(raw[position])!r} "
+                    f"{record_where(self.rec_path, key, offset)}: label {float(raw[position])!r} "
                     "is not a non-negative integer class id"
                 )
                 if not self.skip_corrupt:
@@ -346,12 +325,8 @@ class MXFaceDataset(Dataset):
 
     def _load(self, index: int) -> tuple[torch.Tensor, int]:
         key, offset = int(self._keys[index]), int(self._offsets[index])
-        payload, _ = self._reader.read_at(offset, key)
-        where = f"{self.rec_path}: record key {key} at byte offset {offset}"
-        try:
-            header, image = unpack(payload)
-        except RecordIOError as err:
-            raise RecordIOError(f"{where}: {err}") from None
+        header, image = self._reader.read_image_record(offset, key)
+        where = record_where(self.rec_path, key, offset)
         stored = header.label if header.flag == 0 else float(header.label[0])
         label = int(self.labels[index])
         if stored != label:

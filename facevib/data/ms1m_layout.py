@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facevib.data.recordio import RecordHeader, RecordIOError, RecordReader, unpack
+from facevib.data.recordio import RecordHeader, RecordIOError, RecordReader, record_where
 
 __all__ = [
     "FIRST_IMAGE_KEY",
@@ -42,7 +42,7 @@ __all__ = [
     "check_identity_records",
     "identity_ranges_for_counts",
     "identity_record",
-    "is_header_record",
+    "integral_keys",
     "labels_from_ranges",
     "parse_header_record",
     "read_header_record",
@@ -123,15 +123,10 @@ def labels_from_ranges(ranges: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(ranges), dtype=np.int64), ranges[:, 1] - ranges[:, 0])
 
 
-def _integral_keys(values: np.ndarray) -> np.ndarray:
+def integral_keys(values: np.ndarray) -> np.ndarray:
     """Mask of finite, integral, non-negative values small enough to be record keys."""
     with np.errstate(invalid="ignore"):
         return np.isfinite(values) & (values >= 0) & (values < _MAX_KEY) & (np.floor(values) == values)
-
-
-def is_header_record(header: RecordHeader, image_bytes: int) -> bool:
-    """Whether record 0 with this ``IfQQ`` header and ``image_bytes`` bytes after its labels is a header record."""
-    return header.flag > 0 and image_bytes == 0
 
 
 def parse_header_record(header: RecordHeader, image_bytes: int, where: str) -> MS1MHeader | None:
@@ -141,7 +136,7 @@ def parse_header_record(header: RecordHeader, image_bytes: int, where: str) -> M
     Raises :class:`MS1MLayoutError` when record 0 is a header record whose labels are not
     ``[first_identity_key, end_key)`` with ``1 <= first_identity_key <= end_key``.
     """
-    if not is_header_record(header, image_bytes):
+    if header.flag == 0 or image_bytes > 0:  # a scalar label, or image bytes: record 0 is an image
         return None
     labels = np.atleast_1d(np.asarray(header.label, dtype=np.float64))
     if labels.size < RANGE_LABELS:
@@ -150,7 +145,7 @@ def parse_header_record(header: RecordHeader, image_bytes: int, where: str) -> M
             f"{labels.tolist()}; an MS1M header needs [first_identity_key, end_key)"
         )
     first, end = labels[:RANGE_LABELS]
-    if not (_integral_keys(labels[:RANGE_LABELS]).all() and FIRST_IMAGE_KEY <= first <= end):
+    if not (integral_keys(labels[:RANGE_LABELS]).all() and FIRST_IMAGE_KEY <= first <= end):
         raise MS1MLayoutError(
             f"{where}: header labels {labels[:RANGE_LABELS].tolist()} are not [first_identity_key, end_key) "
             f"with {FIRST_IMAGE_KEY} <= first_identity_key <= end_key"
@@ -160,13 +155,8 @@ def parse_header_record(header: RecordHeader, image_bytes: int, where: str) -> M
 
 def read_header_record(reader: RecordReader, offset: int) -> MS1MHeader | None:
     """Read record 0 at ``offset`` and parse it with :func:`parse_header_record`."""
-    where = f"{reader.path}: record key {HEADER_KEY} at byte offset {offset}"
-    payload, _ = reader.read_at(offset, HEADER_KEY)
-    try:
-        header, body = unpack(payload)
-    except RecordIOError as err:
-        raise MS1MLayoutError(f"{where}: {err}") from None
-    return parse_header_record(header, len(body), where)
+    header, body = reader.read_image_record(offset, HEADER_KEY, error=MS1MLayoutError)
+    return parse_header_record(header, len(body), record_where(reader.path, HEADER_KEY, offset))
 
 
 def check_identity_records(
@@ -194,20 +184,20 @@ def check_identity_records(
     if not_identity.size:
         position = int(not_identity[0])
         raise MS1MLayoutError(
-            f"{rec}: record key {int(keys[position])} at byte offset {int(offsets[position])}: expected an identity "
+            f"{record_where(rec, int(keys[position]), int(offsets[position]))}: expected an identity "
             f"record (flag >= {RANGE_LABELS}, no image), got flag {int(flags[position])} with "
             f"{int(image_bytes[position])} image bytes"
         )
     ranges = labels[:, :RANGE_LABELS]
     starts, ends = ranges[:, 0], ranges[:, 1]
     expected_starts = np.concatenate([[float(FIRST_IMAGE_KEY)], ends[:-1]])
-    good = _integral_keys(ranges).all(axis=1) & (starts == expected_starts) & (ends >= starts)
+    good = integral_keys(ranges).all(axis=1) & (starts == expected_starts) & (ends >= starts)
     if good.size:
         good[-1] &= ends[-1] == header.first_identity_key
     if not good.all():
         position = int(np.flatnonzero(~good)[0])
         start, end = ranges[position]
-        if not _integral_keys(ranges[position]).all() or end < start:
+        if not integral_keys(ranges[position]).all() or end < start:
             reason = "is not an ordered pair of integer keys"
         elif start != expected_starts[position]:
             reason = f"does not continue the previous identity's range (expected start {expected_starts[position]:g})"

@@ -39,10 +39,13 @@ __all__ = [
     "RecordWriter",
     "IndexedRecordWriter",
     "encode_record",
+    "index_path",
     "pack",
     "unpack",
     "read_index",
+    "check_index_fits",
     "read_index_arrays",
+    "record_where",
     "scan_headers",
 ]
 
@@ -50,12 +53,31 @@ MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _FRAME = struct.Struct("<II")  # magic, length word
 _LENGTH_BITS = 29
-_LENGTH_MASK = (1 << _LENGTH_BITS) - 1
 _MAX_RECORD = 1 << _LENGTH_BITS
 _HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2 (mxnet's IRHeader)
+# The same frame + header as one numpy row, for reading the start of many records at once.
+_FRAME_HEADER = np.dtype(
+    [("magic", "<u4"), ("length_word", "<u4"), ("flag", "<u4"), ("label", "<f4"), ("id", "<u8"), ("id2", "<u8")]
+)
+assert _FRAME_HEADER.itemsize == _FRAME.size + _HEADER.size
 
 # Continuation flags of the length word.
 _WHOLE, _FIRST, _MIDDLE, _LAST = 0, 1, 2, 3
+
+
+def _length_word(cflag: int, length: int) -> int:
+    """The frame's length word: continuation flag in the upper 3 bits, part length below."""
+    return (cflag << _LENGTH_BITS) | length
+
+
+def _split_length_word(word):
+    """``(continuation flag, part length)`` of a length word (an int or a numpy array of them)."""
+    return word >> _LENGTH_BITS, word & (_MAX_RECORD - 1)
+
+
+def record_where(path: str | os.PathLike, key: int | None, offset: int) -> str:
+    """How every error names a record: ``"<file>: record key K at byte offset N"``."""
+    return f"{path}: {'record' if key is None else f'record key {key}'} at byte offset {offset}"
 
 
 class RecordIOError(ValueError):
@@ -129,11 +151,11 @@ def encode_record(payload: bytes | memoryview) -> bytes:
     for word in np.flatnonzero(aligned == MAGIC):
         pos = int(word) * 4
         cflag = _FIRST if start == 0 else _MIDDLE
-        parts.append(_FRAME.pack(MAGIC, (cflag << _LENGTH_BITS) | (pos - start)))
+        parts.append(_FRAME.pack(MAGIC, _length_word(cflag, pos - start)))
         parts.append(data[start:pos].tobytes())
         start = pos + 4
     cflag = _LAST if start else _WHOLE
-    parts.append(_FRAME.pack(MAGIC, (cflag << _LENGTH_BITS) | (size - start)))
+    parts.append(_FRAME.pack(MAGIC, _length_word(cflag, size - start)))
     parts.append(data[start:].tobytes())
     parts.append(b"\0" * (_align4(size) - size))
     return b"".join(parts)
@@ -142,10 +164,9 @@ def encode_record(payload: bytes | memoryview) -> bytes:
 def read_index_arrays(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read a ``.idx`` file into two int64 arrays ``(keys, offsets)`` in file order.
 
-    MS1M-size indexes hold millions of lines: numpy's C parser reads 5.2M lines in well
-    under a second, where a Python loop takes several, and two arrays cost 16 bytes a
-    record where a dict of Python ints costs over 100 (and is copied page by page into
-    every forked DataLoader worker as reference counts change).
+    MS1M-size indexes hold millions of lines: numpy's C parser, not a Python loop, and two
+    arrays (16 bytes a record) rather than a dict of Python ints, which costs several times
+    more and is copied page by page into every forked DataLoader worker as reference counts change.
     """
     path = Path(path)
     data = path.read_bytes()
@@ -160,17 +181,11 @@ def read_index_arrays(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             table = None
         if table is not None and table.shape[1] == 2:
             keys, offsets = np.ascontiguousarray(table[:, 0]), np.ascontiguousarray(table[:, 1])
-            if (offsets >= 0).all() and _all_distinct(keys):
+            # mxnet's writers emit ascending keys; only other orders pay for np.unique.
+            distinct = keys.size < 2 or (keys[1:] > keys[:-1]).all() or np.unique(keys).size == keys.size
+            if (offsets >= 0).all() and distinct:
                 return keys, offsets
     return _read_index_lines(path)
-
-
-def _all_distinct(values: np.ndarray) -> bool:
-    """True when no value repeats (np.unique is several times slower on millions of keys)."""
-    if values.size < 2 or (values[1:] > values[:-1]).all():  # mxnet's writers emit ascending keys
-        return True
-    ordered = np.sort(values)
-    return bool((ordered[1:] != ordered[:-1]).all())
 
 
 def _read_index_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -203,6 +218,27 @@ def read_index(path: str | os.PathLike) -> dict[int, int]:
     """Read a ``.idx`` file into ``{key: byte offset}`` (insertion order = file order)."""
     keys, offsets = read_index_arrays(path)
     return dict(zip(keys.tolist(), offsets.tolist(), strict=True))
+
+
+def index_path(rec_path: Path, idx_path: str | os.PathLike | None = None) -> Path:
+    """``idx_path``, by default the ``.idx`` next to ``rec_path``; ``FileNotFoundError`` naming both when absent."""
+    idx = Path(idx_path) if idx_path is not None else rec_path.with_suffix(".idx")
+    if not idx.is_file():
+        raise FileNotFoundError(f"RecordIO index not found: {idx} (next to {rec_path})")
+    return idx
+
+
+def check_index_fits(
+    idx_path: str | os.PathLike, rec_path: str | os.PathLike, rec_size: int, keys: np.ndarray, offsets: np.ndarray
+) -> None:
+    """Raise :class:`RecordIOError` naming the first key whose offset lies past the end of the ``.rec`` file."""
+    past_end = np.flatnonzero(offsets >= rec_size)
+    if past_end.size:
+        first = int(past_end[0])
+        raise RecordIOError(
+            f"{idx_path}: key {int(keys[first])} points at byte offset {int(offsets[first])}, past the end of "
+            f"{rec_path} ({rec_size} bytes); {past_end.size} such keys: the index does not belong to this file"
+        )
 
 
 # ----------------------------------------------------------------------------- reading
@@ -252,8 +288,7 @@ class RecordReader:
         return state
 
     def _error(self, key: int | None, offset: int, what: str) -> RecordIOError:
-        where = f"record key {key}" if key is not None else "record"
-        return RecordIOError(f"{self.path}: {where} at byte offset {offset}: {what}")
+        return RecordIOError(f"{record_where(self.path, key, offset)}: {what}")
 
     def read_at(self, offset: int, key: int | None = None) -> tuple[bytes, int]:
         """Read the record starting at ``offset``; return its payload and the next offset.
@@ -272,7 +307,7 @@ class RecordReader:
             magic, word = _FRAME.unpack(frame)
             if magic != MAGIC:
                 raise self._error(key, offset, f"bad magic 0x{magic:08x} at byte {pos} (expected 0x{MAGIC:08x})")
-            cflag, length = word >> _LENGTH_BITS, word & _LENGTH_MASK
+            cflag, length = _split_length_word(word)
             allowed = (_WHOLE, _FIRST) if not chunks else (_MIDDLE, _LAST)
             if cflag not in allowed:
                 raise self._error(key, offset, f"continuation flag {cflag} at byte {pos} is out of sequence")
@@ -288,6 +323,16 @@ class RecordReader:
             chunks.append(_MAGIC_BYTES)
         return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), pos
 
+    def read_image_record(
+        self, offset: int, key: int, error: type[RecordIOError] = RecordIOError
+    ) -> tuple[RecordHeader, memoryview]:
+        """Read and :func:`unpack` the record at ``offset``; an unpack error becomes ``error`` naming the record."""
+        payload, _ = self.read_at(offset, key)
+        try:
+            return unpack(payload)
+        except RecordIOError as err:
+            raise error(f"{record_where(self.path, key, offset)}: {err}") from None
+
     def scan(self) -> Iterator[tuple[int, bytes]]:
         """Yield ``(offset, payload)`` for every record, in file order (no index needed)."""
         offset = 0
@@ -302,16 +347,10 @@ class IndexedRecordReader(RecordReader):
 
     def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None):
         super().__init__(rec_path)
-        self.idx_path = Path(idx_path) if idx_path is not None else self.path.with_suffix(".idx")
-        if not self.idx_path.is_file():
-            raise FileNotFoundError(f"RecordIO index not found: {self.idx_path} (next to {self.path})")
-        self.index = read_index(self.idx_path)
-        for key, offset in self.index.items():
-            if offset >= self.size:
-                raise RecordIOError(
-                    f"{self.idx_path}: key {key} points at byte offset {offset}, past the end of "
-                    f"{self.path} ({self.size} bytes); the index does not belong to this file"
-                )
+        self.idx_path = index_path(self.path, idx_path)
+        keys, offsets = read_index_arrays(self.idx_path)
+        check_index_fits(self.idx_path, self.path, self.size, keys, offsets)
+        self.index = dict(zip(keys.tolist(), offsets.tolist(), strict=True))
 
     @property
     def keys(self) -> list[int]:
@@ -354,15 +393,15 @@ def _parse_header_rows(rows: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.
     A row is usable when it starts with the magic word, is a whole (unsplit) record and is
     long enough for its header and labels; the caller reads the others the slow way.
     """
-    words = rows[:, :16].copy().view("<u4")  # magic, length word, flag, scalar label
-    magic, length_word, flags = words[:, 0], words[:, 1], words[:, 2]
-    length = (length_word & ((1 << _LENGTH_BITS) - 1)).astype(np.int64)
+    head = rows[:, : _FRAME_HEADER.itemsize].copy().view(_FRAME_HEADER)[:, 0]
+    flags = head["flag"]
+    cflag, length = _split_length_word(head["length_word"].astype(np.int64))
     label_bytes = 4 * flags.astype(np.int64)
-    whole = (magic == MAGIC) & (length_word >> _LENGTH_BITS == 0) & (length >= _HEADER.size + label_bytes)
-    array_labels = rows[:, _FRAME.size + _HEADER.size :].copy().view("<f4")
+    whole = (head["magic"] == MAGIC) & (cflag == _WHOLE) & (length >= _HEADER.size + label_bytes)
+    array_labels = rows[:, _FRAME_HEADER.itemsize :].copy().view("<f4")
     present = np.arange(n_labels) < np.minimum(flags, n_labels).astype(np.int64)[:, None]
     labels = np.where(present, array_labels, np.float32(np.nan))
-    labels[:, 0] = np.where(flags == 0, words[:, 3].view("<f4"), labels[:, 0])
+    labels[:, 0] = np.where(flags == 0, head["label"], labels[:, 0])
     return flags, labels, length - _HEADER.size - label_bytes, whole
 
 
@@ -377,7 +416,7 @@ def scan_headers(
     file, key and byte offset. With ``collect_errors`` those errors are returned instead.
     """
     n = keys.size
-    width = _FRAME.size + _HEADER.size + 4 * n_labels
+    width = _FRAME_HEADER.itemsize + 4 * n_labels
     flags = np.zeros(n, np.uint32)
     labels = np.full((n, n_labels), np.nan, np.float32)
     body = np.zeros(n, np.int64)
@@ -400,11 +439,7 @@ def scan_headers(
     for position in np.flatnonzero(~fast).tolist():
         key, offset = int(keys[position]), int(offsets[position])
         try:
-            payload, _ = reader.read_at(offset, key)
-            try:
-                header, image = unpack(payload)
-            except RecordIOError as err:
-                raise RecordIOError(f"{reader.path}: record key {key} at byte offset {offset}: {err}") from None
+            header, image = reader.read_image_record(offset, key)
         except RecordIOError as err:
             if not collect_errors:
                 raise
