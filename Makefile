@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.facevib-installed
-EXTRAS ?= train,eval,export,serve,dev
+EXTRAS ?= train,eval,export,serve,dev,gallery-bench
 # CPU machines take the local CPU wheel of torch 2.13.0; CUDA hosts keep any torch >= 2.4
 # they already have (the venv sees system site-packages there) or fetch a CUDA build.
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || echo "torch==2.13.0")
