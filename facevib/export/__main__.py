@@ -4,6 +4,7 @@
     python -m facevib.export backbone.pth --network r100 --out r100.onnx               # arcface_torch
     python -m facevib.export runs/cellvib/backbone.pt --out m.onnx --uncertainty \\
         --calibrate /data/faces_emore --target-fpr 1e-4 --triton-repo triton_models
+    python -m facevib.export backbone.pt --out m.onnx --calibrate-identification /data/IJBC --target-fpir 1e-2
 
 The default file is a drop-in for insightface-style clients: one input ``data`` (N, 3, 112, 112)
 float32 RGB, (pixel - 127.5) / 127.5, dynamic N; one output ``embedding`` (N, D), not
@@ -40,6 +41,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--calibrate", default=None, metavar="DATA", help="folder of verification .bin files, or an IJB-B/C folder"
     )
     parser.add_argument("--target-fpr", type=float, default=None, help="FPR of the calibrated threshold (default 1e-4)")
+    parser.add_argument(
+        "--calibrate-identification",
+        default=None,
+        metavar="DATA",
+        help="IJB-B/C folder with 1:N gallery and probe files: store the open-set (1:N search) threshold",
+    )
+    parser.add_argument(
+        "--target-fpir", type=float, default=None, help="FPIR of the identification threshold (default 1e-2)"
+    )
     parser.add_argument("--triton-repo", default=None, metavar="DIR", help="also write a Triton model repository")
     parser.add_argument("--triton-name", default=None, help="Triton model name (default: the stem of --out)")
     parser.add_argument("--max-batch", type=int, default=64, help="Triton max_batch_size")
@@ -60,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.target_fpr is not None and args.calibrate is None:
         parser.error("--target-fpr needs --calibrate DATA")
+    if args.target_fpir is not None and args.calibrate_identification is None:
+        parser.error("--target-fpir needs --calibrate-identification DATA")
     for flag in ("triton_name", "max_batch", "max_delay_us"):
         if args.triton_repo is None and getattr(args, flag) != parser.get_default(flag):
             parser.error(f"--{flag.replace('_', '-')} needs --triton-repo DIR")
@@ -71,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             uncertainty=args.uncertainty,
             calibration_data=args.calibrate,
             target_fpr=1e-4 if args.target_fpr is None else args.target_fpr,
+            identification_data=args.calibrate_identification,
+            target_fpir=1e-2 if args.target_fpir is None else args.target_fpir,
             triton_repo=args.triton_repo,
             triton_name=args.triton_name,
             max_batch_size=args.max_batch,
@@ -98,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"threshold {cal.threshold:.6f} at target FPR {cal.target_fpr:g}: FPR {cal.fpr:.3g}, TPR {cal.tpr:.4f} "
             f"on {cal.impostor_pairs} impostor / {cal.genuine_pairs} genuine pairs{note}"
+        )
+    if meta.identification is not None:
+        ident = meta.identification
+        note = "" if ident.resolved else " (NOT resolved: fewer than 1/target_fpir non-mated searches)"
+        print(
+            f"1:N threshold {ident.threshold:.6f} at target FPIR {ident.target_fpir:g}: FPIR {ident.fpir:.3g}, "
+            f"TPIR {ident.tpir:.4f} on {ident.non_mated} non-mated / {ident.mated} mated searches{note}"
         )
     if result.triton_dir is not None:
         print(f"wrote Triton model {result.triton_dir} (config.pbtxt, 1/model.onnx)")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from facevib.eval.embed import Embedder
-from facevib.export.calibrate import calibrate
+from facevib.export.calibrate import calibrate, calibrate_identification
 from facevib.export.graph import export_onnx, insightface_problems
 from facevib.export.metadata import build_metadata, write_metadata
 from facevib.export.triton import check_triton_settings, write_triton_repository
@@ -69,6 +69,8 @@ def export_model(
     uncertainty: bool = False,
     calibration_data: str | os.PathLike | None = None,
     target_fpr: float = 1e-4,
+    identification_data: str | os.PathLike | None = None,
+    target_fpir: float = 1e-2,
     triton_repo: str | os.PathLike | None = None,
     triton_name: str | None = None,
     max_batch_size: int = 64,
@@ -85,6 +87,9 @@ def export_model(
         uncertainty: add the ``uncertainty`` output (cellVIB and Deep VIB models).
         calibration_data: a folder of verification ``.bin`` files or an IJB folder; the
             threshold at ``target_fpr`` is measured on the written file and stored.
+        identification_data: an IJB folder with 1:N files; the open-set threshold at
+            ``target_fpir`` is measured on the written file and stored
+            (:func:`facevib.export.calibrate_identification`).
         triton_repo: also write a Triton model repository there, model ``triton_name``
             (default: the stem of ``out``), with ``max_batch_size`` and
             ``max_queue_delay_us`` for its dynamic batcher.
@@ -97,6 +102,8 @@ def export_model(
     """
     if not 0.0 < target_fpr < 1.0:
         raise ValueError(f"target FPR must be in (0, 1), got {target_fpr}")
+    if not 0.0 < target_fpir < 1.0:
+        raise ValueError(f"target FPIR must be in (0, 1), got {target_fpir}")
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise ValueError(f"output file must end in .onnx, got {out}")
@@ -109,6 +116,9 @@ def export_model(
     if calibration_data is not None:
         measured = calibrate(Embedder.from_onnx(out), calibration_data, target_fpr)
         metadata = dataclasses.replace(metadata, calibration=measured)
+    if identification_data is not None:
+        open_set = calibrate_identification(Embedder.from_onnx(out), identification_data, target_fpir)
+        metadata = dataclasses.replace(metadata, identification=open_set)
     write_metadata(out, metadata)
     problems = insightface_problems(out)
     if not uncertainty and problems:  # the default file's contract; a failure here is a bug
