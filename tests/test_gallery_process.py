@@ -131,3 +131,38 @@ def test_two_replicas_share_a_postgresql_gallery_within_the_poll_delay() -> None
                 assert time.monotonic() - started < 5.0, (info, found)
                 time.sleep(0.02)
             print(f"replica delay {delay:.3f} s with poll {poll_s} s")
+
+
+def test_schemathesis_finds_no_server_error_in_the_gallery_routes(tmp_path: Path) -> None:
+    """A bounded schema-driven fuzz of every /v1/galleries operation on a real server: no 5xx."""
+    import hypothesis
+    import schemathesis
+
+    with running_server(*server_args("--gallery-db", str(tmp_path / "faces.db"))) as (url, proc):
+        call(url, "PUT", "/v1/galleries/g")
+        call(url, "POST", "/v1/galleries/g/faces", {"faces": [{"subject": "a", "embedding": [1.0] * DIM}]})
+        schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+        operations = [r.ok() for r in schema.get_all_operations() if r.ok().path.startswith("/v1/galleries")]
+        assert len(operations) == 8
+        seen: list[int] = []
+        for operation in operations:
+
+            @hypothesis.settings(
+                max_examples=10,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+                suppress_health_check=list(hypothesis.HealthCheck),
+            )
+            @hypothesis.given(case=operation.as_strategy())
+            def check(case) -> None:
+                response = case.call(base_url=url, timeout=30)
+                seen.append(response.status_code)
+                assert response.status_code < 500, f"{case.method} {case.path}: {response.text[:300]}"
+
+            check()
+        assert any(400 <= s < 500 for s in seen)
+        from serve_support import server_log
+
+        assert "Traceback" not in server_log(proc), server_log(proc)[-3000:]
