@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="+", default=None, help="candidates whose name starts with one of these")
     args = parser.parse_args(argv)
     factories: list[Callable[[], Candidate]] = [
         Exact,
@@ -199,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         lambda: FaissHnsw(32, 200, 128),
         lambda: FaissIvf(16),
     ]
+    if args.only:
+        factories = [f for f in factories if f().name.startswith(tuple(args.only))]
     print("| faces | index | adds/s | p50 ms | p99 ms | recall@1 mated | recall@1 non-mated | bytes/face | deletes |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---|")
     for n in args.sizes:
