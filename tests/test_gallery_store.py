@@ -107,7 +107,7 @@ def test_a_second_reader_follows_the_log(store_spec) -> None:
         assert second.names() == []
         assert second.sync() == 4
         assert second.describe("g")["faces"] == 3 and second.describe("g")["subjects"] == 2
-        query = second.store.snapshot()[2][0].embedding
+        query = next(f.embedding for f in second.store.snapshot()[2] if f.id == ids[0])
         assert second.search("g", query, 1)[0].face_id == ids[0]
         first.remove_subject("g", "bob")
         second.sync()
@@ -249,3 +249,24 @@ def test_an_unwritable_database_is_named(tmp_path: Path) -> None:
             open_store(db=str(read_only))
     with pytest.raises(ValueError, match="exactly one"):
         open_store()
+
+
+@pytest.mark.skipif(not ann_available(), reason="hnswlib (extra gallery-ann) is not installed")
+def test_hnsw_churn_of_removals_and_additions_keeps_every_live_face_findable() -> None:
+    rng = np.random.default_rng(6)
+    dim = 32
+    index = FaceIndex(dim, exact_limit=50, m=16, ef_construction=100, ef=64)
+    live: dict[str, np.ndarray] = {}
+    counter = 0
+    for _ in range(6):  # add 40, remove 25 at random, repeatedly: deleted slots get reused
+        vectors = unit(rng.standard_normal((40, dim)))
+        ids = [f"f{counter + i}" for i in range(40)]
+        counter += 40
+        index.add(ids, ids, vectors)
+        live.update(zip(ids, vectors, strict=True))
+        for face_id in rng.choice(sorted(live), 25, replace=False):
+            assert index.remove(str(face_id))
+            del live[str(face_id)]
+    assert index.kind == "hnsw" and len(index) == len(live)
+    for face_id, vector in live.items():
+        assert index.search(vector, 1)[0].face_id == face_id

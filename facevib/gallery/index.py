@@ -46,7 +46,11 @@ class SubjectMatch:
 
 
 class _Hnsw:
-    """hnswlib's graph over integer labels; deleted slots are reused by later additions."""
+    """hnswlib's graph over integer labels; deleted slots are reused by later additions.
+
+    Labels are never reused: hnswlib moves a label onto a deleted element's slot when it
+    replaces it, and a label still held by another deleted slot would later be unmapped.
+    """
 
     def __init__(self, dim: int, capacity: int, *, m: int, ef_construction: int, ef: int, threads: int) -> None:
         import hnswlib
@@ -60,7 +64,7 @@ class _Hnsw:
         self.live = 0
 
     def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
-        needed = self.live + len(labels)
+        needed = self.index.get_current_count() + len(labels)  # deleted slots included: an upper bound
         if needed > self.index.get_max_elements():
             self.index.resize_index(max(needed, 2 * self.index.get_max_elements()))
         self.index.add_items(vectors, labels, num_threads=self.threads, replace_deleted=True)
@@ -107,8 +111,8 @@ class FaceIndex:
         self._row_of: dict[str, int] = {}
         self._row_of_label: dict[int, int] = {}
         self._next_label = 0
-        self._free_labels: list[int] = []
         self._hnsw: _Hnsw | None = None
+        self._hnsw_failures = 0  # queries the graph could not answer (then answered exactly)
         self._warned = False
 
     def __len__(self) -> int:
@@ -145,7 +149,8 @@ class FaceIndex:
             grown = max(end, 2 * len(self._rows))
             self._rows = np.resize(self._rows, (grown, self.dim))
             self._labels = np.resize(self._labels, grown)
-        labels = np.array([self._new_label() for _ in keep], np.int64)
+        labels = np.arange(self._next_label, self._next_label + len(keep), dtype=np.int64)
+        self._next_label += len(keep)
         self._rows[start:end] = vectors
         self._labels[start:end] = labels
         for offset, i in enumerate(keep):
@@ -177,14 +182,7 @@ class FaceIndex:
         del self._row_of_label[label]
         if self._hnsw is not None:
             self._hnsw.remove(label)
-        self._free_labels.append(label)
         return True
-
-    def _new_label(self) -> int:
-        if self._free_labels:
-            return self._free_labels.pop()
-        self._next_label += 1
-        return self._next_label - 1
 
     def _build_hnsw(self) -> None:
         if not ann_available():
@@ -199,17 +197,26 @@ class FaceIndex:
         graph.add(self._labels[: len(self)].copy(), self._rows[: len(self)])
         self._hnsw = graph
 
+    def _exact_top(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self)
+        scores = self._rows[:n] @ vector
+        rows = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
+        return rows, scores[rows]
+
     def _candidates(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows of (about) the ``k`` best faces and their exact scores, best first."""
-        n = len(self)
-        k = min(k, n)
+        k = min(k, len(self))
         if self._hnsw is None:
-            scores = self._rows[:n] @ vector
-            rows = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
-            picked = scores[rows]
+            rows, picked = self._exact_top(vector, k)
         else:
-            rows = np.array([self._row_of_label[int(label)] for label in self._hnsw.query(vector, k)], np.int64)
-            picked = self._rows[rows] @ vector
+            try:
+                labels = self._hnsw.query(vector, k)
+            except RuntimeError:  # fewer than k live faces reachable in the graph: score them all
+                self._hnsw_failures += 1
+                rows, picked = self._exact_top(vector, k)
+            else:
+                rows = np.array([self._row_of_label[int(label)] for label in labels], np.int64)
+                picked = self._rows[rows] @ vector
         order = np.lexsort((rows, -picked))  # best score first; ties by row, so results are stable
         return rows[order], picked[order]
 
