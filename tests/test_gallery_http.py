@@ -122,6 +122,7 @@ def test_open_set_decision_threshold_sources(identified_model, tmp_path: Path) -
         top = answer["matches"][0]["score"]
         equal = client.post("/v1/galleries/g/search", json={"embedding": query.tolist(), "threshold": top}).json()
         assert equal["decision"]["subject"] is None
+        assert client.get("/v1/info").json()["model"]["identification"]["threshold"] == calibrated
 
 
 def test_enrollment_answers_each_face_on_its_own(client: TestClient) -> None:
@@ -262,3 +263,17 @@ def test_an_unwritable_gallery_database_stops_start_up(models, tmp_path: Path) -
     missing = tmp_path / "absent" / "faces.db"
     with pytest.raises(ValueError, match=str(missing)):
         create_app(ServeSettings(model=str(models.plain), gallery_db=str(missing)))
+
+
+def test_gallery_settings_from_the_environment_and_their_checks(models, tmp_path: Path) -> None:
+    db = str(tmp_path / "env.db")
+    settings = ServeSettings.from_env({"FACEVIB_MODEL": str(models.plain), "FACEVIB_GALLERY_DB": db})
+    assert settings.gallery_db == db and settings.gallery_url is None
+    with pytest.raises(ValueError, match="not both"):
+        ServeSettings(model="m", gallery_db=db, gallery_url="postgresql://x@/y")
+    with pytest.raises(ValueError, match="gallery_poll_s"):
+        ServeSettings(model="m", gallery_poll_s=0)
+    with pytest.raises(ValueError, match="postgresql://"):
+        create_app(ServeSettings(model=str(models.plain), gallery_url="mysql://x@/y"))
+    secret = ServeSettings(model="m", gallery_url="postgresql://u:hunter2@/faces?host=/tmp")
+    assert "hunter2" not in str(secret.public())
