@@ -223,20 +223,41 @@ class PostgresStore(GalleryStore):
         return int(seq), infos, faces
 
     def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
+        # The log first, then its faces and galleries by primary key: a join lets the planner
+        # pick a hash join that scans every face (and its TOASTed embedding) on each call.
         with self._read() as db:
             rows = db.execute(
-                "SELECT c.seq, c.op, c.gallery, c.face_id, f.subject, f.embedding, g.embedding_dim, g.metadata "
-                "FROM changes c LEFT JOIN faces f ON c.op = 'add' AND f.id = c.face_id "
-                "LEFT JOIN galleries g ON c.op = 'create' AND g.name = c.gallery "
-                "WHERE c.seq > %s ORDER BY c.seq LIMIT %s",
-                (seq, limit),
+                "SELECT seq, op, gallery, face_id FROM changes WHERE seq > %s ORDER BY seq LIMIT %s", (seq, limit)
             ).fetchall()
-        out = []
-        for s, op, gallery, face_id, subject, blob, dim, meta in rows:
-            face = (
-                FaceRecord(face_id, gallery, subject, embedding_from_bytes(bytes(blob))) if blob is not None else None
+            added = [face_id for _, op, _, face_id in rows if op == "add"]
+            created = sorted({gallery for _, op, gallery, _ in rows if op == "create"})
+            faces = (
+                {
+                    i: (subject, blob)
+                    for i, subject, blob in db.execute(
+                        "SELECT id, subject, embedding FROM faces WHERE id = ANY(%s)", (added,)
+                    ).fetchall()
+                }
+                if added
+                else {}
             )
-            info = GalleryInfo(gallery, int(dim), json.loads(meta)) if dim is not None else None
+            infos = (
+                {
+                    name: GalleryInfo(name, int(dim), json.loads(meta))
+                    for name, dim, meta in db.execute(
+                        "SELECT name, embedding_dim, metadata FROM galleries WHERE name = ANY(%s)", (created,)
+                    ).fetchall()
+                }
+                if created
+                else {}
+            )
+        out = []
+        for s, op, gallery, face_id in rows:
+            face = None
+            if op == "add" and face_id in faces:
+                subject, blob = faces[face_id]
+                face = FaceRecord(face_id, gallery, subject, embedding_from_bytes(bytes(blob)))
+            info = infos.get(gallery) if op == "create" else None
             out.append(Change(int(s), op, gallery, face_id, face, info))
         return out
 
