@@ -3,11 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.facevib-installed
-EXTRAS ?= train,eval,export,serve,dev,gallery-bench
-# CPU machines take the local CPU wheel of torch 2.13.0; CUDA hosts keep any torch >= 2.4
-# they already have (the venv sees system site-packages there) or fetch a CUDA build.
-TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || echo "torch==2.13.0")
-VENV_FLAGS ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "--system-site-packages")
+# A CUDA host is one where `nvidia-smi -L` lists a GPU. There the server extra is serve-gpu
+# (onnxruntime-gpu; the CPU onnxruntime of `serve` would shadow it, so never both), torch is
+# PyPI's CUDA build, and the venv is isolated: a CPU torch in the system site-packages would
+# satisfy the requirement and win. After installing, a torch that cannot use the GPUs is
+# refused in one line. CPU machines take the local CPU wheel of torch 2.13.0.
+CUDA_HOST := $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && echo 1)
+EXTRAS ?= train,eval,export,$(if $(CUDA_HOST),serve-gpu,serve),dev,gallery-bench
+TORCH_SPEC ?= $(if $(CUDA_HOST),torch>=2.4,torch==2.13.0)
+VENV_FLAGS ?=
+CHECK_CUDA_TORCH := $(PY) -c "import sys; from facevib.distributed import cuda_mismatch; \
+	problem = cuda_mismatch(); sys.exit(problem and 'error: ' + problem + ' (try TORCH_SPEC=...)')"
 PYTEST_ARGS ?=
 
 # `make demo`: the whole product on the embedded synthetic set, one step per target, each a
@@ -41,7 +47,7 @@ MTCNN_WHEEL := build/facenet_pytorch-2.6.0-py3-none-any.whl
 
 .PHONY: detector-wheel detector-weights
 .PHONY: mutants
-.PHONY: install test demo demo-data demo-train demo-eval demo-serve demo-report lint clean
+.PHONY: install test gpu-check demo demo-data demo-train demo-eval demo-serve demo-report lint clean
 
 install: $(STAMP)
 
@@ -49,10 +55,17 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(if $(CUDA_HOST),@$(CHECK_CUDA_TORCH))
 	touch $(STAMP)
 
 test: $(STAMP) detector-wheel
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# One-shot acceptance on a CUDA machine (<= 8 min on one H200): gpu-marked tests, training
+# throughput, NCCL + DCP, ONNX Runtime on CUDA, serving and embedding throughput -> JSON.
+GPU_CHECK_OUT ?= runs/gpu_check.json
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)
 
 demo: $(STAMP)
 	rm -rf $(DEMO_OUT) && mkdir -p $(DEMO_OUT) && date +%s > $(DEMO_OUT)/started_at
@@ -66,7 +79,7 @@ demo-data:
 		&& ! [ $(DEMO_DATA)/synth.json -nt $(DEMO_DATA)/synth.flags ]; then \
 		echo "$(DEMO_DATA): synthetic set already rendered with these flags"; \
 	else \
-		$(PY) -m facevib.data synth --out $(DEMO_DATA) $(DEMO_SYNTH_FLAGS) && \
+		$(PY) -m facevib.synth --out $(DEMO_DATA) $(DEMO_SYNTH_FLAGS) && \
 		echo "$(strip $(DEMO_SYNTH_FLAGS))" > $(DEMO_DATA)/synth.flags; \
 	fi
 

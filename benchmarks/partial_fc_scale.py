@@ -73,9 +73,7 @@ def _step(pfc: PartialFC, optimizer: torch.optim.Optimizer, batch: int, dim: int
 def measure_new(args: argparse.Namespace, folder: Path) -> dict:
     results: dict = {}
     margin = CombinedMarginLoss()
-    pfc = _phase(
-        "init", results, lambda: PartialFC(margin, args.dim, args.classes, generator=torch.Generator().manual_seed(0))
-    )
+    pfc = _phase("init", results, lambda: PartialFC(margin, args.dim, args.classes, seed=0))
     optimizer = build_optimizer(OPTIM, {"partial_fc": pfc}, lr=0.1)  # as training builds it
     _phase("step", results, lambda: _step(pfc, optimizer, args.batch, args.dim, args.classes, 1))
     path = folder / "ckpt"
@@ -90,7 +88,7 @@ def measure_new(args: argparse.Namespace, folder: Path) -> dict:
     optimizer.state.clear()
 
     def load() -> None:
-        fresh = PartialFC(margin, args.dim, args.classes, device="cpu", generator=torch.Generator().manual_seed(9))
+        fresh = PartialFC(margin, args.dim, args.classes, device="cpu", seed=9)
         fresh_optimizer = build_optimizer(OPTIM, {"partial_fc": fresh}, lr=0.1)
         load_sharded(path, fresh.sharded_state_dict(fresh_optimizer, sharded_entries(path)))
 

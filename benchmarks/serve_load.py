@@ -163,8 +163,9 @@ def request_body(folder: Path) -> Path:
     return path
 
 
-def bare_ort(model: Path, threads: int, batches: Sequence[int], seconds: float) -> dict[str, Any]:
-    """images/s of ONNX Runtime alone at each batch size (CPU provider, ``threads`` intra-op)."""
+def bare_ort(model: Path, threads: int, batches: Sequence[int], seconds: float, device: str = "cpu") -> dict[str, Any]:
+    """images/s of ONNX Runtime alone at each batch size (``threads`` intra-op), on the
+    provider the server gets for ``device`` (CUDA for ``cuda``/``auto`` when available)."""
     import onnxruntime as ort
 
     from facevib.serve.runtime import cpu_count
@@ -172,7 +173,10 @@ def bare_ort(model: Path, threads: int, batches: Sequence[int], seconds: float) 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or cpu_count()
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+    providers = ["CPUExecutionProvider"]
+    if (device == "auto" or device.startswith("cuda")) and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(model), sess_options=options, providers=providers)
     name = session.get_inputs()[0].name
     out: dict[str, Any] = {}
     for batch in batches:
@@ -266,7 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         }
         print(f"bare ONNX Runtime on {model.name} ...", flush=True)
-        results["bare_ort"] = bare_ort(model, args.threads, args.ort_batches, seconds=max(3.0, args.duration / 2))
+        results["bare_ort"] = bare_ort(
+            model, args.threads, args.ort_batches, seconds=max(3.0, args.duration / 2), device=args.device
+        )
         results["server"] = {}
         for variant, max_batch in ((f"batch {args.max_batch}", args.max_batch), ("batch 1 (off)", 1)):
             proc, url = start_server(model, args, max_batch)
@@ -286,7 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # better of the two measurements is the (conservative) reference.
         print("bare ONNX Runtime again ...", flush=True)
         results["bare_ort_first"] = results["bare_ort"]
-        results["bare_ort_last"] = bare_ort(model, args.threads, args.ort_batches, seconds=max(3.0, args.duration / 2))
+        results["bare_ort_last"] = bare_ort(
+            model, args.threads, args.ort_batches, seconds=max(3.0, args.duration / 2), device=args.device
+        )
         results["bare_ort"] = max(
             results["bare_ort_first"], results["bare_ort_last"], key=lambda r: r["best_img_per_s"]
         )

@@ -1,9 +1,10 @@
 """Training throughput of the whole step: backbone, Partial FC, margin loss, KL, optimizer.
 
 Each variant builds a real run (``Trainer``: backbone, DDP, Partial FC, optimizer) and
-times its training task directly — forward through ``FaceRecognitionTask`` under the
-run's autocast, backward, optimizer step — on a fixed, already normalised batch on the
-device, so data loading and the loop's logging are out of the measurement. Variants are side by side:
+times the trainer's own step, ``Trainer.train_step`` (seeding, flips and normalisation on the
+device, autocast, forward, backward, the metrics' host sync, clipping, the update), on a
+fixed uint8 batch already on the device, so data loading and logging are out of the
+measurement. Variants are side by side:
 baseline vs cellVIB vs Deep VIB, with torch.compile off/on where asked. On CUDA the step
 runs under bf16 autocast with channels_last, and model FLOP utilisation is reported against
 a peak (default 790 TFLOP/s, dense bf16 measured on one H100); the training FLOPs of an
@@ -19,6 +20,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -30,7 +32,6 @@ from torch.utils.data import Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from facevib.config import TrainConfig, validate
-from facevib.data.transforms import normalize_images
 from facevib.distributed import init_distributed
 from facevib.engine import Trainer
 from facevib.models import create_model
@@ -79,24 +80,19 @@ def measure(args: argparse.Namespace, name: str, compiled: bool, output: Path) -
     cfg.run.amp = "auto"
     cfg.run.channels_last = args.channels_last
     cfg.run.compile = compiled
+    cfg.run.compile_backend = args.compile_backend
     cfg.run.tensorboard = False
     validate(cfg)
     env = init_distributed(args.device)
     data = InMemoryFaces(args.batch, args.classes)
     trainer = Trainer(cfg, env, dataset=data)
-    task, optimizer = trainer.task.train(), trainer.optimizer
-    images = normalize_images(data.images.to(env.device))
-    if cfg.run.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    labels = data.labels.to(env.device)
-    amp = trainer.amp_dtype
+    images, labels = data.images.to(env.device), data.labels.to(env.device)
 
     def step() -> None:
-        with torch.autocast(env.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            loss, _ = task(images, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        # The trainer's own step: seeding, lr, flips, normalisation, channels_last, autocast,
+        # forward, backward, the metrics' host sync, clipping, the update.
+        trainer.train_step(images, labels)
+        trainer.step += 1
 
     def sync() -> None:
         if env.device.type == "cuda":
@@ -105,14 +101,21 @@ def measure(args: argparse.Namespace, name: str, compiled: bool, output: Path) -
     for _ in range(args.warmup):  # includes compilation
         step()
     sync()
+    if env.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    # Markers on stderr around the timed steps: with TORCH_LOGS=recompiles, a recompilation
+    # logged between them happened after warm-up (benchmarks/gpu_check.py counts them).
+    print(f"[timed steps begin] {name}", file=sys.stderr, flush=True)
     times = []
     for _ in range(args.steps):
         start = time.perf_counter()
         step()
         sync()
         times.append(time.perf_counter() - start)
+    print(f"[timed steps end] {name}", file=sys.stderr, flush=True)
     median = statistics.median(times)
-    return {"median_s": median, "min_s": min(times), "samples_per_s": args.batch / median}
+    peak = torch.cuda.max_memory_allocated() if env.device.type == "cuda" else None
+    return {"median_s": median, "min_s": min(times), "samples_per_s": args.batch / median, "peak_memory_bytes": peak}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -126,6 +129,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--classes", type=int, default=None, help="identities in the Partial FC (cpu 1000, cuda 93431)")
     parser.add_argument("--sample-rate", type=float, default=1.0, help="Partial FC sample rate")
     parser.add_argument("--compile", choices=["off", "on", "both"], default="off", help="torch.compile variants")
+    parser.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile backend (eager: trace only, for dry runs)"
+    )
     parser.add_argument(
         "--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC (default: on for CUDA)"
     )
@@ -169,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         {
                             "model": name,
                             "variant": variant,
+                            "batch": args.batch,
                             "compile": compiled,
                             **result,
                             "ratio_to_baseline": baseline_rate / result["samples_per_s"] if baseline_rate else None,

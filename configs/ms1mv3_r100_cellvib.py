@@ -27,6 +27,10 @@ config = TrainConfig(
         output="runs/ms1mv3_r100_cellvib",
         total_steps=200_000,
         amp="auto",
+        # GPU recipe: NHWC convolutions for the tensor cores, and torch.compile, because eager
+        # iResNet-100 with VIB cells launches thousands of small kernels per step.
+        channels_last=True,
+        compile=True,
         log_every=100,
         eval_every=10_000,
         checkpoint_every=5_000,

@@ -17,6 +17,9 @@ config.schedule = ScheduleConfig(kind="poly", warmup_steps=1_000, power=2.0)
 config.run = RunConfig(
     output="runs/ms1mv3_r100_cellvib_finetune",
     total_steps=40_000,
+    amp="auto",
+    channels_last=True,  # as the training recipe (ms1mv3_r100_cellvib.py)
+    compile=True,
     log_every=100,
     eval_every=5_000,
     checkpoint_every=5_000,

@@ -35,9 +35,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--features", default=None, help="feature cache: re-scored if it exists, written after embedding otherwise"
     )
-    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="images per forward pass (default: 512 on CUDA, 64 on CPU)"
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--workers", type=int, default=None, help="image-loading threads (default: up to 8)")
+    parser.add_argument("--workers", type=int, default=None, help="image-loading threads (default: one per CPU core)")
     parser.add_argument(
         "--uncertainty-fusion",
         action="store_true",
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     """Evaluate; return 0, or 2 with a one-line error for a user mistake."""
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     out = Path(args.out)
     name = args.target.lower()

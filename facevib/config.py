@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ConfigError",
     "ModelConfig",
     "DataConfig",
     "HeadConfig",
@@ -36,7 +37,15 @@ __all__ = [
     "validate",
     "config_to_dict",
     "config_from_dict",
+    "parse_pairs",
 ]
+
+
+class ConfigError(ValueError):
+    """A mistake in the configuration or in the inputs it names (a field, an override, a
+    data or checkpoint file that does not fit): reported as one line, exit status 2, no
+    traceback. Raise it only for the user's mistakes; a ``ValueError`` from anything else
+    is a bug and keeps its traceback."""
 
 
 @dataclass
@@ -129,6 +138,10 @@ class RunConfig:
     # 0 stops at the first one.
     max_nonfinite_steps: int = 0
     tensorboard: bool = True
+    # Modules imported before a run is built; each registers auxiliary losses and callbacks
+    # with facevib.engine.plugins (the default adds IFM and information-plane recording,
+    # which stay off unless their sections turn them on).
+    plugins: list[str] = field(default_factory=lambda: ["facevib.info.training"])
 
 
 @dataclass
@@ -193,7 +206,7 @@ def load_config(path: str | Path, config_type: type | None = None) -> Any:
         raise FileNotFoundError(f"config file not found: {path}")
     spec = importlib.util.spec_from_file_location(f"facevib_config_{path.stem}", path)
     if spec is None or spec.loader is None:
-        raise ValueError(f"{path}: not a Python config module")
+        raise ConfigError(f"{path}: not a Python config module")
     module = importlib.util.module_from_spec(spec)
     folder = str(path.resolve().parent)
     sys.path.insert(0, folder)
@@ -206,10 +219,10 @@ def load_config(path: str | Path, config_type: type | None = None) -> Any:
     elif hasattr(module, "config"):
         cfg = module.config
     else:
-        raise ValueError(f"{path}: defines neither `config` nor `get_config()`")
+        raise ConfigError(f"{path}: defines neither `config` nor `get_config()`")
     config_type = config_type or TrainConfig
     if not isinstance(cfg, config_type):
-        raise ValueError(
+        raise ConfigError(
             f"{path}: `config` is a {type(cfg).__name__}, expected {config_type.__module__}.{config_type.__name__}"
         )
     return cfg
@@ -236,7 +249,7 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
                 return _coerce(value, option, name)
             except ValueError as exc:
                 errors.append(str(exc))
-        raise ValueError(errors[0] if errors else f"{name}: cannot be {value!r}")
+        raise ConfigError(errors[0] if errors else f"{name}: cannot be {value!r}")
     if annotation is Any:
         return value
     if origin in (list, tuple):
@@ -244,17 +257,17 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
             if isinstance(value, str) and origin is list:
                 value = [v for v in value.split(",") if v]
             else:
-                raise ValueError(f"{name}: expected a {origin.__name__}, got {value!r}")
+                raise ConfigError(f"{name}: expected a {origin.__name__}, got {value!r}")
         items = list(value)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(items) != len(args):
-                raise ValueError(f"{name}: expected {len(args)} values, got {value!r}")
+                raise ConfigError(f"{name}: expected {len(args)} values, got {value!r}")
             return tuple(_coerce(v, a, name) for v, a in zip(items, args, strict=True))
         inner = args[0] if args else Any
         return origin(_coerce(v, inner, name) for v in items)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{name}: expected a dict, got {value!r}")
+            raise ConfigError(f"{name}: expected a dict, got {value!r}")
         return dict(value)
     if annotation is bool:
         if isinstance(value, bool):
@@ -263,22 +276,22 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
             return value.lower() in ("true", "1", "yes")
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        raise ValueError(f"{name}: expected true/false, got {value!r}")
+        raise ConfigError(f"{name}: expected true/false, got {value!r}")
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise ValueError(f"{name}: expected an integer, got {value!r}")
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
         return value
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name}: expected a number, got {value!r}")
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
-            raise ValueError(f"{name}: expected a string, got {value!r}")
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
         return value
-    raise ValueError(f"{name}: unsupported field type {annotation!r}")
+    raise ConfigError(f"{name}: unsupported field type {annotation!r}")
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -293,25 +306,25 @@ def apply_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
     """
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r}: expected section.field=value")
+            raise ConfigError(f"override {item!r}: expected section.field=value")
         dotted, raw = item.split("=", 1)
         parts = dotted.strip().split(".")
         if len(parts) < 2:
-            raise ValueError(f"override {item!r}: expected section.field=value, e.g. optim.lr=0.05")
+            raise ConfigError(f"override {item!r}: expected section.field=value, e.g. optim.lr=0.05")
         section_name, field_name, *keys = parts
         section = getattr(cfg, section_name, None)
         if section is None or not dataclasses.is_dataclass(section):
             names = ", ".join(f.name for f in dataclasses.fields(cfg))
-            raise ValueError(f"override {item!r}: unknown section {section_name!r} (one of {names})")
+            raise ConfigError(f"override {item!r}: unknown section {section_name!r} (one of {names})")
         types_ = _field_types(type(section))
         if field_name not in types_:
             names = ", ".join(types_)
-            raise ValueError(f"override {item!r}: {section_name} has no field {field_name!r} (fields: {names})")
+            raise ConfigError(f"override {item!r}: {section_name} has no field {field_name!r} (fields: {names})")
         value = _parse_literal(raw.strip())
         if keys:
             target = getattr(section, field_name)
             if not isinstance(target, dict):
-                raise ValueError(f"override {item!r}: {section_name}.{field_name} is not a dict")
+                raise ConfigError(f"override {item!r}: {section_name}.{field_name} is not a dict")
             for key in keys[:-1]:
                 target = target.setdefault(key, {})
             target[keys[-1]] = value
@@ -348,37 +361,37 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for (section, name), choices in _CHOICES.items():
         value = getattr(getattr(cfg, section), name)
         if value not in choices:
-            raise ValueError(f"{section}.{name}={value!r}: must be one of {', '.join(choices)}")
+            raise ConfigError(f"{section}.{name}={value!r}: must be one of {', '.join(choices)}")
 
     def positive(path: str, value: float, allow_zero: bool = False) -> None:
         if value < 0 or (value == 0 and not allow_zero):
-            raise ValueError(f"{path}={value!r}: must be {'>= 0' if allow_zero else '> 0'}")
+            raise ConfigError(f"{path}={value!r}: must be {'>= 0' if allow_zero else '> 0'}")
 
     if not cfg.data.rec:
-        raise ValueError("data.rec is empty: point it at a folder with train.rec/train.idx")
+        raise ConfigError("data.rec is empty: point it at a folder with train.rec/train.idx")
     positive("data.batch_size", cfg.data.batch_size)
     positive("data.num_workers", cfg.data.num_workers, allow_zero=True)
     if cfg.data.val_targets and not cfg.data.val_dir:
-        raise ValueError("data.val_targets is set but data.val_dir is empty")
+        raise ConfigError("data.val_targets is set but data.val_dir is empty")
     positive("head.scale", cfg.head.scale)
     if cfg.head.m1 != 1.0:
-        raise ValueError(f"head.m1={cfg.head.m1!r}: only 1 is supported (no multiplicative SphereFace margin)")
+        raise ConfigError(f"head.m1={cfg.head.m1!r}: only 1 is supported (no multiplicative SphereFace margin)")
     if not 0.0 < cfg.head.sample_rate <= 1.0:
-        raise ValueError(f"head.sample_rate={cfg.head.sample_rate!r}: must be in (0, 1]")
+        raise ConfigError(f"head.sample_rate={cfg.head.sample_rate!r}: must be in (0, 1]")
     positive("optim.lr", cfg.optim.lr)
     positive("optim.lr_batch_size", cfg.optim.lr_batch_size, allow_zero=True)
     positive("optim.weight_decay", cfg.optim.weight_decay, allow_zero=True)
     if cfg.optim.clip_grad_norm is not None:
         positive("optim.clip_grad_norm", cfg.optim.clip_grad_norm)
     if (cfg.run.total_steps > 0) == (cfg.run.epochs > 0):
-        raise ValueError(
+        raise ConfigError(
             f"run.total_steps={cfg.run.total_steps}, run.epochs={cfg.run.epochs}: set exactly one of them (> 0)"
         )
     positive("run.total_steps", cfg.run.total_steps, allow_zero=True)
     positive("run.epochs", cfg.run.epochs, allow_zero=True)
     positive("schedule.warmup_steps", cfg.schedule.warmup_steps, allow_zero=True)
     if list(cfg.schedule.milestones) != sorted(cfg.schedule.milestones):
-        raise ValueError(f"schedule.milestones={cfg.schedule.milestones!r}: must be increasing")
+        raise ConfigError(f"schedule.milestones={cfg.schedule.milestones!r}: must be increasing")
     positive("run.log_every", cfg.run.log_every)
     positive("run.checkpoint_every", cfg.run.checkpoint_every, allow_zero=True)
     positive("run.keep_checkpoints", cfg.run.keep_checkpoints)
@@ -393,28 +406,43 @@ def validate_info(cfg: TrainConfig) -> None:
     """Check the info section: sizes, bin width, and an evaluation to record at."""
     info = cfg.info
     if info.max_classes < 2:
-        raise ValueError(f"info.max_classes={info.max_classes!r}: must be >= 2")
+        raise ConfigError(f"info.max_classes={info.max_classes!r}: must be >= 2")
     if info.per_class < 2:
-        raise ValueError(f"info.per_class={info.per_class!r}: must be >= 2 (one image per probe side)")
+        raise ConfigError(f"info.per_class={info.per_class!r}: must be >= 2 (one image per probe side)")
     if not info.bin_size > 0:
-        raise ValueError(f"info.bin_size={info.bin_size!r}: must be > 0")
+        raise ConfigError(f"info.bin_size={info.bin_size!r}: must be > 0")
     if info.record and not (cfg.run.eval_every or cfg.data.val_targets):
-        raise ValueError("info.record=True records at evaluations: set run.eval_every or data.val_targets")
+        raise ConfigError("info.record=True records at evaluations: set run.eval_every or data.val_targets")
 
 
 def validate_ifm(ifm: IFMConfig) -> None:
     """Check the IFM section: a weight >= 0, pairs given when it is on, locations > 0."""
     if not ifm.weight >= 0:
-        raise ValueError(f"ifm.weight={ifm.weight!r}: must be >= 0")
+        raise ConfigError(f"ifm.weight={ifm.weight!r}: must be >= 0")
     if ifm.locations <= 0:
-        raise ValueError(f"ifm.locations={ifm.locations!r}: must be > 0")
+        raise ConfigError(f"ifm.locations={ifm.locations!r}: must be > 0")
     if ifm.weight > 0:
-        from facevib.info.ifm import parse_pairs
-
         try:
             parse_pairs(ifm.pairs)
         except ValueError as exc:
-            raise ValueError(f"ifm.pairs={ifm.pairs!r}: {exc}") from exc
+            raise ConfigError(f"ifm.pairs={ifm.pairs!r}: {exc}") from exc
+
+
+def parse_pairs(pairs: Iterable[str | Iterable[str]]) -> list[tuple[str, str]]:
+    """Layer pairs from ``("a", "b")`` items or ``"a:b"`` strings (the ``ifm.pairs`` form).
+
+    Raises:
+        ValueError: an item that is not two non-empty names, or no pairs at all.
+    """
+    parsed: list[tuple[str, str]] = []
+    for item in pairs:
+        names = item.split(":") if isinstance(item, str) else list(item)
+        if len(names) != 2 or not all(isinstance(n, str) and n for n in names):
+            raise ValueError(f"IFM layer pair {item!r}: expected 'shallow:deep' (two module names)")
+        parsed.append((names[0], names[1]))
+    if not parsed:
+        raise ValueError("IFM needs at least one layer pair")
+    return parsed
 
 
 # ----------------------------------------------------------------------------- (de)serialising
@@ -431,10 +459,10 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     for section_name, values in data.items():
         section = getattr(cfg, section_name, None)
         if section is None or not dataclasses.is_dataclass(section):
-            raise ValueError(f"saved config has unknown section {section_name!r}")
+            raise ConfigError(f"saved config has unknown section {section_name!r}")
         types_ = _field_types(type(section))
         for name, value in values.items():
             if name not in types_:
-                raise ValueError(f"saved config has unknown field {section_name}.{name}")
+                raise ConfigError(f"saved config has unknown field {section_name}.{name}")
             setattr(section, name, _coerce(value, types_[name], f"{section_name}.{name}"))
     return cfg

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
+import subprocess
 from dataclasses import dataclass
 
 import torch
@@ -16,8 +18,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from facevib.config import ConfigError
+
 __all__ = [
     "DistEnv",
+    "cuda_mismatch",
+    "visible_nvidia_gpus",
     "init_distributed",
     "shutdown_distributed",
     "all_gather_with_grad",
@@ -53,16 +59,51 @@ class DistEnv:
             dist.barrier()
 
 
+def visible_nvidia_gpus() -> int:
+    """How many GPUs ``nvidia-smi -L`` lists (0 without the tool, or when it fails)."""
+    executable = shutil.which("nvidia-smi")
+    if executable is None:
+        return 0
+    try:
+        listed = subprocess.run([executable, "-L"], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    if listed.returncode != 0:  # e.g. "NVIDIA-SMI has failed": no usable driver, so no GPU
+        return 0
+    return sum(line.startswith("GPU ") for line in listed.stdout.splitlines())
+
+
+def cuda_mismatch() -> str | None:
+    """One line saying why torch cannot use the GPUs ``nvidia-smi`` sees, or None.
+
+    None when there are no GPUs or torch can use them. Otherwise the installed torch is a
+    CPU-only build, or a CUDA build the driver is too old for; silently training on the
+    CPU of a GPU machine is never what was meant.
+    """
+    gpus = visible_nvidia_gpus()
+    if gpus == 0 or torch.cuda.is_available():
+        return None
+    build = torch.version.cuda
+    why = "a CPU-only build" if build is None else f"built for CUDA {build}, which this driver does not run"
+    return (
+        f"nvidia-smi lists {gpus} GPU(s) but torch {torch.version.__version__} cannot use them ({why}); "
+        "install a CUDA build of torch (`make install` does on this host) or set run.device=cpu"
+    )
+
+
 def _resolve_device(device: str, local_rank: int) -> torch.device:
     if device == "auto":
+        problem = cuda_mismatch()
+        if problem is not None:
+            raise ConfigError(f"run.device=auto: {problem}")
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
+            raise ConfigError("device 'cuda' requested but CUDA is not available on this machine")
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         return torch.device("cuda", torch.cuda.current_device())
     if device != "cpu":
-        raise ValueError(f"device {device!r}: expected 'auto', 'cpu' or 'cuda'")
+        raise ConfigError(f"device {device!r}: expected 'auto', 'cpu' or 'cuda'")
     return torch.device("cpu")
 
 
@@ -114,13 +155,12 @@ def shutdown_distributed() -> None:
 
 
 def shard_range(num_items: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Contiguous ``[start, stop)`` of ``num_items`` owned by ``rank``.
-
-    Rank r holds ``n // W + (r < n % W)`` items, so shards differ by at most one.
-    """
-    base, extra = divmod(num_items, world_size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
+    """Contiguous ``[start, stop)`` of ``num_items`` owned by ``rank``, as ``torch.chunk`` and
+    DTensor's ``Shard(0)`` split them: ``ceil(n / W)`` items per rank, the last non-empty rank
+    takes the remainder, and ranks past the end get an empty range."""
+    chunk = -(-num_items // world_size)
+    start = min(rank * chunk, num_items)
+    return start, min(start + chunk, num_items)
 
 
 class _AllGather(torch.autograd.Function):

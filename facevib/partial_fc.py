@@ -21,25 +21,27 @@ cosine matrix into logits, probabilities and finally its own gradient *in place*
 never copies the centres to normalise them, so the loss adds one such buffer besides the
 weight gradient. The centres are initialised shard by shard (:func:`init_rows`),
 and checkpoints go through :meth:`PartialFC.sharded_state_dict`, so no rank ever holds
-the full (C, D) matrix.
+the full (C, D) matrix. Shards follow DTensor's ``Shard(0)`` layout (``torch.chunk`` over
+ranks), which ``torch.distributed.checkpoint`` reshards by itself.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from facevib.distributed import all_gather_with_grad, shard_range
 from facevib.losses import CombinedMarginLoss
-from facevib.row_shards import RowShard
+from facevib.row_shards import checkpoint_view
 
 __all__ = ["PartialFC", "init_rows", "INIT_STD"]
 
 INIT_STD = 0.01  # N(0, 0.01) centres, as arcface_torch
-# Rows drawn per call of normal_(): a multiple of 16, so chunk boundaries fall on the
-# 16-value blocks torch's CPU normal sampler transforms (see init_rows).
-_INIT_CHUNK_ROWS = 4096
+# Rows per independently seeded block of the initial centres: a fixed number, so the
+# blocks (and therefore every row) do not depend on the world size or the class count.
+INIT_BLOCK_ROWS = 4096
 _NORM_EPS = 1e-12  # as F.normalize
 
 
@@ -53,40 +55,30 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-@torch.no_grad()
-def init_rows(
-    out: torch.Tensor, row_start: int, total_rows: int, generator: torch.Generator | None, std: float = INIT_STD
-) -> torch.Tensor:
-    """Fill ``out`` (any device) with rows ``[row_start, row_start + len(out))`` of
-    ``torch.empty(total_rows, D).normal_(0, std, generator=generator)``, bit for bit,
-    without allocating the full matrix (the draw runs on the CPU, chunk by chunk).
+def _block_generator(seed: int, block: int) -> torch.Generator:
+    """A CPU generator for row block ``block`` of the centres of run seed ``seed``."""
+    state = np.random.SeedSequence([seed, block]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
 
-    torch's CPU ``normal_`` draws one uniform per element in order, then transforms them in
-    blocks of 16 (the last 16 elements are redrawn when the size is not a multiple of 16).
-    Drawing the matrix in chunks whose sizes are multiples of 16 elements (the last chunk
-    at least 16) therefore consumes the generator exactly as one call does, and the rows
-    before ``row_start`` are drawn into a reusable chunk buffer and discarded. Memory is one
-    chunk; time is that of drawing rows ``[0, row_stop)``, which is what every rank paid
-    before when it drew the whole matrix.
+
+@torch.no_grad()
+def init_rows(out: torch.Tensor, row_start: int, seed: int, std: float = INIT_STD) -> torch.Tensor:
+    """Fill ``out`` (any device) with rows ``[row_start, row_start + len(out))`` of the
+    N(0, std) centre matrix of ``seed``.
+
+    Rows come in blocks of :data:`INIT_BLOCK_ROWS`; block ``b`` is drawn whole, on the CPU,
+    from its own generator seeded by ``(seed, b)``, and copied to ``out``'s device. A row
+    thus depends on the seed and its index only: the same at any world size, for any class
+    count, and on CPU and CUDA alike (no device sampler is involved). A rank draws at most
+    two blocks beyond its own rows, and holds one block at a time.
     """
     rows, dim = out.shape
     stop = row_start + rows
-    if total_rows * dim < 16:  # torch's scalar path: too small to matter, draw it all
-        full = torch.empty(total_rows, dim).normal_(0.0, std, generator=generator)
-        out.copy_(full[row_start:stop])
-        return out
-    buffer = torch.empty(_INIT_CHUNK_ROWS, dim)
-    first = 0
-    while first < stop:
-        count = min(_INIT_CHUNK_ROWS, total_rows - first)
-        if 0 < (total_rows - first - count) * dim < 16:
-            count = total_rows - first  # keep the final chunk >= 16 elements, as one call has it
-        chunk = buffer[:count] if count <= _INIT_CHUNK_ROWS else torch.empty(count, dim)
-        chunk.normal_(0.0, std, generator=generator)
-        lo, hi = max(first, row_start), min(first + count, stop)
-        if lo < hi:
-            out[lo - row_start : hi - row_start].copy_(chunk[lo - first : hi - first])
-        first += count
+    for block in range(row_start // INIT_BLOCK_ROWS, -(-stop // INIT_BLOCK_ROWS)):
+        first = block * INIT_BLOCK_ROWS
+        drawn = torch.empty(INIT_BLOCK_ROWS, dim).normal_(0.0, std, generator=_block_generator(seed, block))
+        lo, hi = max(first, row_start), min(first + INIT_BLOCK_ROWS, stop)
+        out[lo - row_start : hi - row_start].copy_(drawn[lo - first : hi - first])
     return out
 
 
@@ -170,7 +162,7 @@ class PartialFC(nn.Module):
         num_classes: total number of identities (over all ranks).
         sample_rate: fraction of this rank's centres used per step; all positive centres
             of the global batch are always kept, random negatives fill the rest.
-        generator: CPU generator the initial centres are drawn from (:meth:`reset_parameters`).
+        seed: seed of the initial centres (:func:`init_rows`).
         device: where the shard lives.
 
     The module owns its state: :meth:`sharded_state_dict` exposes its shard of the weight
@@ -184,7 +176,7 @@ class PartialFC(nn.Module):
         embedding_dim: int,
         num_classes: int,
         sample_rate: float = 1.0,
-        generator: torch.Generator | None = None,
+        seed: int = 0,
         device: torch.device | str | None = None,
     ):
         super().__init__()
@@ -193,8 +185,13 @@ class PartialFC(nn.Module):
         if not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"sample_rate={sample_rate}: must be in (0, 1]")
         self.rank, self.world_size = _world()
-        if num_classes < self.world_size:
-            raise ValueError(f"num_classes={num_classes} is smaller than the world size {self.world_size}")
+        last_start = shard_range(num_classes, self.world_size - 1, self.world_size)[0]
+        if last_start >= num_classes:
+            per_rank = -(-num_classes // self.world_size)
+            raise ValueError(
+                f"num_classes={num_classes} over {self.world_size} ranks leaves the last rank without classes "
+                f"({per_rank} per rank, as torch.chunk splits them); use fewer ranks"
+            )
         self.margin_loss = margin_loss
         self.embedding_dim = embedding_dim
         self.num_classes = num_classes
@@ -205,13 +202,13 @@ class PartialFC(nn.Module):
         self.weight = nn.Parameter(torch.empty(self.num_local, embedding_dim, device=device))
         # Local indices of the centres used by the last training step (sampling only).
         self.last_sample: torch.Tensor | None = None
-        self.reset_parameters(generator)
+        self.reset_parameters(seed)
 
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """N(0, 0.01) as arcface_torch, equal to drawing the *full* matrix from ``generator``
-        and slicing this rank's rows, so the centres do not depend on the world size; only
-        this shard (plus one chunk) is ever allocated (see :func:`init_rows`)."""
-        init_rows(self.weight.data, self.class_start, self.num_classes, generator)
+    def reset_parameters(self, seed: int = 0) -> None:
+        """N(0, 0.01) as arcface_torch, row by row a function of ``seed`` alone, so the
+        centres do not depend on the world size or the device; only this shard (plus one
+        block) is ever allocated (see :func:`init_rows`)."""
+        init_rows(self.weight.data, self.class_start, seed)
 
     def extra_repr(self) -> str:
         return (
@@ -221,15 +218,17 @@ class PartialFC(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def _check_labels(self, labels: torch.Tensor) -> None:
-        """Labels in [0, num_classes): an exact check on CPU, an asynchronous device-side
-        assert elsewhere (no host synchronisation in the step)."""
+    def _label_poison(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """Labels in [0, num_classes): an exact check on CPU; elsewhere a 0-dim tensor that is
+        NaN when a label is outside, added to the loss, so the trainer's on-device
+        finiteness check stops the step without a host synchronisation here (torch has no
+        public asynchronous assert). The trainer validates the dataset's labels up front."""
         bad = (labels < 0) | (labels >= self.num_classes)
         if labels.device.type == "cpu":
             if bool(bad.any()):
                 raise ValueError(f"label {labels[bad][0].item()} is outside [0, {self.num_classes}) (check the labels)")
-        else:
-            torch._assert_async(~bad.any(), f"a label is outside [0, {self.num_classes})")
+            return None
+        return torch.where(bad.any(), torch.nan, 0.0)
 
     def _sample(
         self, local_labels: torch.Tensor, generator: torch.Generator | None
@@ -270,7 +269,7 @@ class PartialFC(nn.Module):
         with torch.autocast(embeddings.device.type, enabled=False):
             all_embeddings = all_gather_with_grad(embeddings.float())
             all_labels = all_gather_with_grad(labels.long())  # integers: nothing flows back
-            self._check_labels(all_labels)
+            poison = self._label_poison(all_labels)
             local_labels = all_labels - self.class_start
             local_labels = torch.where(
                 (local_labels >= 0) & (local_labels < self.num_local), local_labels, torch.full_like(local_labels, -1)
@@ -281,7 +280,8 @@ class PartialFC(nn.Module):
                 index, local_labels = self._sample(local_labels, generator)
                 self.last_sample = index
                 weight = weight[index]
-            return _CosineMarginSoftmaxCrossEntropy.apply(all_embeddings, weight, local_labels, self.margin_loss)
+            loss = _CosineMarginSoftmaxCrossEntropy.apply(all_embeddings, weight, local_labels, self.margin_loss)
+            return loss if poison is None else loss + poison
 
     # ------------------------------------------------------------------ state
 
@@ -297,8 +297,8 @@ class PartialFC(nn.Module):
         """Live, checkpointable views of this shard's state, for ``torch.distributed.checkpoint``.
 
         ``weight`` and every optimizer tensor shaped like it (``optimizer.<name>``, e.g. SGD's
-        ``momentum_buffer``) are :class:`facevib.row_shards.RowShard` s over the global
-        (num_classes, D) matrix; other optimizer tensors (AdamW's ``step``) are replicated
+        ``momentum_buffer``) are views over the global (num_classes, D) matrix
+        (:func:`facevib.row_shards.checkpoint_view`: DTensors placed ``Shard(0)``); other optimizer tensors (AdamW's ``step``) are replicated
         plain tensors. The views share memory with the module and the optimizer, so
         ``dcp.load`` into this dict restores the state in place.
 
@@ -308,7 +308,7 @@ class PartialFC(nn.Module):
                 optimizer entries the live optimizer lacks (a fresh optimizer has none)
                 are created first, as zeros of this shard's size.
         """
-        state: dict[str, torch.Tensor] = {"weight": RowShard(self.weight.data, self.class_start, self.num_classes)}
+        state: dict[str, torch.Tensor] = {"weight": checkpoint_view(self.weight.data, self.num_classes)}
         if optimizer is None:
             return state
         live = optimizer.state[self.weight]
@@ -322,7 +322,7 @@ class PartialFC(nn.Module):
             if not torch.is_tensor(value):
                 raise ValueError(f"Partial FC optimizer state {name!r} is a {type(value).__name__}, not a tensor")
             if value.shape == self.weight.shape and value.dim() == 2:
-                state[f"optimizer.{name}"] = RowShard(value, self.class_start, self.num_classes)
+                state[f"optimizer.{name}"] = checkpoint_view(value, self.num_classes)
             else:
                 state[f"optimizer.{name}"] = value
         return state

@@ -16,14 +16,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from facevib.cli import make_parser
-from facevib.config import apply_overrides, load_config, validate
+from facevib.config import ConfigError, apply_overrides, load_config, validate
 from facevib.distributed import init_distributed, shutdown_distributed
 from facevib.engine import Trainer
 from facevib.engine.trainer import NonFiniteLossError
+
+# The user's mistakes: one line, exit status 2, no traceback. Everything else is a bug or a
+# fault (a corrupt record, a dead peer) and keeps its traceback.
+USER_MISTAKES = (ConfigError, FileNotFoundError)
 
 
 def get_args_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -56,22 +61,25 @@ def _one_line(exc: BaseException) -> str:
     return text
 
 
-@record
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Parse arguments, train, return a process exit code (2 for configuration mistakes).
+def _rank() -> str:
+    return os.environ.get("RANK", "0")
 
-    ``@record`` makes an uncaught exception land in torchelastic's error file, so the
-    launcher names the failing rank and its traceback; configuration mistakes are caught
-    here and stay one line with exit code 2."""
-    args = get_args_parser(prog).parse_args(argv)
-    is_main = os.environ.get("RANK", "0") == "0"
+
+@record
+def _train(args: argparse.Namespace) -> int:
+    """Train; return 2 for the user's mistakes (printed once, by rank 0) and 1 when the loss
+    stayed non-finite. Any other exception propagates: ``@record`` writes it to
+    torchelastic's error file (``TORCHELASTIC_ERROR_FILE``), so the launcher names the failing
+    rank and shows its traceback in its summary."""
+    is_main = _rank() == "0"
     try:
         cfg = load_config(args.config)
         overrides = list(args.overrides) + ([f"run.output={args.output}"] if args.output else [])
         validate(apply_overrides(cfg, overrides))
         env = init_distributed(cfg.run.device)
         Trainer(cfg, env, resume=args.resume).fit()
-    except (ValueError, FileNotFoundError) as exc:
+    except USER_MISTAKES as exc:
+        # Every rank reads the same configuration and meets the same mistake: one line suffices.
         if is_main:
             print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
@@ -79,9 +87,25 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if is_main:
             print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Parse arguments, train, return a process exit code.
+
+    An unexpected exception on any rank is printed by that rank, every line prefixed
+    ``[rank r]``, traceback first and the message last; the exit status is then 1."""
+    args = get_args_parser(prog).parse_args(argv)
+    try:
+        return _train(args)
+    except Exception as exc:
+        prefix = f"[rank {_rank()}] "
+        lines = "".join(traceback.format_exception(exc)).rstrip("\n").splitlines()
+        lines.append(f"error: {type(exc).__name__}: {_one_line(exc)}")
+        print("\n".join(prefix + line for line in lines), file=sys.stderr, flush=True)
+        return 1
     finally:
         shutdown_distributed()
-    return 0
 
 
 if __name__ == "__main__":

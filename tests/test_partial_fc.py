@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
-from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -13,19 +13,19 @@ import torch.nn.functional as F
 
 from facevib.distributed import shard_range
 from facevib.losses import CombinedMarginLoss
-from facevib.partial_fc import INIT_STD, PartialFC, init_rows
+from facevib.partial_fc import INIT_BLOCK_ROWS, INIT_STD, PartialFC, init_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = "tests/workers/partial_fc_worker.py"
 
 
-@pytest.mark.parametrize(("num_items", "world"), [(11, 2), (11, 3), (4, 4), (93431, 8)])
-def test_shards_are_contiguous_and_balanced(num_items, world):
+@pytest.mark.parametrize(("num_items", "world"), [(11, 2), (11, 3), (4, 4), (10, 4), (93431, 8)])
+def test_shards_are_laid_out_as_torch_chunk_splits_rows(num_items, world):
+    """The layout of DTensor's Shard(0), which DCP reshards by itself."""
+    chunks = torch.arange(num_items).chunk(world)
     ranges = [shard_range(num_items, r, world) for r in range(world)]
-    assert ranges[0][0] == 0 and ranges[-1][1] == num_items
-    assert all(a[1] == b[0] for a, b in pairwise(ranges))
-    sizes = [stop - start for start, stop in ranges]
-    assert sizes == [num_items // world + (r < num_items % world) for r in range(world)]
+    assert [list(range(start, stop)) for start, stop in ranges[: len(chunks)]] == [c.tolist() for c in chunks]
+    assert all(start == stop == num_items for start, stop in ranges[len(chunks) :])
 
 
 def test_single_process_without_margin_is_scaled_cosine_cross_entropy():
@@ -70,6 +70,17 @@ def test_bad_inputs_are_named():
         PartialFC(CombinedMarginLoss(), embedding_dim=4, num_classes=5, sample_rate=0.0)
 
 
+def test_a_world_that_leaves_a_rank_without_classes_is_refused(monkeypatch):
+    import facevib.partial_fc as partial_fc
+
+    # 5 classes over 4 ranks split 2, 2, 1, 0 (torch.chunk): the last rank would be empty.
+    monkeypatch.setattr(partial_fc, "_world", lambda: (0, 4))
+    with pytest.raises(ValueError, match="num_classes=5 over 4 ranks leaves the last rank without classes"):
+        PartialFC(CombinedMarginLoss(), embedding_dim=4, num_classes=5)
+    monkeypatch.setattr(partial_fc, "_world", lambda: (3, 4))
+    assert PartialFC(CombinedMarginLoss(), embedding_dim=4, num_classes=4).num_local == 1
+
+
 @pytest.mark.slow
 def test_two_and_three_gloo_ranks_equal_one_full_fc(tmp_path, run_torchrun):
     reference = tmp_path / "one.pt"
@@ -83,14 +94,32 @@ def test_two_and_three_gloo_ranks_equal_one_full_fc(tmp_path, run_torchrun):
             torch.testing.assert_close(sharded[key], value, rtol=1e-5, atol=1e-6, msg=f"{key}, {world} ranks")
 
 
-@pytest.mark.parametrize(("num_classes", "dim"), [(11, 8), (50, 4), (37, 3), (4099, 16), (5, 2), (9000, 1)])
-def test_shard_init_equals_slicing_the_full_draw_at_any_world_size(num_classes, dim):
-    full = torch.empty(num_classes, dim).normal_(0.0, INIT_STD, generator=torch.Generator().manual_seed(7))
-    for world in (1, 2, 3, 4):
+@pytest.mark.parametrize(("num_classes", "dim"), [(11, 8), (37, 3), (4099, 16), (9000, 1)])
+def test_shard_init_is_the_same_matrix_at_any_world_size(num_classes, dim):
+    full = init_rows(torch.empty(num_classes, dim), 0, seed=7)
+    for world in (2, 3, 4):
         for rank in range(world):
             start, stop = shard_range(num_classes, rank, world)
-            rows = init_rows(torch.empty(stop - start, dim), start, num_classes, torch.Generator().manual_seed(7))
+            rows = init_rows(torch.empty(stop - start, dim), start, seed=7)
             torch.testing.assert_close(rows, full[start:stop], rtol=0, atol=0, msg=f"rank {rank}/{world}")
+    # A row depends on the seed and its index only, not on how many classes there are.
+    torch.testing.assert_close(init_rows(torch.empty(5, dim), 0, seed=7), full[:5], rtol=0, atol=0)
+
+
+def test_init_draws_independent_normal_rows_per_seed_and_block():
+    rows = 3 * INIT_BLOCK_ROWS
+    centres = init_rows(torch.empty(rows, 8), 0, seed=3).double()
+    n = centres.numel()
+    # N(0, 0.01): mean within 4 standard errors of 0, std within 4 standard errors of 0.01.
+    assert abs(centres.mean().item()) < 4 * INIT_STD / n**0.5
+    assert abs(centres.std().item() - INIT_STD) < 4 * INIT_STD / (2 * n) ** 0.5
+    blocks = centres.view(3, INIT_BLOCK_ROWS, 8)
+    # Blocks are not copies of one another, and another seed gives another matrix: the
+    # correlation of independent draws is within 4 standard errors (1 / sqrt(n)) of 0.
+    block_n = INIT_BLOCK_ROWS * 8
+    assert abs(torch.corrcoef(blocks.flatten(1))[0, 1:]).max().item() < 4 / block_n**0.5
+    other = init_rows(torch.empty(INIT_BLOCK_ROWS, 8), 0, seed=4).double()
+    assert abs(torch.corrcoef(torch.stack([blocks[0].flatten(), other.flatten()]))[0, 1].item()) < 4 / block_n**0.5
 
 
 @pytest.mark.parametrize("detach_margin", [False, True])
@@ -100,7 +129,7 @@ def test_in_place_margin_cross_entropy_equals_the_autograd_reference(m1, m2, m3,
     (m2=3.0 puts most targets in the theta + m > pi fallback)."""
     torch.manual_seed(0)
     margin = CombinedMarginLoss(s=32.0, m1=m1, m2=m2, m3=m3, detach_margin=detach_margin)
-    pfc = PartialFC(margin, embedding_dim=8, num_classes=17, generator=torch.Generator().manual_seed(1))
+    pfc = PartialFC(margin, embedding_dim=8, num_classes=17, seed=1)
     embeddings = torch.randn(10, 8, requires_grad=True)
     labels = torch.randint(0, 17, (10,))
     loss = pfc(embeddings, labels)
@@ -154,7 +183,7 @@ def test_the_loss_keeps_one_logits_buffer_and_no_copy_of_the_centres():
 def test_sharded_state_dict_round_trips_through_dcp_in_one_process(tmp_path):
     from facevib.engine.checkpoint import SHARDED_DIR, load_sharded, save_checkpoint, sharded_entries
 
-    pfc = PartialFC(CombinedMarginLoss(), embedding_dim=4, num_classes=9, generator=torch.Generator().manual_seed(0))
+    pfc = PartialFC(CombinedMarginLoss(), embedding_dim=4, num_classes=9, seed=0)
     optimizer = torch.optim.SGD([pfc.weight], lr=0.1, momentum=0.9)
     pfc(torch.randn(3, 4), torch.tensor([0, 4, 8])).backward()
     optimizer.step()
@@ -188,8 +217,7 @@ def test_two_gloo_ranks_with_sampling_equal_one_fc_over_the_same_centres(tmp_pat
     torch.manual_seed(1)
     backbone = torch.nn.Linear(6, 8)
     inputs, labels = got["inputs"], got["labels"]
-    weight = torch.empty(40, 8).normal_(0.0, INIT_STD, generator=torch.Generator().manual_seed(2))
-    weight.requires_grad_(True)
+    weight = got["initial_weight"].clone().requires_grad_(True)
     cos = (F.normalize(backbone(inputs)) @ F.normalize(weight[sampled]).T).clamp(-1, 1)
     target = torch.searchsorted(sampled, labels)
     expected = F.cross_entropy(CombinedMarginLoss(s=16.0, m2=0.5)(cos, target), target)
@@ -198,3 +226,19 @@ def test_two_gloo_ranks_with_sampling_equal_one_fc_over_the_same_centres(tmp_pat
     torch.testing.assert_close(got["loss"], expected.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got["weight_grad"], weight.grad, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got["backbone_weight_grad"], backbone.weight.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_a_checkpoint_of_the_previous_row_block_layout_loads(tmp_path):
+    """tests/fixtures/rowshard_partial_fc was written by 2 gloo ranks with the row-block
+    layout used before the DTensor one (ranks of 19 and 18 rows, blocks of 5 rows), holding
+    weight[i, j] = i + j / 100 and momentum[i, j] = -(10 i + j)."""
+    from facevib.engine.checkpoint import load_sharded, sharded_entries
+
+    checkpoint = tmp_path / "checkpoint_00000001"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "rowshard_partial_fc", checkpoint / "partial_fc")
+    rows, cols = torch.arange(37.0).unsqueeze(1), torch.arange(6.0).unsqueeze(0)
+    pfc = PartialFC(CombinedMarginLoss(), embedding_dim=6, num_classes=37)
+    optimizer = torch.optim.SGD([pfc.weight], lr=0.1, momentum=0.9)
+    load_sharded(checkpoint, pfc.sharded_state_dict(optimizer, sharded_entries(checkpoint)))
+    torch.testing.assert_close(pfc.weight.data, rows + cols / 100, rtol=0, atol=0)
+    torch.testing.assert_close(pfc.optimizer_state(optimizer)["momentum_buffer"], -(rows * 10 + cols), rtol=0, atol=0)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from facevib.config import ConfigError
 from facevib.engine.seeding import Stream, numpy_rng
 
 __all__ = ["DataPosition", "GlobalBatchSampler", "batches_per_epoch", "build_loader", "random_flip"]
@@ -61,7 +62,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
         self.global_batch = batch_size * world_size
         self.num_batches = batches_per_epoch(num_samples, self.global_batch)
         if self.num_batches == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"the dataset has {num_samples} samples, fewer than one global batch of "
                 f"{self.global_batch} (data.batch_size={batch_size} x {world_size} ranks)"
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from facevib.config import OptimConfig, ScheduleConfig
+from facevib.config import ConfigError, OptimConfig, ScheduleConfig
 
 __all__ = [
     "NO_DECAY_TYPES",
@@ -85,7 +85,7 @@ def build_optimizer(cfg: OptimConfig, modules: dict[str, nn.Module], lr: float) 
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=fused)
-    raise ValueError(f"optim.name={cfg.name!r}: expected 'sgd' or 'adamw'")
+    raise ConfigError(f"optim.name={cfg.name!r}: expected 'sgd' or 'adamw'")
 
 
 def group(optimizer: torch.optim.Optimizer, name: str) -> dict:
@@ -112,7 +112,7 @@ def lr_factor(cfg: ScheduleConfig, step: int, total_steps: int) -> float:
         span = max(1, total_steps - cfg.warmup_steps)
         progress = min(1.0, (step - cfg.warmup_steps) / span)
         return (1.0 - progress) ** cfg.power
-    raise ValueError(f"schedule.kind={cfg.kind!r}: expected 'multistep' or 'poly'")
+    raise ConfigError(f"schedule.kind={cfg.kind!r}: expected 'multistep' or 'poly'")
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -145,7 +145,7 @@ def load_named_state(optimizer: torch.optim.Optimizer, state: dict[str, dict], o
     }
     unknown = sorted(set(state) - set(params))
     if unknown:
-        raise ValueError(f"{origin}: optimizer state for parameters this model lacks: {', '.join(unknown[:5])}")
+        raise ConfigError(f"{origin}: optimizer state for parameters this model lacks: {', '.join(unknown[:5])}")
     for name, entries in state.items():
         param, param_group = params[name]
         optimizer.state[param] = {key: _placed(key, value, param, param_group) for key, value in entries.items()}

@@ -5,7 +5,10 @@ evaluation protocols want them: each image and its horizontal flip go through th
 (in one batch), and :meth:`Embedder.__call__` returns their **sum, not normalised**: the
 verification protocol and the IJB template aggregation both start from that sum (the IJB
 pipeline weights it before normalising, so normalising here would change the result).
-Input normalisation is :func:`facevib.data.transforms.images_to_tensor`, the one training uses.
+Input normalisation is the one training uses (:mod:`facevib.data.transforms`). A torch
+backbone gets the uint8 crops on its device (a quarter of the float32 bytes to copy) and
+flips and normalises them there; on CUDA batches default to :data:`CUDA_BATCH_SIZE` and
+cuDNN autotunes its convolutions for the fixed crop shape.
 
 :func:`load_embedder` opens a facevib checkpoint or an arcface_torch state dict (through
 :func:`facevib.models.load_backbone`) or a ``.onnx`` file (through ONNX Runtime, on
@@ -23,10 +26,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from facevib.data.transforms import images_to_tensor
-from facevib.onnx_meta import UNCERTAINTY_OUTPUT
+from facevib.contract import UNCERTAINTY_OUTPUT
+from facevib.data.transforms import images_to_tensor, normalize_images
 
-__all__ = ["Embedder", "load_embedder", "resolve_device", "flip_images"]
+__all__ = ["Embedder", "load_embedder", "resolve_device", "flip_images", "default_batch_size", "CUDA_BATCH_SIZE"]
+
+# Images per forward pass: on a GPU a large batch hides the per-batch launch and copy costs
+# (IJB-C has 469k crops); on a CPU a small one keeps memory low at the same speed.
+CUDA_BATCH_SIZE = 512
+CPU_BATCH_SIZE = 64
 
 BatchFn = Callable[[np.ndarray], np.ndarray]
 JointFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -51,6 +59,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
+def default_batch_size(device: str | torch.device | None) -> int:
+    """:data:`CUDA_BATCH_SIZE` for a CUDA device (``"auto"``/None: when torch sees one), else 64."""
+    cuda = torch.cuda.is_available() if device is None or str(device) == "auto" else str(device).startswith("cuda")
+    return CUDA_BATCH_SIZE if cuda else CPU_BATCH_SIZE
+
+
 def _check_images(images: np.ndarray) -> np.ndarray:
     if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
         shape = getattr(images, "shape", None)
@@ -65,6 +79,9 @@ class Embedder:
         forward: embeds one batch of RGB uint8 crops (no flip) into float32 ``(B, D)``.
         batch_size: images per network forward pass; with flipping, each pass holds
             ``batch_size // 2`` images and their flips.
+        forward_with_flip: optional, ``forward`` of the images followed by their flips
+            (``2B`` rows) for a ``B``-image batch, flipping where the network runs.
+        joint_with_flip: the same for ``joint``.
         backend: what runs the network, for reports (e.g. ``"torch:cuda:0"``,
             ``"onnxruntime:CPUExecutionProvider"``).
         joint: optional function of the same input returning ``(embeddings (B, D),
@@ -80,11 +97,17 @@ class Embedder:
         batch_size: int = 64,
         backend: str = "custom",
         joint: JointFn | None = None,
+        forward_with_flip: BatchFn | None = None,
+        joint_with_flip: JointFn | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self._forward = forward
         self._joint = joint
+        self._forward_with_flip = forward_with_flip or (lambda part: forward(np.concatenate([part, flip_images(part)])))
+        self._joint_with_flip = joint_with_flip
+        if joint is not None and joint_with_flip is None:
+            self._joint_with_flip = lambda part: joint(np.concatenate([part, flip_images(part)]))
         self.batch_size = int(batch_size)
         self.backend = backend
 
@@ -92,13 +115,16 @@ class Embedder:
 
     @classmethod
     def from_module(
-        cls, model: nn.Module, *, device: str | torch.device | None = None, batch_size: int = 64
+        cls, model: nn.Module, *, device: str | torch.device | None = None, batch_size: int | None = None
     ) -> Embedder:
         """Wrap a torch backbone. ``device=None`` keeps the module where it is; otherwise it is
         moved there. Each batch runs in eval mode under ``no_grad`` and the module's previous
         train/eval mode is restored afterwards, so a training loop can evaluate mid-run.
         DataParallel/DistributedDataParallel wrappers are unwrapped (a wrapped forward on one
-        rank would wait for the others)."""
+        rank would wait for the others). ``batch_size=None``: :func:`default_batch_size`.
+
+        The uint8 crops are copied to the device (pinned, asynchronously, on CUDA), and the
+        flip and the normalisation run there."""
         if isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
             model = model.module
         if device is None:
@@ -107,29 +133,41 @@ class Embedder:
         else:
             target = resolve_device(device)
             model.to(target)
+        on_cuda = target.type == "cuda"
+        if on_cuda and not torch.are_deterministic_algorithms_enabled():
+            # One crop shape throughout: autotuning pays for itself after a few batches.
+            torch.backends.cudnn.benchmark = True
+
+        def to_device(images: np.ndarray, flip: bool) -> torch.Tensor:
+            host = torch.from_numpy(np.ascontiguousarray(images))
+            pixels = (host.pin_memory() if on_cuda else host).to(target, non_blocking=True).permute(0, 3, 1, 2)
+            if flip:
+                pixels = torch.cat([pixels, pixels.flip(3)])
+            return normalize_images(pixels)
 
         def run(
-            fn: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]], images: np.ndarray
+            fn: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]], images: np.ndarray, flip: bool
         ) -> np.ndarray | tuple[np.ndarray, ...]:
             was_training = model.training
             model.eval()
             try:
                 with torch.no_grad():
-                    out = fn(images_to_tensor(images).to(target, non_blocking=True))
+                    out = fn(to_device(images, flip))
                     if isinstance(out, tuple):
                         return tuple(t.float().cpu().numpy() for t in out)
                     return out.float().cpu().numpy()
             finally:
                 model.train(was_training)
 
-        def embed(images: np.ndarray) -> np.ndarray:
-            return run(model, images)
-
-        def joint(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return run(model.forward_with_uncertainty, images)
-
         has_sigma = bool(getattr(model, "has_uncertainty", False))
-        return cls(embed, batch_size=batch_size, backend=f"torch:{target}", joint=joint if has_sigma else None)
+        return cls(
+            lambda images: run(model, images, False),
+            batch_size=batch_size or default_batch_size(target),
+            backend=f"torch:{target}",
+            joint=(lambda images: run(model.forward_with_uncertainty, images, False)) if has_sigma else None,
+            forward_with_flip=lambda images: run(model, images, True),
+            joint_with_flip=(lambda images: run(model.forward_with_uncertainty, images, True)) if has_sigma else None,
+        )
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, *, device: str = "cpu", batch_size: int = 64) -> Embedder:
@@ -212,7 +250,7 @@ class Embedder:
         plain, flipped = [], []
         for start in range(0, len(images), chunk):
             part = images[start : start + chunk]
-            out = self._forward(np.concatenate([part, flip_images(part)]))
+            out = self._forward_with_flip(part)
             plain.append(out[: len(part)])
             flipped.append(out[len(part) :])
         return self._stack(plain, len(images)), self._stack(flipped, len(images))
@@ -248,11 +286,11 @@ class Embedder:
         embeddings, scores = [], []
         for start in range(0, len(images), chunk):
             part = images[start : start + chunk]
-            batch = np.concatenate([part, flip_images(part)]) if flip else part
-            emb, unc = self._joint(batch)
+            emb, unc = self._joint_with_flip(part) if flip else self._joint(part)
             emb, unc = np.asarray(emb, dtype=np.float32), np.asarray(unc, dtype=np.float32)
-            if unc.shape != (len(batch),):
-                raise ValueError(f"uncertainty returned shape {unc.shape} for {len(batch)} images, expected (N,)")
+            rows = 2 * len(part) if flip else len(part)
+            if unc.shape != (rows,):
+                raise ValueError(f"uncertainty returned shape {unc.shape} for {rows} images, expected (N,)")
             if flip:
                 emb = emb[: len(part)] + emb[len(part) :]
                 unc = (unc[: len(part)] + unc[len(part) :]) / 2
@@ -285,7 +323,7 @@ class Embedder:
 def load_embedder(
     path: str | os.PathLike,
     device: str = "cpu",
-    batch_size: int = 64,
+    batch_size: int | None = None,
     network: str | None = None,
 ) -> Embedder:
     """An :class:`Embedder` for a model file.
@@ -294,7 +332,7 @@ def load_embedder(
         path: ``.onnx`` (ONNX Runtime), or a facevib checkpoint / arcface_torch ``state_dict``
             (``.pt``/``.pth``, read by :func:`facevib.models.load_backbone`).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (None: :func:`default_batch_size` of ``device``).
         network: registered model name (e.g. ``"r100"``); required for a plain state dict.
 
     Raises:
@@ -307,7 +345,7 @@ def load_embedder(
     if path.suffix.lower() == ".onnx":
         if network is not None:
             raise ValueError(f"--network {network!r} applies to torch checkpoints, not to the ONNX file {path}")
-        return Embedder.from_onnx(path, device=device, batch_size=batch_size)
+        return Embedder.from_onnx(path, device=device, batch_size=batch_size or default_batch_size(device))
     from facevib.models import load_backbone
 
     target = resolve_device(device)

@@ -37,9 +37,10 @@ def main(out_path: str, sample_rate: float = 1.0) -> None:
         EMBED_DIM,
         num_classes,
         sample_rate,
-        generator=torch.Generator().manual_seed(2),
+        seed=2,
     )
     model = wrap_ddp(backbone, env)
+    initial_weight = gather_rows(pfc.weight.detach(), num_classes)
 
     per_rank = GLOBAL_BATCH // env.world_size
     mine = slice(env.rank * per_rank, (env.rank + 1) * per_rank)
@@ -61,6 +62,7 @@ def main(out_path: str, sample_rate: float = 1.0) -> None:
                 "backbone_weight_grad": backbone.weight.grad,
                 "backbone_bias_grad": backbone.bias.grad,
                 "sampled_classes": sampled,
+                "initial_weight": initial_weight,
                 "inputs": inputs,
                 "labels": labels,
             },

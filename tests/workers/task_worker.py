@@ -46,7 +46,7 @@ def main(out_path: str) -> None:
         CombinedMarginLoss(s=16.0, m2=0.5),
         TINY["embedding_dim"],
         NUM_CLASSES,
-        generator=torch.Generator().manual_seed(2),
+        seed=2,
     )
     task = FaceRecognitionTask(backbone, pfc, env, aux_losses={"norm": EmbeddingNormPenalty()}).eval()
 
