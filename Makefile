@@ -9,7 +9,7 @@ STAMP := $(VENV)/.facevib-installed
 # satisfy the requirement and win. After installing, a torch that cannot use the GPUs is
 # refused in one line. CPU machines take the local CPU wheel of torch 2.13.0.
 CUDA_HOST := $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && echo 1)
-EXTRAS ?= train,eval,export,$(if $(CUDA_HOST),serve-gpu,serve),dev
+EXTRAS ?= train,eval,export,$(if $(CUDA_HOST),serve-gpu,serve),dev,gallery-bench
 TORCH_SPEC ?= $(if $(CUDA_HOST),torch>=2.4,torch==2.13.0)
 VENV_FLAGS ?=
 CHECK_CUDA_TORCH := $(PY) -c "import sys; from facevib.distributed import cuda_mismatch; \

@@ -70,6 +70,7 @@ METADATA_KEYS: dict[str, str] = {
         "outputs",
         "uncertainty",
         "calibration",
+        "identification",
     )
 }
 

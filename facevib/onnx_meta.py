@@ -24,6 +24,8 @@ Keys (all prefixed ``facevib.``; structured values are JSON strings):
                           ``["embedding", "uncertainty"]``
 ``facevib.uncertainty``   JSON object saying what the ``uncertainty`` output is (absent without it)
 ``facevib.calibration``   JSON object (:class:`Calibration`), absent when not calibrated
+``facevib.identification`` JSON object (:class:`IdentificationCalibration`): the 1:N open-set
+                          threshold at a target FPIR, absent when not calibrated
 ========================  =====================================================================
 
 A file with no ``facevib.`` key at all (a plain insightface ONNX, say) makes
@@ -53,6 +55,7 @@ __all__ = [
     "Calibration",
     "HeldOut",
     "PROTOCOLS",
+    "IdentificationCalibration",
     "ModelMetadata",
     "default_preprocess",
     "read_metadata",
@@ -219,6 +222,52 @@ def _fields_of(cls: type, data: Any, key: str, optional: Sequence[str] = ()) -> 
 
 
 @dataclass(frozen=True)
+class IdentificationCalibration:
+    """The open-set (1:N) threshold at a target false positive identification rate.
+
+    A search answers "subject s" iff its best subject score is ``> threshold``. Measured on
+    labelled searches of a gallery: ``non_mated`` searches of people not enrolled (FPIR: the
+    fraction whose best score is above the threshold, ``fpir <= target_fpir``) and ``mated``
+    searches (``tpir``: the fraction whose mate ranks first and scores above it).
+    ``resolved`` is True when ``target_fpir * non_mated >= 1``; ``source`` names the data.
+    """
+
+    threshold: float
+    target_fpir: float
+    fpir: float
+    tpir: float
+    non_mated: int
+    mated: int
+    resolved: bool
+    source: str
+
+    def __post_init__(self) -> None:
+        key = PREFIX + "identification"
+        _finite(self.threshold, f"{key}.threshold", -1.0, 1.0)
+        _finite(self.target_fpir, f"{key}.target_fpir", 0.0, 1.0)
+        _finite(self.fpir, f"{key}.fpir", 0.0, 1.0)
+        _finite(self.tpir, f"{key}.tpir", 0.0, 1.0)
+        _count(self.non_mated, f"{key}.non_mated", 1)
+        _count(self.mated, f"{key}.mated", 1)
+        if not isinstance(self.resolved, bool):
+            raise MetadataError(f"{key}.resolved: expected true or false, got {self.resolved!r}")
+        if not isinstance(self.source, str):
+            raise MetadataError(f"{key}.source: expected a string, got {self.source!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> IdentificationCalibration:
+        """Build from the JSON object stored under ``facevib.identification``."""
+        key = PREFIX + "identification"
+        if not isinstance(data, Mapping):
+            raise MetadataError(f"{key}: expected a JSON object, got {type(data).__name__}")
+        names = [f.name for f in cls.__dataclass_fields__.values()]
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise MetadataError(f"{key}: missing field(s) {', '.join(missing)}")
+        return cls(**{n: data[n] for n in names})
+
+
+@dataclass(frozen=True)
 class ModelMetadata:
     """Everything a client needs to feed a facevib ONNX file and read its outputs.
 
@@ -236,6 +285,7 @@ class ModelMetadata:
     outputs: list[str] = field(default_factory=lambda: [EMBEDDING_OUTPUT])
     uncertainty: dict[str, Any] | None = None
     calibration: Calibration | None = None
+    identification: IdentificationCalibration | None = None
 
     def __post_init__(self) -> None:
         for name in ("facevib_version", "model_name"):
@@ -275,6 +325,11 @@ class ModelMetadata:
         if self.calibration is not None and not isinstance(self.calibration, Calibration):
             raise MetadataError(
                 f"{_KEYS['calibration']}: expected a Calibration, got {type(self.calibration).__name__}"
+            )
+        if self.identification is not None and not isinstance(self.identification, IdentificationCalibration):
+            raise MetadataError(
+                f"{_KEYS['identification']}: expected an IdentificationCalibration, "
+                f"got {type(self.identification).__name__}"
             )
 
     @classmethod
@@ -321,6 +376,8 @@ class ModelMetadata:
             props[_KEYS["uncertainty"]] = _dumps(self.uncertainty)
         if self.calibration is not None:
             props[_KEYS["calibration"]] = _dumps(asdict(self.calibration))
+        if self.identification is not None:
+            props[_KEYS["identification"]] = _dumps(asdict(self.identification))
         return props
 
     @classmethod
@@ -369,6 +426,7 @@ class ModelMetadata:
                 raise MetadataError(f"{_KEYS[name]}: not valid JSON ({err.msg} at offset {err.pos})") from None
 
         calibration = structured("calibration", required=False)
+        identification = structured("identification", required=False)
         return cls(
             facevib_version=text("facevib_version"),
             model_name=text("model_name"),
@@ -380,6 +438,7 @@ class ModelMetadata:
             outputs=structured("outputs"),
             uncertainty=structured("uncertainty", required=False),
             calibration=None if calibration is None else Calibration.from_dict(calibration),
+            identification=None if identification is None else IdentificationCalibration.from_dict(identification),
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@
 * :func:`export_model` chains them: ``python -m facevib.export MODEL --out model.onnx``.
 """
 
-from facevib.export.calibrate import calibrate, calibration_kind
+from facevib.export.calibrate import calibrate, calibrate_identification, calibration_kind
 from facevib.export.graph import (
     compare_onnx,
     export_onnx,
@@ -34,6 +34,7 @@ __all__ = [
     "ExportResult",
     "build_metadata",
     "calibrate",
+    "calibrate_identification",
     "calibration_kind",
     "check_triton_settings",
     "compare_onnx",

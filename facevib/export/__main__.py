@@ -4,6 +4,7 @@
     python -m facevib.export backbone.pth --network r100 --out r100.onnx               # arcface_torch
     python -m facevib.export runs/cellvib/backbone.pt --out m.onnx --uncertainty \\
         --calibrate /data/faces_emore --target-fpr 1e-4 --triton-repo triton_models
+    python -m facevib.export backbone.pt --out m.onnx --calibrate-identification /data/IJBC --target-fpir 1e-2
 
 The default file is a drop-in for insightface-style clients: one input ``data`` (N, 3, 112, 112)
 float32 RGB, (pixel - 127.5) / 127.5, dynamic N; one output ``embedding`` (N, D), not
@@ -54,6 +55,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--device", default=None, help="where calibration runs the exported file: auto (default), cpu, cuda, cuda:N"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar while calibrating")
+    parser.add_argument(
+        "--calibrate-identification",
+        default=None,
+        metavar="DATA",
+        help="IJB-B/C folder with 1:N gallery and probe files: store the open-set (1:N search) threshold",
+    )
+    parser.add_argument(
+        "--target-fpir", type=float, default=None, help="FPIR of the identification threshold (default 1e-2)"
+    )
     parser.add_argument("--triton-repo", default=None, metavar="DIR", help="also write a Triton model repository")
     parser.add_argument("--triton-name", default=None, help="Triton model name (default: the stem of --out)")
     parser.add_argument("--max-batch", type=int, default=64, help="Triton max_batch_size")
@@ -77,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{flag.replace('_', '-')} needs --calibrate DATA")
     if args.calibration_images is not None and args.calibration_images < 4:
         parser.error(f"--calibration-images must be >= 4, got {args.calibration_images}")
+    if args.target_fpir is not None and args.calibrate_identification is None:
+        parser.error("--target-fpir needs --calibrate-identification DATA")
     for flag in ("triton_name", "max_batch", "max_delay_us"):
         if args.triton_repo is None and getattr(args, flag) != parser.get_default(flag):
             parser.error(f"--{flag.replace('_', '-')} needs --triton-repo DIR")
@@ -92,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             calibration_images=args.calibration_images or 4000,
             device=args.device or "auto",
             progress=not args.no_progress,
+            identification_data=args.calibrate_identification,
+            target_fpir=1e-2 if args.target_fpir is None else args.target_fpir,
             triton_repo=args.triton_repo,
             triton_name=args.triton_name,
             max_batch_size=args.max_batch,
@@ -131,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         if not cal.single_image:
             print("template threshold: /v1/verify will not apply it to single-image scores")
+    if meta.identification is not None:
+        ident = meta.identification
+        note = "" if ident.resolved else " (NOT resolved: fewer than 1/target_fpir non-mated searches)"
+        print(
+            f"1:N threshold {ident.threshold:.6f} at target FPIR {ident.target_fpir:g}: FPIR {ident.fpir:.3g}, "
+            f"TPIR {ident.tpir:.4f} on {ident.non_mated} non-mated / {ident.mated} mated searches{note}"
+        )
     if result.triton_dir is not None:
         print(f"wrote Triton model {result.triton_dir} (config.pbtxt, 1/model.onnx)")
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from facevib.engine.reader import read_checkpoint
 from facevib.eval.embed import Embedder
-from facevib.export.calibrate import calibrate
+from facevib.export.calibrate import calibrate, calibrate_identification
 from facevib.export.graph import export_onnx, insightface_problems
 from facevib.export.metadata import build_metadata, write_metadata
 from facevib.export.triton import check_triton_settings, write_triton_repository
@@ -53,6 +53,8 @@ def export_model(
     calibration_images: int = 4000,
     device: str = "auto",
     progress: bool = True,
+    identification_data: str | os.PathLike | None = None,
+    target_fpir: float = 1e-2,
     triton_repo: str | os.PathLike | None = None,
     triton_name: str | None = None,
     max_batch_size: int = 64,
@@ -73,6 +75,9 @@ def export_model(
             ``calibration_images`` images, a progress bar when ``progress``).
         device: where calibration runs the written file (``"cpu"``, ``"cuda[:N]"``, or
             ``"auto"``: ONNX Runtime's CUDA provider when this build has one).
+        identification_data: an IJB folder with 1:N files; the open-set threshold at
+            ``target_fpir`` is measured on the written file and stored
+            (:func:`facevib.export.calibrate_identification`).
         triton_repo: also write a Triton model repository there, model ``triton_name``
             (default: the stem of ``out``), with ``max_batch_size`` and
             ``max_queue_delay_us`` for its dynamic batcher.
@@ -87,6 +92,8 @@ def export_model(
         raise ValueError(f"target FPR must be in (0, 1), got {target_fpr}")
     if calibration_protocol not in PROTOCOLS:
         raise ValueError(f"calibration protocol must be one of {', '.join(PROTOCOLS)}, got {calibration_protocol!r}")
+    if not 0.0 < target_fpir < 1.0:
+        raise ValueError(f"target FPIR must be in (0, 1), got {target_fpir}")
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise ValueError(f"output file must end in .onnx, got {out}")
@@ -110,6 +117,9 @@ def export_model(
         )
         calibration_backend = embedder.backend
         metadata = dataclasses.replace(metadata, calibration=measured)
+    if identification_data is not None:
+        open_set = calibrate_identification(Embedder.from_onnx(out), identification_data, target_fpir)
+        metadata = dataclasses.replace(metadata, identification=open_set)
     write_metadata(out, metadata)
     problems = insightface_problems(out)
     if not uncertainty and problems:  # the default file's contract; a failure here is a bug

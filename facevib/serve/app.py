@@ -10,6 +10,8 @@ Endpoints (their schemas and error responses are in ``/openapi.json``; handlers 
   (:mod:`facevib.serve.health`). No API key needed.
 * ``GET /v1/info``: model metadata, providers in use, batching settings, versions.
 * ``GET /metrics``: Prometheus text format.
+* ``/v1/galleries``: 1:N galleries (:mod:`facevib.serve.gallery_routes`), with ``--gallery-db`` or
+  ``--gallery-url``.
 """
 
 from __future__ import annotations
@@ -29,9 +31,12 @@ from fastapi.responses import JSONResponse
 from pydantic.json_schema import models_json_schema
 
 import facevib
+from facevib.gallery import Galleries, open_store
 from facevib.serve.auth import require_api_key
 from facevib.serve.batcher import Batcher
 from facevib.serve.errors import install_error_handlers
+from facevib.serve.gallery_routes import gallery_router
+from facevib.serve.gallery_schemas import EnrollRequest, GalleryRequest, SearchRequest
 from facevib.serve.health import HealthMonitor
 from facevib.serve.images import Detector
 from facevib.serve.metrics import ServeMetrics
@@ -55,7 +60,18 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             _, extra = models_json_schema(
-                [(m, "validation") for m in (EmbedRequest, MultipartEmbedRequest, VerifyRequest, ErrorResponse)],
+                [
+                    (m, "validation")
+                    for m in (
+                        EmbedRequest,
+                        MultipartEmbedRequest,
+                        VerifyRequest,
+                        ErrorResponse,
+                        GalleryRequest,
+                        EnrollRequest,
+                        SearchRequest,
+                    )
+                ],
                 ref_template="#/components/schemas/{model}",
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(extra.get("$defs", {}))
@@ -73,7 +89,8 @@ def create_app(settings: ServeSettings | None = None, *, detector: Detector | No
     once, when the server starts, and closes them on shutdown.
 
     Raises:
-        ValueError: no model given. FileNotFoundError: the model file does not exist.
+        ValueError: no model given, or a gallery store that cannot be opened for writing (named).
+        FileNotFoundError: the model file does not exist.
     """
     settings = settings or ServeSettings.from_env()
     if not settings.model:
@@ -83,6 +100,9 @@ def create_app(settings: ServeSettings | None = None, *, detector: Detector | No
     detector_spec = settings.detector.strip()
     if detector is None and detector_spec.lower() not in ("none", "mtcnn") and not Path(detector_spec).is_file():
         raise FileNotFoundError(f"detector {detector_spec} does not exist (mtcnn, none or an SCRFD .onnx file)")
+    if settings.gallery_db or settings.gallery_url:
+        # Fail here, in one line naming the file or URL, rather than at the first enrollment.
+        open_store(db=settings.gallery_db, url=settings.gallery_url).close()
     logger.setLevel(settings.log_level.upper())
     state = ServerState(settings=settings, metrics=ServeMetrics(settings.max_batch), detector=detector)
 
@@ -108,6 +128,7 @@ def create_app(settings: ServeSettings | None = None, *, detector: Detector | No
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(health_router)
+    app.include_router(gallery_router)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_api_key)])
@@ -173,12 +194,23 @@ async def _start(state: ServerState) -> None:
         detector=lambda: state.detector,
         count_faces=lambda mode, n: state.metrics.faces.labels(mode).inc(n),
     )
+    if settings.gallery_db or settings.gallery_url:
+        galleries = Galleries(
+            open_store(db=settings.gallery_db, url=settings.gallery_url),
+            exact_limit=settings.gallery_exact_limit,
+            poll_s=settings.gallery_poll_s,
+        )
+        await asyncio.to_thread(galleries.start)
+        state.galleries = galleries
 
 
 async def _stop(state: ServerState) -> None:
     state.service = None
     if state.health is not None:
         await state.health.stop()
+    if state.galleries is not None:
+        await asyncio.to_thread(state.galleries.stop)
+        state.galleries = None
     if state.batcher is not None:
         await state.batcher.stop()
     if state.pool is not None:  # running decodes finish, in a thread: the loop keeps answering

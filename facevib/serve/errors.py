@@ -29,7 +29,12 @@ ERROR_STATUS: dict[str, int] = {
     "invalid_multipart": 400,
     "unauthorized": 401,
     "not_found": 404,
+    "gallery_not_found": 404,
+    "face_not_found": 404,
+    "subject_not_found": 404,
+    "galleries_disabled": 404,
     "method_not_allowed": 405,
+    "gallery_exists": 409,
     "body_too_large": 413,
     "image_too_large": 413,
     "too_many_faces": 413,  # more faces in one request than the queue can ever hold

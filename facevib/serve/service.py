@@ -26,7 +26,7 @@ from facevib.serve.runtime import ModelRuntime
 from facevib.serve.schemas import EmbeddingInput, ImageInput
 from facevib.serve.settings import ServeSettings
 
-__all__ = ["EmbedOutcome", "Prepared", "Service", "parse_image", "parse_model"]
+__all__ = ["EmbedOutcome", "Prepared", "Service", "parse_image", "parse_model", "unit_embedding"]
 
 
 def parse_model(model: type[BaseModel], value: Any, field: str) -> Any:
@@ -44,6 +44,18 @@ def parse_image(value: Any, field: str) -> ImageSpec:
     image = parse_model(ImageInput, value, field)
     landmarks = np.asarray(image.landmarks, dtype=np.float64) if image.landmarks is not None else None
     return ImageSpec(decode_base64(image.data, f"{field}.data"), landmarks, image.aligned, field)
+
+
+def unit_embedding(value: Any, dim: int, field: str) -> np.ndarray:
+    """A JSON ``{"embedding": [...]}`` -> the unit vector, or a 422 naming ``field`` (size, NaN, zero)."""
+    vector = np.asarray(parse_model(EmbeddingInput, value, field).embedding, dtype=np.float64)
+    where = f"{field}.embedding" if field else "embedding"
+    if vector.shape != (dim,):
+        raise ServeError("invalid_embedding", f"embedding has {vector.size} values, the model's have {dim}", where)
+    norm = float(np.linalg.norm(vector))
+    if not math.isfinite(norm) or norm == 0.0:
+        raise ServeError("invalid_embedding", f"embedding norm is {norm}", where)
+    return vector / norm
 
 
 @dataclass(frozen=True)
@@ -171,17 +183,7 @@ class Service:
         images: dict[str, ImageSpec] = {}
         for name, value in sides.items():
             if isinstance(value, dict) and "embedding" in value:
-                vector = np.asarray(parse_model(EmbeddingInput, value, name).embedding, dtype=np.float64)
-                if vector.shape != (self.runtime.embedding_dim,):
-                    raise ServeError(
-                        "invalid_embedding",
-                        f"embedding has {vector.size} values, the model's have {self.runtime.embedding_dim}",
-                        f"{name}.embedding",
-                    )
-                norm = float(np.linalg.norm(vector))
-                if not math.isfinite(norm) or norm == 0.0:
-                    raise ServeError("invalid_embedding", f"embedding norm is {norm}", f"{name}.embedding")
-                vectors[name] = vector / norm
+                vectors[name] = unit_embedding(value, self.runtime.embedding_dim, name)
             else:
                 images[name] = parse_image(value, name)
         if images:

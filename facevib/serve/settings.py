@@ -61,6 +61,20 @@ class ServeSettings:
     health_interval_s: float = _help(
         "seconds between background inference checks; /health/ready reports the last one", default=10.0
     )
+    gallery_db: str | None = _help(
+        "SQLite file holding the 1:N galleries (created if absent); enables /v1/galleries", default=None
+    )
+    gallery_url: str | None = _help(
+        "postgresql:// URL of galleries shared by several servers (instead of --gallery-db)", default=None
+    )
+    gallery_poll_s: float = _help(
+        "how often a server reads the galleries' change log (writes of other servers appear within this)",
+        default=0.25,
+    )
+    gallery_exact_limit: int = _help(
+        "gallery size from which search uses an HNSW index (facevib[gallery-ann]) instead of exact search",
+        default=50_000,
+    )
 
     def __post_init__(self) -> None:
         positive = ("max_batch", "max_queue", "max_images", "max_image_pixels")
@@ -91,6 +105,12 @@ class ServeSettings:
             raise ValueError("detector must be mtcnn, none or the path of an SCRFD .onnx file, got an empty string")
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key must not be empty (leave it unset to disable authentication)")
+        if self.gallery_db and self.gallery_url:
+            raise ValueError("give one of gallery_db and gallery_url, not both")
+        if not 0 < self.gallery_poll_s <= 60:
+            raise ValueError(f"gallery_poll_s must be in (0, 60], got {self.gallery_poll_s}")
+        if self.gallery_exact_limit < 1:
+            raise ValueError(f"gallery_exact_limit must be >= 1, got {self.gallery_exact_limit}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ValueError(f"log_level must be debug, info, warning, error or critical, got {self.log_level!r}")
 
@@ -145,6 +165,10 @@ class ServeSettings:
         """The settings without the API key (for ``/v1/info`` and logs)."""
         out = dataclasses.asdict(self)
         out["api_key"] = "set" if self.api_key else None
+        if self.gallery_url:
+            from facevib.gallery.postgres_store import redact_url
+
+            out["gallery_url"] = redact_url(self.gallery_url)
         return out
 
 

@@ -1,4 +1,4 @@
-"""What the app holds between requests: settings, metrics, the loaded model and its batcher."""
+"""What the app holds between requests: settings, metrics, the loaded model, its batcher, the galleries."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from facevib.gallery import Galleries
 from facevib.serve.batcher import Batcher
 from facevib.serve.errors import ServeError
 from facevib.serve.health import HealthMonitor
@@ -32,6 +33,7 @@ class ServerState:
     service: Service | None = None
     pool: concurrent.futures.ThreadPoolExecutor | None = None
     health: HealthMonitor | None = None
+    galleries: Galleries | None = None  # 1:N galleries (--gallery-db / --gallery-url)
     started_at: float = field(default_factory=time.time)
 
     def ready_service(self) -> Service:
@@ -40,6 +42,16 @@ class ServerState:
                 "unavailable", "the model is not loaded (starting up or shutting down)", headers={"Retry-After": "5"}
             )
         return self.service
+
+    def ready_galleries(self) -> Galleries:
+        if self.galleries is None:
+            if self.settings.gallery_db or self.settings.gallery_url:
+                raise ServeError("unavailable", "the galleries are not loaded yet", headers={"Retry-After": "5"})
+            raise ServeError(
+                "galleries_disabled",
+                "this server keeps no galleries: start it with --gallery-db PATH or --gallery-url postgresql://...",
+            )
+        return self.galleries
 
 
 def server_state(request: Request) -> ServerState:

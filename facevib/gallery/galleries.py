@@ -1,0 +1,201 @@
+"""Galleries: a store (the source of truth) and the in-memory indexes that follow its change log.
+
+Every write goes to the store first (it returns once durable), then the caller catches the
+indexes up with the store's change log (:meth:`Galleries.sync`), so a client that was told
+"enrolled" finds the face in its next search. A follower thread runs the same
+:meth:`~Galleries.sync` every ``poll_s`` seconds, which is how a replica sees the writes of
+other servers sharing the database: a face enrolled elsewhere is searchable here within
+``poll_s`` plus the time to apply the change.
+
+Thread-safe: one lock guards the indexes (searches hold it while they run); the store
+serialises its own writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from facevib.gallery.index import DEFAULT_EXACT_LIMIT, FaceIndex, SubjectMatch
+from facevib.gallery.store import Change, GalleryInfo, GalleryNotFound, GalleryStore, NewFace
+
+__all__ = ["Galleries"]
+
+logger = logging.getLogger("facevib.gallery")
+
+
+class Galleries:
+    """The galleries of one server.
+
+    Args:
+        store: where faces live (:class:`~facevib.gallery.sqlite_store.SQLiteStore` or
+            :class:`~facevib.gallery.postgres_store.PostgresStore`); closed by :meth:`stop`.
+        exact_limit: the size from which a gallery's index is HNSW (:class:`FaceIndex`).
+        poll_s: period of the follower thread; None: no thread (only this process writes).
+    """
+
+    def __init__(
+        self, store: GalleryStore, *, exact_limit: int = DEFAULT_EXACT_LIMIT, poll_s: float | None = 0.25
+    ) -> None:
+        self.store = store
+        self.exact_limit = exact_limit
+        self.poll_s = poll_s
+        self._lock = threading.RLock()
+        self._sync_lock = threading.Lock()  # one catch-up at a time, entries applied in seq order
+        self._indexes: dict[str, FaceIndex] = {}
+        self._infos: dict[str, GalleryInfo] = {}
+        self._seq = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Load every face from the store into the indexes, then start following its log."""
+        with self._sync_lock:
+            seq, infos, faces = self.store.snapshot()
+            with self._lock:
+                self._infos = {info.name: info for info in infos}
+                self._indexes = {info.name: self._new_index(info) for info in infos}
+                by_gallery: dict[str, list[Any]] = {}
+                for face in faces:
+                    by_gallery.setdefault(face.gallery, []).append(face)
+                for name, rows in by_gallery.items():
+                    self._indexes[name].add(
+                        [f.id for f in rows], [f.subject for f in rows], np.stack([f.embedding for f in rows])
+                    )
+                self._seq = seq
+        logger.info("galleries: %d faces in %d galleries from %s", len(faces), len(infos), self.store.describe())
+        if self.poll_s is not None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._follow, name="facevib-gallery-follow", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop following and close the store."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.store.close()
+
+    def _follow(self) -> None:
+        assert self.poll_s is not None
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.sync()
+            except Exception as err:  # a lost connection: keep serving what we have, retry next period
+                logger.warning("galleries: catching up with %s failed (%s); retrying", self.store.describe(), err)
+
+    def _new_index(self, info: GalleryInfo) -> FaceIndex:
+        return FaceIndex(info.embedding_dim, exact_limit=self.exact_limit)
+
+    # ------------------------------------------------------------------ following the log
+
+    @property
+    def seq(self) -> int:
+        """The last change-log entry applied."""
+        return self._seq
+
+    def sync(self) -> int:
+        """Apply every change-log entry written since the last one applied; how many were applied."""
+        applied = 0
+        with self._sync_lock:
+            while True:
+                changes = self.store.changes_since(self._seq)
+                if not changes:
+                    return applied
+                with self._lock:
+                    for change in changes:
+                        self._apply(change)
+                        self._seq = change.seq
+                applied += len(changes)
+
+    def _apply(self, change: Change) -> None:
+        if change.op == "create":
+            if change.info is not None and change.gallery not in self._indexes:
+                self._infos[change.gallery] = change.info
+                self._indexes[change.gallery] = self._new_index(change.info)
+        elif change.op == "drop":
+            self._infos.pop(change.gallery, None)
+            self._indexes.pop(change.gallery, None)
+        elif change.op == "add":
+            index = self._indexes.get(change.gallery)
+            if change.face is not None and index is not None:
+                index.add([change.face.id], [change.face.subject], change.face.embedding[None])
+        elif change.op == "remove":
+            index = self._indexes.get(change.gallery)
+            if index is not None and change.face_id is not None:
+                index.remove(change.face_id)
+        else:
+            raise ValueError(f"change {change.seq}: unknown operation {change.op!r}")
+
+    # ------------------------------------------------------------------ operations
+
+    def create(self, name: str, embedding_dim: int, metadata: dict[str, Any] | None = None) -> bool:
+        """Create a gallery (True) or confirm it exists with these settings (False)."""
+        created = self.store.create_gallery(GalleryInfo(name, embedding_dim, dict(metadata or {})))
+        self.sync()
+        return created
+
+    def drop(self, name: str) -> int:
+        """Delete a gallery; the number of faces it had."""
+        count = self.store.drop_gallery(name)
+        self.sync()
+        return count
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._indexes)
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """``faces``, ``subjects``, ``embedding_dim``, ``index`` kind, ``metadata``."""
+        with self._lock:
+            index = self._index(name)
+            info = self._infos[name]
+            return {
+                "name": name,
+                "faces": len(index),
+                "subjects": index.subjects,
+                "embedding_dim": info.embedding_dim,
+                "index": index.kind,
+                "metadata": info.metadata,
+            }
+
+    def embedding_dim(self, name: str) -> int:
+        with self._lock:
+            self._index(name)
+            return self._infos[name].embedding_dim
+
+    def enroll(self, name: str, faces: Sequence[NewFace]) -> list[str]:
+        """Store ``faces`` durably, then index them; their ids."""
+        ids = self.store.add_faces(name, faces)
+        self.sync()
+        return ids
+
+    def remove_face(self, name: str, face_id: str) -> str:
+        """Delete one face; its subject."""
+        subject = self.store.remove_face(name, face_id)
+        self.sync()
+        return subject
+
+    def remove_subject(self, name: str, subject: str) -> list[str]:
+        """Delete every face of ``subject``; their ids."""
+        ids = self.store.remove_subject(name, subject)
+        self.sync()
+        return ids
+
+    def search(self, name: str, vector: np.ndarray, top_k: int) -> list[SubjectMatch]:
+        """The ``top_k`` best subjects of gallery ``name`` for the unit vector ``vector``."""
+        with self._lock:
+            return self._index(name).search(vector, top_k)
+
+    def _index(self, name: str) -> FaceIndex:
+        index = self._indexes.get(name)
+        if index is None:
+            raise GalleryNotFound(f"no gallery named {name!r}", name)
+        return index
