@@ -32,6 +32,7 @@ __all__ = [
     "gaussian_kl",
     "reparameterize",
     "softplus_sigma",
+    "vib_sample",
 ]
 
 SIGMA_BIAS_INIT = -5.0
@@ -102,6 +103,156 @@ def reparameterize(mu: Tensor, sigma: Tensor) -> Tensor:
     return torch.addcmul(mu, torch.randn_like(mu), sigma)
 
 
+def _wide_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """float32, or wider when an input is (float64): where the sample and the KL are formed."""
+    wide = torch.float32
+    for dtype in dtypes:
+        wide = torch.promote_types(wide, dtype)
+    return wide
+
+
+def _default_generator(device: torch.device) -> torch.Generator:
+    """torch's global generator of ``device`` (what ``torch.randn_like`` would use)."""
+    if device.type == "cpu":
+        return torch.default_generator
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    raise ValueError(f"VIB cell: no default generator for device type {device.type!r}; pass one")
+
+
+def _channel_shape(ndim: int, channel_dim: int) -> list[int]:
+    shape = [1] * ndim
+    shape[channel_dim] = -1
+    return shape
+
+
+def _sigma_terms(pre: Tensor, bias: Tensor, channel_dim: int, wide: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """z = pre + b, sigma = softplus(z) and log sigma (see :func:`softplus_sigma`), in ``wide``."""
+    z = pre.to(wide) + bias.to(wide).view(_channel_shape(pre.dim(), channel_dim))
+    sigma = F.softplus(z)
+    log_sigma = torch.where(
+        z < _LOG_SOFTPLUS_LINEAR_BELOW, z, torch.log(sigma.clamp_min(torch.finfo(wide).tiny))
+    )
+    return z, sigma, log_sigma
+
+
+def _draw_noise(like: Tensor, dtype: torch.dtype, generator: torch.Generator) -> Tensor:
+    return torch.randn(like.shape, dtype=dtype, device=like.device, generator=generator)
+
+
+class _FusedVIBSample(torch.autograd.Function):
+    """sigma = softplus(pre + b), x~ = mu + eps * sigma and the batch-mean KL in one node.
+
+    Composed from autograd ops, a cell keeps about five activation-sized float32 tensors
+    for backward (softplus' input, log's input, the noise, sigma, mu^2's input, exp's
+    output). This node keeps the sigma pre-activation (the output of F_sigma, before the
+    bias), ``mu`` when the KL needs its gradient, and the generator state the noise was
+    drawn from; backward redraws eps from that state, as fused dropout regenerates its
+    mask, and applies the closed-form derivatives (z = pre + b, s = sigmoid(z)):
+
+        dx~/dmu = 1,  dx~/dz = eps * s,
+        dKL/dmu = mu / B,  dKL/dz = (sigma * s - dlog sigma/dz) / B,
+        dlog sigma/dz = s / sigma  (= 1 where log sigma = z, below the linear cut).
+
+    The sample and the KL are formed in float32 (or float64) whatever the inputs' dtype:
+    under bfloat16 autocast, mu + eps * sigma rounded to bfloat16 would lose a noise of
+    sigma ~ 0.0067 on every |mu| >= 2 (half a bfloat16 ulp there is 0.0078).
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        mu: Tensor,
+        pre: Tensor,
+        bias: Tensor,
+        channel_dim: int,
+        generator: torch.Generator,
+        want_kl: bool,
+    ) -> tuple[Tensor, Tensor]:
+        wide = _wide_dtype(mu.dtype, pre.dtype)
+        state = generator.get_state()
+        _, sigma, log_sigma = _sigma_terms(pre, bias, channel_dim, wide)
+        noise = _draw_noise(mu, wide, generator)
+        sample = torch.addcmul(mu.to(wide), noise, sigma)
+        del noise
+        if want_kl:
+            # 0.5 * (mu^2 + sigma^2 - 2 log sigma - 1), summed per sample, batch mean.
+            elementwise = sigma.square_().sub_(log_sigma, alpha=2.0).sub_(1.0).addcmul_(mu.to(wide), mu.to(wide))
+            kl = elementwise.flatten(1).sum(dim=1).mean().mul_(0.5)
+            ctx.save_for_backward(pre, bias, mu)
+        else:
+            kl = sample.new_zeros(())
+            ctx.save_for_backward(pre, bias)
+        ctx.channel_dim = channel_dim
+        ctx.want_kl = want_kl
+        ctx.generator_device = generator.device
+        ctx.generator_state = state
+        ctx.mu_dtype = mu.dtype
+        return sample, kl
+
+    @staticmethod
+    def backward(ctx, grad_sample: Tensor, grad_kl: Tensor):
+        if ctx.want_kl:
+            pre, bias, mu = ctx.saved_tensors
+        else:
+            (pre, bias), mu = ctx.saved_tensors, None
+        wide = _wide_dtype(ctx.mu_dtype, pre.dtype)
+        z, sigma, _ = _sigma_terms(pre, bias, ctx.channel_dim, wide)
+        slope = torch.sigmoid(z)  # d sigma / dz
+        generator = torch.Generator(device=ctx.generator_device)
+        generator.set_state(ctx.generator_state)
+        grad_z = _draw_noise(pre, wide, generator).mul_(grad_sample.to(wide)).mul_(slope)
+        grad_mu = grad_sample
+        if ctx.want_kl:
+            per_sample = grad_kl.to(wide) / pre.shape[0]
+            dlog_sigma = torch.where(z < _LOG_SOFTPLUS_LINEAR_BELOW, torch.ones_like(z), slope / sigma)
+            grad_z.add_(sigma.mul_(slope).sub_(dlog_sigma).mul_(per_sample))
+            grad_mu = torch.addcmul(grad_sample.to(wide), mu.to(wide), per_sample)
+        reduce_dims = [d for d in range(pre.dim()) if d != ctx.channel_dim % pre.dim()]
+        grad_bias = grad_z.sum(dim=reduce_dims).to(bias.dtype) if ctx.needs_input_grad[2] else None
+        grad_pre = grad_z.to(pre.dtype) if ctx.needs_input_grad[1] else None
+        grad_mu = grad_mu.to(ctx.mu_dtype) if ctx.needs_input_grad[0] else None
+        return grad_mu, grad_pre, grad_bias, None, None, None
+
+
+def vib_sample(
+    mu: Tensor,
+    pre: Tensor,
+    bias: Tensor,
+    *,
+    channel_dim: int = 1,
+    generator: torch.Generator | None = None,
+    return_kl: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """x~ = mu + eps * softplus(pre + b) and KL(N(mu, sigma^2) || N(0, I)) in one autograd node.
+
+    Equal to ``reparameterize(mu, softplus_sigma(pre + b)[0])`` and
+    ``gaussian_kl(mu, softplus_sigma(pre + b)[1])`` with the same noise, but backward keeps
+    only ``pre``, ``mu`` (when ``return_kl``) and the generator's state and redraws eps.
+
+    Args:
+        mu: means F_mu(x), shape (B, ...).
+        pre: sigma pre-activation F_sigma(x) without the bias, shape of ``mu``.
+        bias: per-channel softplus bias b, shape (C,) with C = ``mu.shape[channel_dim]``.
+        channel_dim: the dimension ``bias`` runs along.
+        generator: where eps comes from; default torch's global generator of ``mu``'s device,
+            so ``torch.manual_seed`` makes the sample reproducible as before.
+        return_kl: compute the KL (otherwise a zero scalar is returned and ``mu`` is not kept).
+
+    Returns:
+        ``(sample, kl)``: the sample in float32 (float64 for float64 inputs), whatever the
+        autocast dtype; the KL a float32 (float64) scalar, per-sample sum, batch mean.
+    """
+    if mu.shape != pre.shape:
+        raise ValueError(f"vib_sample: mu shape {tuple(mu.shape)} != sigma pre-activation shape {tuple(pre.shape)}")
+    if bias.dim() != 1 or bias.numel() != mu.shape[channel_dim]:
+        raise ValueError(
+            f"vib_sample: bias of shape {tuple(bias.shape)} for {mu.shape[channel_dim]} channels (dim {channel_dim})"
+        )
+    generator = _default_generator(mu.device) if generator is None else generator
+    return _FusedVIBSample.apply(mu, pre, bias, channel_dim, generator, return_kl)
+
+
 class VIBCell(nn.Module):
     """Gaussian wrapper around a mean transform: sample in training, exactly the mean in eval.
 
@@ -144,17 +295,17 @@ class VIBCell(nn.Module):
     def forward_with_mean(self, x: Tensor, mu: Tensor, return_kl: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """x~ given the cell input ``x`` and an already computed mean ``mu = F_mu(x)``.
 
-        Training: ``mu + eps * sigma``. Eval: ``mu`` itself; F_sigma runs only when
-        ``return_kl`` asks for the KL. Returns ``(x~, kl)`` with ``kl`` a float32 scalar
-        (per-sample sum, batch mean) when ``return_kl``.
+        Training: ``mu + eps * sigma`` through :func:`vib_sample` (float32 under autocast,
+        eps from torch's global generator of the device). Eval: ``mu`` itself; F_sigma runs
+        only when ``return_kl`` asks for the KL. Returns ``(x~, kl)`` with ``kl`` a float32
+        scalar (per-sample sum, batch mean) when ``return_kl``.
         """
-        if not self.training and not return_kl:
+        if self.training:
+            sample, kl = vib_sample(mu, self.sigma(x), self.bias, channel_dim=self.channel_dim, return_kl=return_kl)
+            return (sample, kl) if return_kl else sample
+        if not return_kl:
             return mu
-        sigma, log_sigma = softplus_sigma(self.pre_sigma(x))
-        out = reparameterize(mu, sigma.to(mu.dtype)) if self.training else mu
-        if return_kl:
-            return out, gaussian_kl(mu, log_sigma)
-        return out
+        return mu, gaussian_kl(mu, self.log_sigma(x))
 
     def pre_sigma(self, x: Tensor) -> Tensor:
         """F_sigma(x) + b, the softplus argument."""
