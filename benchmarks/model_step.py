@@ -214,9 +214,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for shape, model_batch in args.models:
         depth, overrides = SHAPES.get(shape, (shape, {}))
         model_batch = model_batch or batch
-        images = (torch.rand(model_batch, 3, 112, 112, device=device) * 2 - 1).contiguous(
-            memory_format=memory_format
-        )
+        images = (torch.rand(model_batch, 3, 112, 112, device=device) * 2 - 1).contiguous(memory_format=memory_format)
         models = {}
         for variant, prefix in VARIANTS:
             model = create_model(prefix + depth, **overrides)
@@ -240,7 +238,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     "depth": depth,
                     "variant": variant,
                     "registered": prefix + depth,
-                    "overrides": {key: list(value) if isinstance(value, tuple) else value for key, value in overrides.items()},
+                    "overrides": {
+                        key: list(value) if isinstance(value, tuple) else value for key, value in overrides.items()
+                    },
                     "batch": model_batch,
                     "params_m": sum(p.numel() for p in models[variant].parameters()) / 1e6,
                     "median_ms": median_ms,
