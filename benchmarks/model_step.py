@@ -99,8 +99,12 @@ def _model_spec(text: str) -> tuple[str, int | None]:
     return name, int(batch) if batch else None
 
 
-def _composed_forward_with_mean(cell: VIBCell, x: torch.Tensor, mu: torch.Tensor, return_kl: bool = False):
+def _composed_forward_with_mean(
+    cell: VIBCell, x: torch.Tensor, mu: torch.Tensor, return_kl: bool = False, mean_norm: torch.nn.Module | None = None
+):
     """The VIB cell as separate autograd ops (the formulation before the fused node)."""
+    if mean_norm is not None:
+        mu = mean_norm(mu)
     sigma, log_sigma = softplus_sigma(cell.pre_sigma(x))
     out = reparameterize(mu, sigma.to(mu.dtype))
     return (out, gaussian_kl(mu, log_sigma)) if return_kl else out

@@ -287,7 +287,14 @@ class PartialFC(nn.Module):
         """
         in_shard = local_labels >= 0
         k = min(self.num_local, max(self.num_sample, local_labels.numel()))
-        scores = torch.rand(self.num_local + 1, generator=generator, device="cpu").to(local_labels.device)
+        device = self.weight.device
+        if generator is not None and generator.device != device:
+            # Drawing on another device would need a blocking copy in the middle of the step.
+            raise ValueError(
+                f"Partial FC sampling: the generator is on {generator.device}, the centres on {device}; "
+                "pass a generator on the centres' device"
+            )
+        scores = torch.rand(self.num_local + 1, generator=generator, device=device)
         # Off-shard rows write into the extra last slot, which is dropped.
         slot = torch.where(in_shard, local_labels, torch.full_like(local_labels, self.num_local))
         scores.scatter_(0, slot, torch.full_like(slot, 2, dtype=scores.dtype))
@@ -306,7 +313,8 @@ class PartialFC(nn.Module):
         Args:
             embeddings: (B, D) this rank's embeddings (B equal on every rank).
             labels: (B,) global class ids in [0, num_classes).
-            generator: CPU generator for negative sampling (only used when sample_rate < 1).
+            generator: generator for negative sampling (only used when sample_rate < 1), on
+                the centres' device; None: that device's global generator.
         """
         if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_dim:
             raise ValueError(f"embeddings of shape {tuple(embeddings.shape)}: expected (B, {self.embedding_dim})")

@@ -294,3 +294,42 @@ def test_fused_node_rejects_mismatched_shapes():
         vib_sample(torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(3), channel_dim=-1)
     with pytest.raises(ValueError, match="bias"):
         vib_sample(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(4), channel_dim=-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cell_block_with_fused_batchnorms_equals_the_composed_ops(dtype):
+    """An iResNet cell block: bn3 of both branches inside the node. Sample, KL, every
+    parameter's gradient and the BatchNorms' running statistics equal the block run as
+    separate autograd ops (bn3, softplus, randn, addcmul, KL)."""
+    import copy
+
+    from facevib.models.iresnet import IBasicBlock
+
+    torch.manual_seed(0)
+    fused = IBasicBlock(8, 8, sigma_width=2).to(dtype).train()
+    for module in fused.modules():  # non-trivial BatchNorm affine parameters
+        if isinstance(module, nn.BatchNorm2d):
+            nn.init.uniform_(module.weight, 0.5, 1.5)
+            nn.init.uniform_(module.bias, -0.3, 0.3)
+    nn.init.uniform_(fused.vib.bias, -3.0, 1.0)
+    composed = copy.deepcopy(fused)
+    x = torch.randn(4, 8, 6, 6, dtype=dtype)
+    grad_out = torch.randn(4, 8, 6, 6, dtype=dtype)
+
+    torch.manual_seed(7)
+    out, kl = fused(x, return_kl=True)
+    ((out * grad_out).sum() + 0.3 * kl).backward()
+
+    torch.manual_seed(7)
+    mu = composed.residual(x)
+    sigma, log_sigma = softplus_sigma(composed.vib.pre_sigma(x))
+    out_ref = reparameterize(mu, sigma) + x
+    kl_ref = gaussian_kl(mu, log_sigma)
+    ((out_ref * grad_out).sum() + 0.3 * kl_ref).backward()
+
+    torch.testing.assert_close(out, out_ref.to(out.dtype), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(kl, kl_ref, rtol=1e-6, atol=0)
+    for (name, param), ref in zip(fused.named_parameters(), composed.parameters(), strict=True):
+        assert ((param.grad - ref.grad).abs() <= 1e-6 * ref.grad.abs().max() + 1e-12).all(), name
+    for (name, buffer), ref in zip(fused.named_buffers(), composed.buffers(), strict=True):
+        torch.testing.assert_close(buffer, ref, rtol=1e-6, atol=1e-7, msg=name)  # one running-stat update

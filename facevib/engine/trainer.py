@@ -153,6 +153,9 @@ class Trainer:
         self.optimizer = build_optimizer(cfg.optim, trained, self.base_lr)
         self.amp_dtype = _amp_dtype(cfg.run.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        if cfg.optim.name == "sgd" and cfg.optim.momentum > 0 and not self.scaler.is_enabled():
+            # The class centres' update without a (C_local, D) gradient (same SGD result).
+            self.pfc.fold_sgd_updates(self.optimizer)
 
         # Information-plane recording at every evaluation (rank 0); None unless info.record.
         self.infoplane = self._build_infoplane()
@@ -391,7 +394,7 @@ class Trainer:
 
         sampling = None
         if self.pfc.num_sample < self.pfc.num_local:  # negatives are drawn only when sampling
-            sampling = torch_generator(self.seed, Stream.CLASS_SAMPLING, self.step, env.rank)
+            sampling = torch_generator(self.seed, Stream.CLASS_SAMPLING, self.step, env.rank, device=self.device)
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
         ):

@@ -150,6 +150,13 @@ class _FusedVIBSample(torch.autograd.Function):
         dKL/dmu = mu / B,  dKL/dz = (sigma * s - dlog sigma/dz) / B,
         dlog sigma/dz = s / sigma  (= 1 where log sigma = z, see below).
 
+    When both transforms end in a BatchNorm (the iResNet blocks: ``bn3`` of each branch),
+    the node takes the BatchNorms' *inputs* and runs them itself: a BatchNorm keeps its
+    input for backward anyway, so keeping its output (mu, pre) too would hold two copies
+    of each branch's last activation. Backward recomputes the two normalisations from the
+    kept inputs (batch statistics, no running-stat update) and differentiates them with
+    autograd; the running statistics are updated once, in forward.
+
     log sigma is log(softplus(z)), except where softplus underflows float32 (z < -87):
     there it is z, its limit (log(softplus(z)) = z - e^z/2 + ...). ``min(log(max(sigma,
     tiny)), z)`` picks between them without a branch, because log(softplus(z)) < z.
@@ -162,13 +169,21 @@ class _FusedVIBSample(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx,
-        mu: Tensor,
-        pre: Tensor,
+        mu_in: Tensor,
+        pre_in: Tensor,
         bias: Tensor,
+        mean_norm_weight: Tensor | None,
+        mean_norm_bias: Tensor | None,
+        sigma_norm_weight: Tensor | None,
+        sigma_norm_bias: Tensor | None,
+        norms: tuple[nn.Module | None, nn.Module | None],
         channel_dim: int,
         generator: torch.Generator,
         want_kl: bool,
     ) -> tuple[Tensor, Tensor]:
+        mean_norm, sigma_norm = norms
+        mu = mu_in if mean_norm is None else mean_norm(mu_in)  # updates its running stats
+        pre = pre_in if sigma_norm is None else sigma_norm(pre_in)
         wide = _wide_dtype(mu.dtype, pre.dtype)
         state = generator.get_state()
         z, sigma = _sigma_of(pre, bias, channel_dim, wide)
@@ -180,24 +195,29 @@ class _FusedVIBSample(torch.autograd.Function):
             # non-negative terms, so neither cancels when sigma -> 1 and mu -> 0.
             excess = log_sigma.mul_(-2.0).addcmul_(sigma, sigma).sub_(1.0)
             kl = (torch.linalg.vector_norm(mu, dtype=wide).square() + excess.sum()) * (0.5 / mu.shape[0])
-            ctx.save_for_backward(pre, bias, mu)
         else:
             kl = sample.new_zeros(())
-            ctx.save_for_backward(pre, bias)
+        # mu is needed only for the KL's gradient, or to differentiate its BatchNorm.
+        keep_mu = want_kl or mean_norm is not None
+        ctx.save_for_backward(pre_in, bias, mu_in if keep_mu else None)
+        ctx.norms = norms
         ctx.channel_dim = channel_dim
         ctx.want_kl = want_kl
         ctx.generator_device = generator.device
         ctx.generator_state = state
         ctx.mu_dtype = mu.dtype
+        ctx.pre_dtype = pre.dtype
+        device_type = mu_in.device.type
+        ctx.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
         return sample, kl
 
     @staticmethod
     def backward(ctx, grad_sample: Tensor, grad_kl: Tensor):
-        if ctx.want_kl:
-            pre, bias, mu = ctx.saved_tensors
-        else:
-            (pre, bias), mu = ctx.saved_tensors, None
-        wide = _wide_dtype(ctx.mu_dtype, pre.dtype)
+        pre_in, bias, mu_in = ctx.saved_tensors
+        mean_norm, sigma_norm = ctx.norms
+        pre, sigma_recompute = _renormalise(sigma_norm, pre_in, ctx.autocast)
+        mu, mean_recompute = _renormalise(mean_norm, mu_in, ctx.autocast)
+        wide = _wide_dtype(ctx.mu_dtype, ctx.pre_dtype)
         z, sigma = _sigma_of(pre, bias, ctx.channel_dim, wide)
         slope = torch.sigmoid(z)  # d sigma / dz
         generator = torch.Generator(device=ctx.generator_device)
@@ -212,9 +232,54 @@ class _FusedVIBSample(torch.autograd.Function):
             grad_mu = torch.addcmul(grad_sample.to(wide), mu.to(wide), per_sample)
         reduce_dims = [d for d in range(pre.dim()) if d != ctx.channel_dim % pre.dim()]
         grad_bias = grad_z.sum(dim=reduce_dims).to(bias.dtype) if ctx.needs_input_grad[2] else None
-        grad_pre = grad_z.to(pre.dtype) if ctx.needs_input_grad[1] else None
-        grad_mu = grad_mu.to(ctx.mu_dtype) if ctx.needs_input_grad[0] else None
-        return grad_mu, grad_pre, grad_bias, None, None, None
+        grad_pre_in, grad_sigma_w, grad_sigma_b = _through_norm(sigma_recompute, pre, grad_z.to(ctx.pre_dtype))
+        grad_mu_in, grad_mean_w, grad_mean_b = _through_norm(mean_recompute, mu, grad_mu.to(ctx.mu_dtype))
+        return (
+            grad_mu_in if ctx.needs_input_grad[0] else None,
+            grad_pre_in if ctx.needs_input_grad[1] else None,
+            grad_bias,
+            grad_mean_w,
+            grad_mean_b,
+            grad_sigma_w,
+            grad_sigma_b,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def _renormalise(
+    norm: nn.Module | None, kept: Tensor, autocast: tuple[str, bool, torch.dtype]
+) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+    """The BatchNorm output the forward saw, recomputed from its input with batch statistics
+    (running statistics untouched), as an autograd graph; ``(kept, None)`` without a norm."""
+    if norm is None:
+        return kept, None
+    leaves = tuple(t.detach().requires_grad_(True) for t in (kept, norm.weight, norm.bias))
+    device_type, enabled, dtype = autocast
+    with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
+        out = F.batch_norm(leaves[0], None, None, leaves[1], leaves[2], training=True, eps=norm.eps)
+    return out.detach(), (out, *leaves)
+
+
+def _through_norm(
+    recompute: tuple[Tensor, ...] | None, value: Tensor, grad: Tensor
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Gradient of the norm's input, weight and bias, given the gradient of its output."""
+    if recompute is None:
+        return grad, None, None
+    out, *leaves = recompute
+    grad_in, grad_weight, grad_bias = torch.autograd.grad(out, leaves, grad.to(out.dtype))
+    return grad_in, grad_weight, grad_bias
+
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _fusable_norm(module: nn.Module | None) -> bool:
+    """A training-mode affine BatchNorm whose batch statistics the node can recompute."""
+    return isinstance(module, _BATCH_NORMS) and module.training and module.affine
 
 
 def vib_sample(
@@ -225,6 +290,8 @@ def vib_sample(
     channel_dim: int = 1,
     generator: torch.Generator | None = None,
     return_kl: bool = True,
+    mean_norm: nn.Module | None = None,
+    sigma_norm: nn.Module | None = None,
 ) -> tuple[Tensor, Tensor]:
     """x~ = mu + eps * softplus(pre + b) and KL(N(mu, sigma^2) || N(0, I)) in one autograd node.
 
@@ -233,13 +300,16 @@ def vib_sample(
     only ``pre``, ``mu`` (when ``return_kl``) and the generator's state and redraws eps.
 
     Args:
-        mu: means F_mu(x), shape (B, ...).
-        pre: sigma pre-activation F_sigma(x) without the bias, shape of ``mu``.
+        mu: means F_mu(x), shape (B, ...); with ``mean_norm``, that norm's input.
+        pre: sigma pre-activation F_sigma(x) without the bias, shape of ``mu``; with
+            ``sigma_norm``, that norm's input.
         bias: per-channel softplus bias b, shape (C,) with C = ``mu.shape[channel_dim]``.
         channel_dim: the dimension ``bias`` runs along.
         generator: where eps comes from; default torch's global generator of ``mu``'s device,
             so ``torch.manual_seed`` makes the sample reproducible as before.
         return_kl: compute the KL (otherwise a zero scalar is returned and ``mu`` is not kept).
+        mean_norm, sigma_norm: training-mode affine BatchNorms that end F_mu and F_sigma,
+            applied inside the node (so their outputs are not kept for backward).
 
     Returns:
         ``(sample, kl)``: the sample in float32 (float64 for float64 inputs), whatever the
@@ -251,8 +321,23 @@ def vib_sample(
         raise ValueError(
             f"vib_sample: bias of shape {tuple(bias.shape)} for {mu.shape[channel_dim]} channels (dim {channel_dim})"
         )
+    for name, norm in (("mean_norm", mean_norm), ("sigma_norm", sigma_norm)):
+        if norm is not None and not _fusable_norm(norm):
+            raise ValueError(f"vib_sample: {name} must be an affine BatchNorm in training mode, got {norm}")
     generator = _default_generator(mu.device) if generator is None else generator
-    return _FusedVIBSample.apply(mu, pre, bias, channel_dim, generator, return_kl)
+    return _FusedVIBSample.apply(
+        mu,
+        pre,
+        bias,
+        None if mean_norm is None else mean_norm.weight,
+        None if mean_norm is None else mean_norm.bias,
+        None if sigma_norm is None else sigma_norm.weight,
+        None if sigma_norm is None else sigma_norm.bias,
+        (mean_norm, sigma_norm),
+        channel_dim,
+        generator,
+        return_kl,
+    )
 
 
 class VIBCell(nn.Module):
@@ -294,20 +379,49 @@ class VIBCell(nn.Module):
             raise ValueError("VIBCell was built with mean=None; call forward_with_mean(x, mu)")
         return self.forward_with_mean(x, self.mean(x), return_kl)
 
-    def forward_with_mean(self, x: Tensor, mu: Tensor, return_kl: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def forward_with_mean(
+        self, x: Tensor, mu: Tensor, return_kl: bool = False, mean_norm: nn.Module | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """x~ given the cell input ``x`` and an already computed mean ``mu = F_mu(x)``.
 
         Training: ``mu + eps * sigma`` through :func:`vib_sample` (float32 under autocast,
         eps from torch's global generator of the device). Eval: ``mu`` itself; F_sigma runs
         only when ``return_kl`` asks for the KL. Returns ``(x~, kl)`` with ``kl`` a float32
         scalar (per-sample sum, batch mean) when ``return_kl``.
+
+        ``mean_norm``: the BatchNorm that ends F_mu, not yet applied to ``mu``; in training
+        the fused node applies it (and a BatchNorm ending F_sigma), so that neither output
+        is kept for backward beside the input its BatchNorm keeps.
         """
         if self.training:
-            sample, kl = vib_sample(mu, self.sigma(x), self.bias, channel_dim=self.channel_dim, return_kl=return_kl)
+            sigma_in, sigma_norm = self._sigma_until_norm(x)
+            fuse_mean = mean_norm is not None and _fusable_norm(mean_norm)
+            if mean_norm is not None and not fuse_mean:
+                mu, mean_norm = mean_norm(mu), None
+            sample, kl = vib_sample(
+                mu,
+                sigma_in,
+                self.bias,
+                channel_dim=self.channel_dim,
+                return_kl=return_kl,
+                mean_norm=mean_norm,
+                sigma_norm=sigma_norm,
+            )
             return (sample, kl) if return_kl else sample
+        if mean_norm is not None:
+            mu = mean_norm(mu)
         if not return_kl:
             return mu
         return mu, gaussian_kl(mu, self.log_sigma(x))
+
+    def _sigma_until_norm(self, x: Tensor) -> tuple[Tensor, nn.Module | None]:
+        """``(input of F_sigma's final BatchNorm, that norm)`` when F_sigma is a Sequential
+        ending in a fusable one, else ``(F_sigma(x), None)``."""
+        if isinstance(self.sigma, nn.Sequential) and len(self.sigma) > 1 and _fusable_norm(self.sigma[-1]):
+            for layer in list(self.sigma)[:-1]:
+                x = layer(x)
+            return x, self.sigma[-1]
+        return self.sigma(x), None
 
     def pre_sigma(self, x: Tensor) -> Tensor:
         """F_sigma(x) + b, the softplus argument."""
