@@ -324,6 +324,11 @@ def vib_sample(
     for name, norm in (("mean_norm", mean_norm), ("sigma_norm", sigma_norm)):
         if norm is not None and not _fusable_norm(norm):
             raise ValueError(f"vib_sample: {name} must be an affine BatchNorm in training mode, got {norm}")
+    if torch.compiler.is_compiling():
+        # Under torch.compile the same math as plain ops, which the compiler fuses and
+        # whose saved tensors its partitioner chooses; the node's generator-state
+        # handling is not traceable and would break the graph at every cell.
+        return _vib_sample_ops(mu, pre, bias, channel_dim, generator, return_kl, mean_norm, sigma_norm)
     generator = _default_generator(mu.device) if generator is None else generator
     return _FusedVIBSample.apply(
         mu,
@@ -338,6 +343,29 @@ def vib_sample(
         generator,
         return_kl,
     )
+
+
+def _vib_sample_ops(
+    mu: Tensor,
+    pre: Tensor,
+    bias: Tensor,
+    channel_dim: int,
+    generator: torch.Generator | None,
+    want_kl: bool,
+    mean_norm: nn.Module | None,
+    sigma_norm: nn.Module | None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`vib_sample` as ordinary autograd ops (what torch.compile traces)."""
+    mu = mu if mean_norm is None else mean_norm(mu)
+    pre = pre if sigma_norm is None else sigma_norm(pre)
+    wide = _wide_dtype(mu.dtype, pre.dtype)
+    z, sigma = _sigma_of(pre, bias, channel_dim, wide)
+    noise = torch.randn(mu.shape, dtype=wide, device=mu.device, generator=generator)
+    sample = torch.addcmul(mu.to(wide), noise, sigma)
+    if not want_kl:
+        return sample, sample.new_zeros(())
+    log_sigma = torch.minimum(torch.log(sigma.clamp_min(torch.finfo(wide).tiny)), z)
+    return sample, gaussian_kl(mu, log_sigma)
 
 
 class VIBCell(nn.Module):
