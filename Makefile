@@ -40,6 +40,7 @@ DEMO_IJB := $(PY) eval/ijb.py --target IJBC --data-root $(DEMO_DATA)/IJBC --no-p
 MTCNN_WHEEL := build/facenet_pytorch-2.6.0-py3-none-any.whl
 
 .PHONY: detector-wheel detector-weights
+.PHONY: mutants
 .PHONY: install test demo demo-data demo-train demo-eval demo-serve demo-report lint clean
 
 install: $(STAMP)
@@ -106,6 +107,11 @@ detector-weights: $(STAMP)
 	mkdir -p build
 	test -f $(MTCNN_WHEEL) || $(PY) -m pip download --quiet --no-deps facenet-pytorch==2.6.0 -d build
 	$(PY) -m facevib.detect convert --wheel $(MTCNN_WHEEL) --out facevib/detect/weights
+
+# Plant known bugs in a copy of the package and check that the suite catches each (minutes;
+# not part of `make test`). See docs/testing.md.
+mutants: $(STAMP) detector-wheel
+	$(PY) tools/mutants.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -17,21 +17,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn
 
+from facevib.cli import make_parser
 from facevib.data.ijb import IJB_TARGETS, IJBSet, read_ijb
 from facevib.eval.embed import load_embedder
 from facevib.eval.ijb import ImageFeatures, embed_ijb, evaluate_ijb, load_features, save_features
 from facevib.eval.report import ijb_table, save_roc_png, write_json
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line instead of usage + message
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--target", default="IJBC", type=str.upper, choices=IJB_TARGETS, help="IJBC or IJBB")
     parser.add_argument("--data-root", required=True, help="the IJBC/IJBB folder (meta/, loose_crop/) or its parent")
     parser.add_argument("--model", default=None, help="facevib checkpoint, arcface_torch state dict, or .onnx")

@@ -19,86 +19,11 @@ OUT/infoplane_beta.png; prints a table in bits.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import NoReturn
 
-from facevib.info.analysis import analyze_checkpoints, default_device, format_table
-from facevib.info.sources import load_samples
+from facevib.info.__main__ import get_args_parser, main
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line instead of usage + message
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", nargs="+", required=True, help="facevib checkpoint(s) (backbone.pt)")
-    parser.add_argument("--data", required=True, help="'digits', a RecordIO folder, or a verification .bin")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--bin-size", type=float, default=0.67, help="binning width (0.67 as in the binning paper)")
-    parser.add_argument("--test-fraction", type=float, default=0.3, help="digits: held-out fraction")
-    parser.add_argument("--seed", type=int, default=0, help="digits: split seed")
-    parser.add_argument("--max-classes", type=int, default=50, help="RecordIO: identities used")
-    parser.add_argument("--per-class", type=int, default=8, help="RecordIO: images per identity")
-    parser.add_argument("--max-pairs", type=int, default=600, help=".bin: pairs used")
-    parser.add_argument(
-        "--kernel-noise-var",
-        type=float,
-        default=None,
-        help="add Kolchinsky-Tracey kernel bounds with Gaussian noise of this variance on each layer",
-    )
-    parser.add_argument(
-        "--jsd-steps", type=int, default=0, help="train a JSD critic between adjacent layers this many steps (0: off)"
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Measure and write; return 0, or 2 with a one-line error for a user mistake."""
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    for name in ("batch_size", "max_classes", "per_class", "max_pairs"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.jsd_steps < 0:
-        parser.error(f"--jsd-steps must be >= 0, got {args.jsd_steps}")
-    if args.kernel_noise_var is not None and not args.kernel_noise_var > 0:
-        parser.error(f"--kernel-noise-var must be > 0, got {args.kernel_noise_var}")
-    if not args.bin_size > 0:
-        parser.error(f"--bin-size must be > 0, got {args.bin_size}")
-    try:
-        train, test, description = load_samples(
-            args.data,
-            test_fraction=args.test_fraction,
-            seed=args.seed,
-            max_classes=args.max_classes,
-            per_class=args.per_class,
-            max_pairs=args.max_pairs,
-        )
-        planes, files = analyze_checkpoints(
-            args.model,
-            train,
-            test,
-            args.out,
-            data_description=description,
-            device=args.device or default_device(),
-            batch_size=args.batch_size,
-            bin_size=args.bin_size,
-            jsd_steps=args.jsd_steps,
-            kernel_noise_var=args.kernel_noise_var,
-        )
-    except (FileNotFoundError, ValueError) as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
-    print(f"data: {description}")
-    print(format_table(planes))
-    print("wrote " + ", ".join(str(path) for path in files.values()))
-    return 0
-
+__all__ = ["get_args_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

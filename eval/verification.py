@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
 
+from facevib.cli import make_parser
 from facevib.eval.embed import load_embedder
 from facevib.eval.report import verification_table, write_json
 from facevib.eval.verification import evaluate_bins, load_bins
@@ -21,13 +21,8 @@ from facevib.eval.verification import evaluate_bins, load_bins
 DEFAULT_TARGETS = "lfw,cfp_fp,agedb_30,calfw,cplfw"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line instead of usage + message
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--model", required=True, help="facevib checkpoint, arcface_torch state dict, or .onnx")
     parser.add_argument("--network", default=None, help="model name for a plain state dict, e.g. r100")
     parser.add_argument("--data-dir", required=True, help="folder holding <target>.bin files")

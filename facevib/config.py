@@ -69,7 +69,7 @@ class HeadConfig:
     """Partial FC classifier and margin: logit = s * (cos(m1*theta + m2) - m3)."""
 
     scale: float = 64.0
-    m1: float = 1.0
+    m1: float = 1.0  # must stay 1: the margin's theta + m2 > pi continuation holds only there
     m2: float = 0.5  # ArcFace additive angular margin
     m3: float = 0.0  # CosFace additive cosine margin
     # Fraction of class centres (per rank) in each softmax: positives + random negatives.
@@ -361,6 +361,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.data.val_targets and not cfg.data.val_dir:
         raise ValueError("data.val_targets is set but data.val_dir is empty")
     positive("head.scale", cfg.head.scale)
+    if cfg.head.m1 != 1.0:
+        raise ValueError(f"head.m1={cfg.head.m1!r}: only 1 is supported (no multiplicative SphereFace margin)")
     if not 0.0 < cfg.head.sample_rate <= 1.0:
         raise ValueError(f"head.sample_rate={cfg.head.sample_rate!r}: must be in (0, 1]")
     positive("optim.lr", cfg.optim.lr)

@@ -10,46 +10,11 @@ flag given on the command line wins. Endpoints and their JSON: GET /openapi.json
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import sys
-from typing import NoReturn
 
-from facevib.serve.settings import ServeSettings, env_name, flag_name
+from facevib.serve.__main__ import get_args_parser, main
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line instead of usage + message
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(ServeSettings):
-        # Strings here; ServeSettings.from_strings converts and checks them, as it does env vars.
-        parser.add_argument(
-            flag_name(f.name), dest=f.name, default=None, help=f"{f.metadata['help']} [{env_name(f.name)}]"
-        )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the server until interrupted; 2 with a one-line error for a configuration mistake."""
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    try:
-        settings = ServeSettings.from_strings(vars(args), base=ServeSettings.from_env())
-        import uvicorn
-
-        from facevib.serve import create_app
-
-        app = create_app(settings)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
-    return 0
-
+__all__ = ["get_args_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,20 +16,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn
 
+from facevib.cli import make_parser
 from facevib.data.ijb import IJB_TARGETS, read_ijb
 from facevib.eval.report import write_json
 from facevib.report.exchange import ServerProcess, astronaut_photo, protocol_pairs, run_exchange
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line instead of usage + message
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--model", help="ONNX file to serve for the exchange (python -m facevib.export)")
     where.add_argument("--url", help="base URL of a running facevib server")

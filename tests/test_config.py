@@ -76,6 +76,7 @@ def test_bad_overrides_name_the_field(override, message):
         ("data.rec=", "data.rec"),
         ("optim.name=lamb", "optim.name"),
         ("head.sample_rate=1.5", "head.sample_rate"),
+        ("head.m1=1.35", r"head.m1=1.35: only 1 is supported"),
         ("run.epochs=3", "set exactly one"),
         ("schedule.milestones=[5, 3]", "schedule.milestones"),
         ("run.amp=fp8", "run.amp"),

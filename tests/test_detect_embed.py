@@ -1,29 +1,41 @@
-"""Detect -> align -> embed against the landmarks path on the same photos.
+"""Detect -> align on real photos, checked by geometry against hand-placed landmarks.
 
-The model is the server tests' tiny iResNet (random weights: no trained face model exists
-offline), so the cosines measure how much the detector's landmarks change the network input
-compared with hand-checked ones, not identity accuracy. Measured: astronaut 0.978, Grace Hopper
-0.945, while the two different people score 0.85 on the same model.
+No trained face model exists offline, so embeddings of a random-weight network say little
+about identity. What the detector must deliver to the embedder is an aligned crop: the crop
+made from its landmarks must put the face's features where the crop made from hand-placed
+landmarks puts them. Both alignments are estimated here with scikit-image (not facevib's
+Umeyama) onto the template as insightface publishes it; the bound is the usual landmark
+failure criterion, not a measurement: within 10% of the template's inter-ocular distance
+(3.5 px of 112) at every hand-placed point.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from detect_support import ASTRONAUT_POINTS, GRACE_POINTS, astronaut, grace_hopper
-from serve_support import serve_models, torch_embeddings, unit
+from skimage.transform import SimilarityTransform
 
-from facevib.align import norm_crop
+from facevib.align import estimate_norm
 from facevib.detect import load_detector
 
+# insightface.utils.face_align.arcface_dst, 112 x 112.
+INSIGHTFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
+)
+INTEROCULAR = float(np.linalg.norm(INSIGHTFACE_TEMPLATE[1] - INSIGHTFACE_TEMPLATE[0]))
 
-def test_detected_landmarks_embed_like_hand_checked_ones():
-    detector = load_detector()
-    crops = []
-    for photo, points in ((astronaut(), ASTRONAUT_POINTS), (grace_hopper(), GRACE_POINTS)):
-        face = detector.detect(photo)[0]
-        crops += [norm_crop(photo, face.landmarks), norm_crop(photo, points)]
-    emb = unit(torch_embeddings(serve_models().model, np.stack(crops)))
-    same_astronaut, same_grace = float(emb[0] @ emb[1]), float(emb[2] @ emb[3])
-    different = float(emb[1] @ emb[3])
-    assert same_astronaut > 0.95 and same_grace > 0.92, (same_astronaut, same_grace)
-    assert min(same_astronaut, same_grace) > different + 0.05, (same_astronaut, same_grace, different)
+
+@pytest.mark.parametrize(("photo", "points"), [(astronaut, ASTRONAUT_POINTS), (grace_hopper, GRACE_POINTS)])
+def test_detected_landmarks_align_hand_placed_points_onto_the_template(photo, points):
+    faces = load_detector().detect(photo())
+    assert faces, "no face found"
+    detected = np.asarray(faces[0].landmarks, dtype=np.float64)
+    reference = SimilarityTransform.from_estimate(detected, INSIGHTFACE_TEMPLATE)
+    by_hand = SimilarityTransform.from_estimate(points, INSIGHTFACE_TEMPLATE)
+    error = np.linalg.norm(reference(points) - by_hand(points), axis=1)  # in crop pixels
+    assert error.max() < 0.1 * INTEROCULAR, error
+
+    # facevib's own alignment matrix for the detected points is the same transform.
+    matrix = estimate_norm(detected.astype(np.float32))
+    np.testing.assert_allclose(matrix, reference.params[:2], rtol=0, atol=1e-3 * np.abs(reference.params[:2]).max())

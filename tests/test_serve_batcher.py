@@ -1,4 +1,9 @@
-"""The micro-batcher alone (no HTTP): Triton's dynamic-batching semantics, bounds, deadlines, drops."""
+"""The micro-batcher alone (no HTTP): Triton's dynamic-batching semantics, bounds, deadlines, drops.
+
+No test bounds a duration from above, so a busy machine cannot fail them: "at once" is tested
+with a max delay far beyond the callers' deadlines (waiting for it would raise DeadlineExceeded),
+and waits are only bounded from below, which scheduling delays can only lengthen.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +40,15 @@ def rows(start: int, count: int) -> np.ndarray:
     return np.arange(start, start + count, dtype=np.float32)[:, None].repeat(3, axis=1)
 
 
+async def _until(condition, limit: int = 100_000) -> None:
+    """Yield to the event loop until ``condition()`` holds (a count of turns, not a clock)."""
+    for _ in range(limit):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
 async def with_batcher(infer, test, **kwargs):
     drops: list[str] = []
     stats = BatcherStats(on_drop=drops.append)
@@ -50,11 +64,9 @@ def test_full_batch_runs_at_once_and_each_caller_gets_its_rows() -> None:
     infer = Recorder()
 
     async def test(batcher: Batcher, drops: list) -> None:
-        started = time.monotonic()
-        sizes = [1, 2, 1]  # 4 faces = max_batch: no waiting for the (long) delay
+        sizes = [1, 2, 1]  # 4 faces = max_batch: run without waiting out the 1-hour delay
         inputs = [rows(10 * i, n) for i, n in enumerate(sizes)]
-        results = await asyncio.gather(*(batcher.submit(x, timeout_s=5) for x in inputs))
-        assert time.monotonic() - started < 1.0
+        results = await asyncio.gather(*(batcher.submit(x, timeout_s=60) for x in inputs))
         for x, result in zip(inputs, results, strict=True):
             np.testing.assert_array_equal(result.outputs[0], x * 2)
             np.testing.assert_array_equal(result.outputs[1], x.sum(axis=1))
@@ -63,7 +75,7 @@ def test_full_batch_runs_at_once_and_each_caller_gets_its_rows() -> None:
         assert len(infer.batches) == 1
         np.testing.assert_array_equal(infer.batches[0], np.concatenate(inputs))
 
-    asyncio.run(with_batcher(infer, test, max_batch=4, max_delay_s=5.0, max_queue=16))
+    asyncio.run(with_batcher(infer, test, max_batch=4, max_delay_s=3600.0, max_queue=16))
     assert threading.get_ident() not in infer.threads and len(infer.threads) == 1  # never the loop's thread
 
 
@@ -74,9 +86,9 @@ def test_partial_batch_runs_after_max_delay() -> None:
         started = time.monotonic()
         results = await asyncio.gather(*(batcher.submit(rows(i, 1), timeout_s=5) for i in range(3)))
         waited = time.monotonic() - started
-        assert 0.15 <= waited < 2.0
+        assert waited >= 0.2  # the batch waited for more faces (a lower bound: load only adds)
         assert [len(b) for b in infer.batches] == [3]
-        assert all(r.queue_s >= 0.15 for r in results)
+        assert all(r.queue_s >= 0.19 for r in results)
 
     asyncio.run(with_batcher(infer, test, max_batch=8, max_delay_s=0.2, max_queue=16))
 
@@ -100,8 +112,7 @@ def test_full_queue_is_refused_and_queue_drains_afterwards() -> None:
         first = asyncio.ensure_future(batcher.submit(rows(0, 2), timeout_s=5))
         await asyncio.to_thread(infer.entered.wait, 5)  # the first batch is running (blocked)
         queued = [asyncio.ensure_future(batcher.submit(rows(10 + 2 * i, 2), timeout_s=5)) for i in range(2)]
-        await asyncio.sleep(0.01)
-        assert batcher.queued_faces == 4
+        await _until(lambda: batcher.queued_faces == 4)
         with pytest.raises(QueueFull):
             await batcher.submit(rows(99, 1), timeout_s=5)
         infer.release.set()
@@ -121,7 +132,7 @@ def test_deadline_and_cancelled_items_never_reach_the_model() -> None:
         late = asyncio.ensure_future(batcher.submit(rows(100, 1), timeout_s=0.1))
         gone = asyncio.ensure_future(batcher.submit(rows(200, 1), timeout_s=5))
         kept = asyncio.ensure_future(batcher.submit(rows(300, 1), timeout_s=5))
-        await asyncio.sleep(0.02)
+        await _until(lambda: batcher.queued_faces == 3)
         gone.cancel()  # the client went away
         with pytest.raises(DeadlineExceeded):
             await late

@@ -102,8 +102,7 @@ def test_single_process_run_learns_and_writes_everything(synthetic_dir, tmp_path
     assert entries["weight"][0] == (24, 32) and entries["optimizer.momentum_buffer"][0] == (24, 32)
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
-    # The logged accuracy is that of the exported backbone, and training beat the
-    # untrained network of the same seed on the same pairs.
+    # The logged accuracy is that of the exported backbone.
     from facevib.eval.verification import evaluate_bins, load_bins
 
     bins = load_bins(synthetic_dir, ["lfw"])
@@ -111,10 +110,29 @@ def test_single_process_run_learns_and_writes_everything(synthetic_dir, tmp_path
     assert model(torch.zeros(2, 3, 112, 112)).shape == (2, 32)
     trained = evaluate_bins(model, bins, batch_size=16)["lfw"]["accuracy"]
     assert read_metrics(out, kind="val")[36]["lfw/accuracy"] == pytest.approx(trained, abs=1e-9)
-    torch.manual_seed(0)
-    untrained = evaluate_bins(create_model("cellvib_r18", **TINY), bins, batch_size=16)["lfw"]["accuracy"]
-    # 36 steps on 24 identities, 200 held-out pairs: measured 0.61-0.63 against 0.555.
-    assert trained > untrained + 0.02, (trained, untrained)
+
+    # Training learned its task: the 288 training images classified by the trained Partial FC
+    # centres. Untrained centres are i.i.d. draws, exchangeable across the 24 classes, so their
+    # expected accuracy is exactly 1/24 whatever the network. Held-out accuracy on 200 pairs
+    # (about +-3.5 points) cannot resolve 36 steps; this margin is 4 binomial standard errors.
+    saved = full_partial_fc(list_checkpoints(out)[-1], tmp_path)
+    hits = training_set_hits(model, saved["weight"], synthetic_dir)
+    accuracy, chance = hits.float().mean().item(), 1 / saved["weight"].shape[0]
+    standard_error = math.sqrt(max(accuracy * (1 - accuracy), chance * (1 - chance)) / hits.numel())
+    assert accuracy > chance + 4 * standard_error, (accuracy, chance, standard_error)
+
+
+def training_set_hits(model: torch.nn.Module, centres: torch.Tensor, data: Path) -> torch.Tensor:
+    """Per training image: is its nearest class centre (cosine) its own class?"""
+    from facevib.data.datasets import MXFaceDataset
+
+    dataset = MXFaceDataset(data, train=False)
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    labels = torch.tensor([dataset[i][1] for i in range(len(dataset))])
+    with torch.no_grad():
+        embeddings = torch.nn.functional.normalize(model.eval()(images))
+    cos = embeddings @ torch.nn.functional.normalize(centres).T
+    return cos.argmax(dim=1) == labels
 
 
 @pytest.mark.parametrize("optimizer", [("optim.name=sgd",), ("optim.name=adamw", "optim.lr=0.001")])

@@ -6,79 +6,17 @@
     python train/arcface.py configs/synthetic_r18_cellvib.py          # one CPU process
 
 Add ``--resume latest`` to continue from the newest checkpoint in the run folder (what an
-elastic restart under ``torchrun --max-restarts=N`` needs).
+elastic restart under ``torchrun --max-restarts=N`` needs). The command is
+``python -m facevib.train``; this script is its wrapper under the mission's name.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 
-from torch.distributed.elastic.multiprocessing.errors import record
+from facevib.train import get_args_parser, main
 
-from facevib.config import apply_overrides, load_config, validate
-from facevib.distributed import init_distributed, shutdown_distributed
-from facevib.engine import Trainer
-from facevib.engine.trainer import NonFiniteLossError
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="config module, e.g. configs/ms1mv3_r100_cellvib.py")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override a config field, e.g. --set optim.lr=0.05 (repeatable)",
-    )
-    parser.add_argument("--resume", default=None, help="'latest' (newest checkpoint in run.output, if any) or a path")
-    parser.add_argument("--output", default=None, help="shorthand for --set run.output=DIR")
-    return parser
-
-
-def _one_line(exc: BaseException) -> str:
-    """The user-facing message of ``exc``.
-
-    An error raised in a DataLoader worker arrives wrapped, with the worker's traceback in
-    its message; the original message (file, key, byte offset) is its last line.
-    """
-    text = str(exc)
-    if "Original Traceback" in text:
-        last = text.strip().splitlines()[-1]
-        return last.split(": ", 1)[1] if ": " in last else last
-    return text
-
-
-@record
-def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, train, return a process exit code (2 for configuration mistakes).
-
-    ``@record`` makes an uncaught exception land in torchelastic's error file, so the
-    launcher names the failing rank and its traceback; configuration mistakes are caught
-    here and stay one line with exit code 2."""
-    args = get_args_parser().parse_args(argv)
-    is_main = os.environ.get("RANK", "0") == "0"
-    try:
-        cfg = load_config(args.config)
-        overrides = list(args.overrides) + ([f"run.output={args.output}"] if args.output else [])
-        validate(apply_overrides(cfg, overrides))
-        env = init_distributed(cfg.run.device)
-        Trainer(cfg, env, resume=args.resume).fit()
-    except (ValueError, FileNotFoundError) as exc:
-        if is_main:
-            print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as exc:
-        if is_main:
-            print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        shutdown_distributed()
-    return 0
-
+__all__ = ["get_args_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

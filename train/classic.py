@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from facevib.cli import make_parser
 from facevib.config import apply_overrides
 from facevib.experiments import load_classic_config, run_experiment, validate_classic
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("config", help="config module, e.g. configs/classic/mnist_mlp_cellvib.py")
     parser.add_argument(
         "--set",

@@ -14,6 +14,8 @@ import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+from facevib.cli import Parser
+
 __all__ = ["main", "build_parser"]
 
 
@@ -128,7 +130,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m facevib.data`` argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m facevib.data",
         description="Make, pack and inspect face-recognition data sets (RecordIO, .bin, IJB).",
     )

@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from facevib.cli import make_parser
+
 __all__ = ["build_parser", "main"]
 
 
@@ -42,7 +44,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m facevib.detect", description=__doc__.split("\n")[0])
+    parser = make_parser(__doc__.split("\n")[0], prog="python -m facevib.detect")
     sub = parser.add_subparsers(dest="command", required=True)
     detect = sub.add_parser("detect", help="print the faces of each photo as JSON lines")
     detect.add_argument("photos", nargs="+", type=Path, help="image files (JPEG, PNG, ...)")

@@ -16,20 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import NoReturn
 
+from facevib.cli import make_parser
 from facevib.export.pipeline import export_model
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line instead of usage + message
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="python -m facevib.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = make_parser(__doc__, prog="python -m facevib.export")
     parser.add_argument("model", help="facevib checkpoint / backbone.pt, or an arcface_torch backbone.pth")
     parser.add_argument("--out", required=True, help="the .onnx file to write")
     parser.add_argument("--network", default=None, help="model name for a plain state dict, e.g. r100")

@@ -5,7 +5,11 @@ For the target class of each sample the cosine c = cos(theta) becomes
     phi(theta) = cos(m1 * theta + m2) - m3
 
 (SphereFace m1, ArcFace m2, CosFace m3); other classes keep c; everything is then scaled by
-s and fed to softmax cross-entropy. ArcFace is (1, 0.5, 0), CosFace (1, 0, 0.4).
+s and fed to softmax cross-entropy. ArcFace is (1, 0.5, 0), CosFace (1, 0, 0.4). Only m1 = 1
+is accepted: the continuation below is derived at theta = pi - m2, the point where
+cos(theta + m2) turns, and for m1 != 1 that point and the slope there are different
+(SphereFace needs its own piecewise psi(theta)); rather than a silently wrong logit, such
+margins are refused.
 
 Numerics. theta = acos(c) is taken on c clamped to [-1 + eps, 1 - eps]: acos' derivative
 -1/sqrt(1 - c^2) is infinite at c = +-1, the clamp bounds it by 1/sqrt(2 eps). It moves theta
@@ -13,7 +17,7 @@ by up to acos(1 - eps) ~ sqrt(2 eps) = 1.4e-3 rad, so the margin logit s * cos(m
 moves by up to about s * m1 * sqrt(2 eps) * sin(m2): 0.043 for ArcFace (s = 64, m2 = 0.5,
 eps = 1e-6) at c = 1, negligible against the margin itself. Outside the clamp the gradient is
 0, never NaN. One code path covers every (m1, m2, m3); the cos/sin addition formula would
-need the same clamp for sqrt(1 - c^2) and works only for m1 = 1. When m1 = 1 and m2 = 0
+need the same clamp for sqrt(1 - c^2). When m2 = 0
 (CosFace, or no margin) phi = c - m3 is computed directly, exact at c = +-1.
 
 Fallback (arcface_torch's "th/mm" trick, easy_margin=False): cos(m1 theta + m2) stops
@@ -108,7 +112,7 @@ class CombinedMarginLoss(nn.Module):
 
     Args:
         s: logit scale (64 in ArcFace).
-        m1: multiplicative angular margin (SphereFace), > 0; 1 disables it.
+        m1: multiplicative angular margin (SphereFace); only 1 (none) is supported.
         m2: additive angular margin (ArcFace 0.5), in [0, pi).
         m3: additive cosine margin (CosFace 0.4).
         detach_margin: reproduce arcface_torch's margin under ``no_grad``.
@@ -123,8 +127,11 @@ class CombinedMarginLoss(nn.Module):
                 raise ValueError(f"CombinedMarginLoss: {field} must be a finite number, got {value!r}")
         if s <= 0:
             raise ValueError(f"CombinedMarginLoss: s must be > 0, got {s}")
-        if m1 <= 0:
-            raise ValueError(f"CombinedMarginLoss: m1 must be > 0, got {m1}")
+        if m1 != 1.0:
+            raise ValueError(
+                f"CombinedMarginLoss: m1 must be 1, got {m1} (the theta + m2 > pi continuation "
+                "holds only for m1 = 1; multiplicative SphereFace margins are not supported)"
+            )
         if not 0.0 <= m2 < math.pi:
             raise ValueError(f"CombinedMarginLoss: m2 must be in [0, pi), got {m2}")
         self.s = float(s)
