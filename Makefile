@@ -66,7 +66,7 @@ demo-data:
 		&& ! [ $(DEMO_DATA)/synth.json -nt $(DEMO_DATA)/synth.flags ]; then \
 		echo "$(DEMO_DATA): synthetic set already rendered with these flags"; \
 	else \
-		$(PY) -m facevib.data synth --out $(DEMO_DATA) $(DEMO_SYNTH_FLAGS) && \
+		$(PY) -m facevib.synth --out $(DEMO_DATA) $(DEMO_SYNTH_FLAGS) && \
 		echo "$(strip $(DEMO_SYNTH_FLAGS))" > $(DEMO_DATA)/synth.flags; \
 	fi
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import facevib.experiments.models  # noqa: F401  (registers the research families)
 from facevib.data.classic import load_digits_split, make_shifted_digits, make_textures, symmetric_label_noise
 from facevib.experiments import ArrayDataset, OptimSettings, accuracy, fit_classifier
 from facevib.info import binning_mi, kernel_mi_bounds, label_mi_lower_bound, probe_label_mi, to_bits, vib_kl_bound

@@ -14,13 +14,14 @@ gallery templates drawn without replacement, 15,658,489 pairs in all.
 
 Scenarios (pair lists): ``ijbc-sorted`` (sorted by gallery then probe template),
 ``ijbc-shuffled`` (same pairs, random order) and ``uniform`` (as many pairs between any two
-templates: no gallery/probe structure, the worst case for facevib's block products).
+templates: no gallery/probe structure, the worst case for facevib's tile products).
 
 Reference: arcface_torch's ``eval_ijbc.py`` algorithm re-implemented here (detector-score
 weighting, ``image2template_feature``'s per-template ``np.where`` loop with float32 media
 means summed into float64 templates, sklearn-style normalisation, then ``verification``'s
 100k-pair chunks of float64 gather + multiply + sum). facevib: ``fusion_weights`` +
-``template_features`` and ``template_rows`` + ``score_pairs`` (float32 block products).
+``template_features`` and ``template_rows`` + ``score_pairs`` (float32 matrix products by
+tiles of gallery templates).
 """
 
 from __future__ import annotations

@@ -3,15 +3,12 @@
 A narrow iResNet-18 (widths 16-32-64-128, 128-d embedding) learns the synthetic faces in a
 few minutes on a CPU; everything else (cells in every block, beta falling linearly to 0 over
 depth, ArcFace head, Partial FC) is the full method. beta starts at 1e-4, not the paper's
-1e-3: over this 124-step schedule the paper's value left the KL term dominating (lfw 80.5%
-against the baseline's 85.5%), 1e-4 reached 91.0% (200-pair sets: +-2-3 points of noise).
-Weight decay stays on every parameter (``optim.decay_norms_and_biases=True``, as
-arcface_torch): exempting norms, biases, PReLU and the sigma biases made no measurable
-difference on this set (tiny r18, 120 steps: 71.25% vs 72.0% over the 400 lfw/cfp_fp/agedb
-pairs, while two runs differing only in float rounding spread by 9 points); over 120 steps
-decay moves the sigma bias b = -5 by < 0.01. Write the data first:
+1e-3: over a schedule this short the paper's value leaves the KL term dominating. Weight
+decay stays on every parameter (``optim.decay_norms_and_biases=True``, as arcface_torch):
+exempting norms and biases made no measurable difference on this set. The measurements are
+in ``docs/results.md`` (synthetic cellVIB configuration). Write the data first:
 
-    python -m facevib.data synth --out data/synthetic
+    python -m facevib.synth --out data/synthetic
 """
 
 from facevib.config import DataConfig, HeadConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig

@@ -29,7 +29,7 @@ WORKDIR /opt/facevib
 # server never imports (tests/test_serve_process.py runs it with torch blocked), so the source
 # tree is put on PYTHONPATH instead, data files (detector weights) included.
 RUN pip install "numpy>=1.24" "opencv-python-headless>=4.8,<5" "onnxruntime-gpu>=1.19" "fastapi>=0.110" \
-        "uvicorn>=0.27" "python-multipart>=0.0.9" "prometheus-client>=0.17"
+        "uvicorn>=0.27" "python-multipart>=0.0.9" "prometheus-client>=0.17" "pillow>=10"
 COPY facevib facevib
 COPY serve serve
 ENV PYTHONPATH=/opt/facevib

@@ -3,10 +3,7 @@
 The convention is insightface's (``utils/face_align.py``): the least-squares similarity
 transform of Umeyama (1991) maps the detected landmarks onto a fixed template, and
 ``cv2.warpAffine`` with bilinear interpolation and border value 0 produces the crop. The
-template is given for 112x112 crops; for other sizes it is scaled by ``size / 112`` when
-``size`` is a multiple of 112, and by ``size / 128`` and shifted right by ``8 * size / 128``
-when it is a multiple of 128 (the 128-pixel crop is the 112 template with 8 pixels of
-margin on each side, which is how arcface_torch builds its 128 crops).
+template and its size rule are the face contract's (:func:`facevib.contract.arcface_template`).
 
 The three-point variant (cellVIB paper, §4.4: crops "warped from eye and mouth
 landmarks") uses both eye centres and the midpoint of the mouth corners; it is selected
@@ -20,6 +17,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from facevib import contract
+
 __all__ = [
     "ARCFACE_TEMPLATE",
     "ARCFACE_TEMPLATE_3",
@@ -31,18 +30,8 @@ __all__ = [
     "norm_crop_batch",
 ]
 
-# Left eye, right eye, nose tip, left mouth corner, right mouth corner, in pixels of a
-# 112x112 crop ("left" is the subject's right eye as seen in the image: smaller x).
-ARCFACE_TEMPLATE = np.array(
-    [
-        [38.2946, 51.6963],
-        [73.5318, 51.5014],
-        [56.0252, 71.7366],
-        [41.5493, 92.3655],
-        [70.7299, 92.2041],
-    ],
-    dtype=np.float32,
-)
+# The contract's 112x112 template as a read-only float32 array (for callers that add offsets).
+ARCFACE_TEMPLATE = np.array(contract.ARCFACE_TEMPLATE_112, dtype=np.float32)
 ARCFACE_TEMPLATE.flags.writeable = False
 
 
@@ -69,15 +58,8 @@ def arcface_template(size: int = 112, num_points: int = 5) -> np.ndarray:
         raise ValueError(f"num_points must be 3 or 5, got {num_points}")
     if not isinstance(size, (int, np.integer)) or size <= 0:
         raise ValueError(f"size must be a positive int, got {size!r}")
-    base = (ARCFACE_TEMPLATE if num_points == 5 else ARCFACE_TEMPLATE_3).astype(np.float64)
-    if size % 112 == 0:
-        return base * (size / 112.0)
-    if size % 128 == 0:
-        ratio = size / 128.0
-        out = base * ratio
-        out[:, 0] += 8.0 * ratio
-        return out
-    raise ValueError(f"size {size} is neither a multiple of 112 nor of 128 (the arcface template sizes)")
+    points = np.array(contract.arcface_template(int(size)), dtype=np.float64)
+    return points if num_points == 5 else three_point_landmarks(points)
 
 
 def _check_landmarks(landmarks: np.ndarray, batched: bool) -> np.ndarray:

@@ -36,6 +36,7 @@ __all__ = [
     "validate",
     "config_to_dict",
     "config_from_dict",
+    "parse_pairs",
 ]
 
 
@@ -129,6 +130,10 @@ class RunConfig:
     # 0 stops at the first one.
     max_nonfinite_steps: int = 0
     tensorboard: bool = True
+    # Modules imported before a run is built; each registers auxiliary losses and callbacks
+    # with facevib.engine.plugins (the default adds IFM and information-plane recording,
+    # which stay off unless their sections turn them on).
+    plugins: list[str] = field(default_factory=lambda: ["facevib.info.training"])
 
 
 @dataclass
@@ -409,12 +414,27 @@ def validate_ifm(ifm: IFMConfig) -> None:
     if ifm.locations <= 0:
         raise ValueError(f"ifm.locations={ifm.locations!r}: must be > 0")
     if ifm.weight > 0:
-        from facevib.info.ifm import parse_pairs
-
         try:
             parse_pairs(ifm.pairs)
         except ValueError as exc:
             raise ValueError(f"ifm.pairs={ifm.pairs!r}: {exc}") from exc
+
+
+def parse_pairs(pairs: Iterable[str | Iterable[str]]) -> list[tuple[str, str]]:
+    """Layer pairs from ``("a", "b")`` items or ``"a:b"`` strings (the ``ifm.pairs`` form).
+
+    Raises:
+        ValueError: an item that is not two non-empty names, or no pairs at all.
+    """
+    parsed: list[tuple[str, str]] = []
+    for item in pairs:
+        names = item.split(":") if isinstance(item, str) else list(item)
+        if len(names) != 2 or not all(isinstance(n, str) and n for n in names):
+            raise ValueError(f"IFM layer pair {item!r}: expected 'shallow:deep' (two module names)")
+        parsed.append((names[0], names[1]))
+    if not parsed:
+        raise ValueError("IFM needs at least one layer pair")
+    return parsed
 
 
 # ----------------------------------------------------------------------------- (de)serialising

@@ -42,12 +42,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from facevib import contract
+from facevib.contract import EMBEDDING_OUTPUT, SCHEMA_VERSION, UNCERTAINTY_OUTPUT
+from facevib.contract import METADATA_KEYS as _KEYS
+from facevib.contract import METADATA_PREFIX as PREFIX
+
 __all__ = [
-    "PREFIX",
-    "SCHEMA_VERSION",
-    "EMBEDDING_OUTPUT",
-    "UNCERTAINTY_OUTPUT",
-    "ARCFACE_TEMPLATE_112",
     "MetadataError",
     "MissingMetadataError",
     "Calibration",
@@ -55,22 +55,6 @@ __all__ = [
     "default_preprocess",
     "read_metadata",
 ]
-
-PREFIX = "facevib."
-SCHEMA_VERSION = "1"
-EMBEDDING_OUTPUT = "embedding"
-UNCERTAINTY_OUTPUT = "uncertainty"
-
-# The ArcFace 5-point template for 112x112 crops (left eye, right eye, nose tip, left and right
-# mouth corners), the same numbers as ``facevib.align.ARCFACE_TEMPLATE``; repeated here as
-# plain floats so this module needs neither numpy nor cv2 (a test checks they are equal).
-ARCFACE_TEMPLATE_112: tuple[tuple[float, float], ...] = (
-    (38.2946, 51.6963),
-    (73.5318, 51.5014),
-    (56.0252, 71.7366),
-    (41.5493, 92.3655),
-    (70.7299, 92.2041),
-)
 
 
 class MetadataError(ValueError):
@@ -81,27 +65,20 @@ class MissingMetadataError(MetadataError):
     """The file carries no ``facevib.`` metadata at all (e.g. a plain insightface ONNX file)."""
 
 
-def _template(size: int) -> list[list[float]]:
-    """The 5-point template for an ``size`` x ``size`` crop (facevib.align's rule, without numpy)."""
-    if size % 112 == 0:
-        scale, shift = size / 112.0, 0.0
-    elif size % 128 == 0:
-        scale, shift = size / 128.0, 8.0 * size / 128.0
-    else:
-        raise MetadataError(f"input_size {size} is neither a multiple of 112 nor of 128 (the arcface template sizes)")
-    return [[x * scale + shift, y * scale] for x, y in ARCFACE_TEMPLATE_112]
-
-
 def default_preprocess(input_size: int = 112) -> dict[str, Any]:
     """The preprocessing facevib trains with (and insightface clients feed): RGB, NCHW,
     ``(pixel - 127.5) / 127.5`` per channel, crops aligned to the ArcFace 5-point template."""
+    try:
+        template = contract.arcface_template(int(input_size))
+    except ValueError as err:
+        raise MetadataError(f"{_KEYS['input_size']}: {err}") from None
     return {
-        "color": "RGB",
-        "layout": "NCHW",
-        "mean": [127.5, 127.5, 127.5],
-        "std": [127.5, 127.5, 127.5],
-        "alignment": "arcface_5pt",
-        "template": _template(int(input_size)),
+        "color": contract.COLOR,
+        "layout": contract.LAYOUT,
+        "mean": list(contract.MEAN),
+        "std": list(contract.STD),
+        "alignment": contract.ALIGNMENT,
+        "template": template,
     }
 
 
@@ -335,21 +312,6 @@ class ModelMetadata:
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field (``calibration`` as a dict or None), e.g. for ``/v1/info``."""
         return asdict(self)
-
-
-# Field name -> metadata key (the version field's key is "facevib.version", not "...facevib_version").
-_KEYS: dict[str, str] = {
-    "facevib_version": PREFIX + "version",
-    "model_name": PREFIX + "model_name",
-    "arch": PREFIX + "arch",
-    "embedding_dim": PREFIX + "embedding_dim",
-    "input_size": PREFIX + "input_size",
-    "preprocess": PREFIX + "preprocess",
-    "config_digest": PREFIX + "config_digest",
-    "outputs": PREFIX + "outputs",
-    "uncertainty": PREFIX + "uncertainty",
-    "calibration": PREFIX + "calibration",
-}
 
 
 def _dumps(value: Any) -> str:

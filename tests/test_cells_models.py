@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import facevib.experiments.models  # noqa: F401  (registers the research families)
 from facevib.models import VIBCell, create_model, gaussian_kl, list_models
 
 # Tiny sizes keep every test well under a second.

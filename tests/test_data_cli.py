@@ -1,4 +1,4 @@
-"""``python -m facevib.data`` end to end (subprocess): synth, pack, inspect, and user errors."""
+"""``python -m facevib.data`` and ``python -m facevib.synth`` end to end (subprocess): synth, pack, inspect, and user errors."""
 
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ from facevib.synth.render import render_face
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def _cli(*args: str, cwd: Path | None = None, module: str = "facevib.data") -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.run(
-        [sys.executable, "-m", "facevib.data", *map(str, args)],
+        [sys.executable, "-m", module, *map(str, args)],
         capture_output=True,
         text=True,
         env=env,
@@ -35,11 +35,15 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     )
 
 
-def _assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+def _synth(*args: str) -> subprocess.CompletedProcess:
+    return _cli(*args, module="facevib.synth")
+
+
+def _assert_user_error(result: subprocess.CompletedProcess, *fragments: str, prog: str = "facevib.data") -> None:
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("python -m facevib.data"), result.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"python -m {prog}"), result.stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
 
@@ -145,7 +149,7 @@ def test_synth_cli_equals_the_library_and_inspects(tmp_path: Path):
         "workers": 1,
     }
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
-    result = _cli("synth", "--out", tmp_path / "cli", *flags)
+    result = _synth("--out", tmp_path / "cli", *flags)
     assert result.returncode == 0, result.stderr
     assert "train.rec 6 images of 3 identities" in result.stdout and "lfw.bin: 6 pairs" in result.stdout
     write_synthetic_dataset(tmp_path / "lib", **options)
@@ -206,9 +210,11 @@ def test_user_errors_are_one_line(tmp_path: Path, loose_faces):
 
     _assert_user_error(_cli("inspect", tmp_path / "nothing_here"), "no RecordIO file")
     _assert_user_error(
-        _cli("synth", "--out", tmp_path / "s", "--images-per-identity", "0"), "images_per_identity must be >= 1"
+        _synth("--out", tmp_path / "s", "--images-per-identity", "0"),
+        "images_per_identity must be >= 1",
+        prog="facevib.synth",
     )
-    argparse_error = _cli("synth", "--identities", "3")
+    argparse_error = _synth("--identities", "3")
     assert (
         argparse_error.returncode == 2 and "--out" in argparse_error.stderr and "Traceback" not in argparse_error.stderr
     )

@@ -20,13 +20,11 @@ from serve_support import aligned_crops
 from torch import nn
 from tritonclient.grpc import model_config_pb2
 
+from facevib.contract import EMBEDDING_OUTPUT, INPUT_NAME, UNCERTAINTY_OUTPUT
 from facevib.data.bins import read_bin
 from facevib.data.transforms import images_to_tensor
 from facevib.eval.embed import Embedder, load_embedder
 from facevib.export import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    UNCERTAINTY_NAME,
     compare_onnx,
     export_onnx,
     insightface_problems,
@@ -86,12 +84,12 @@ def test_onnx_runtime_equals_pytorch_at_batch_1_and_7(exported: dict, real_input
     inputs, outputs = _interface(path)
     assert len(inputs) == 1 and inputs[0][0] == INPUT_NAME and inputs[0][1][1:] == [3, 112, 112]
     assert isinstance(inputs[0][1][0], str)  # symbolic batch dimension
-    assert outputs[0][0] == OUTPUT_NAME and outputs[0][1][1] == 32
+    assert outputs[0][0] == EMBEDDING_OUTPUT and outputs[0][1][1] == 32
     if uncertainty:
-        assert len(outputs) == 2 and outputs[1][0] == UNCERTAINTY_NAME and len(outputs[1][1]) == 1
+        assert len(outputs) == 2 and outputs[1][0] == UNCERTAINTY_OUTPUT and len(outputs[1][1]) == 1
     else:
         assert len(outputs) == 1
-    names = {OUTPUT_NAME, UNCERTAINTY_NAME} if uncertainty else {OUTPUT_NAME}
+    names = {EMBEDDING_OUTPUT, UNCERTAINTY_OUTPUT} if uncertainty else {EMBEDDING_OUTPUT}
     for inputs_ in (None, real_inputs):
         worst = onnx_differences(model, path, batch_sizes=(1, 7), inputs=inputs_)
         assert set(worst) == names and max(worst.values()) <= 1e-4, worst

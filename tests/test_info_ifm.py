@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from facevib.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+import facevib.experiments.models  # noqa: F401  (registers the research families)
+from facevib.engine.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
 from facevib.experiments import ArrayDataset, OptimSettings, fit_classifier
 from facevib.info.ifm import IFMRegularizer, parse_pairs
 from facevib.info.jsd import sample_pairs
@@ -156,7 +157,7 @@ def test_face_trainer_runs_with_ifm(synthetic_dir, tmp_path):
 
     exported = torch.load(out / "backbone.pt", weights_only=True)
     assert set(exported["backbone"]) == set(trainer.backbone.state_dict())  # no critic keys
-    checkpoint = load_checkpoint(latest_checkpoint(out))
+    checkpoint = read_checkpoint(latest_checkpoint(out)).state
     assert set(checkpoint["backbone"]) == set(exported["backbone"])
     critics = trainer.task.aux_losses.state_dict()
     assert critics and all(key.startswith("ifm.regularizer.critics.") for key in critics)
@@ -165,7 +166,7 @@ def test_face_trainer_runs_with_ifm(synthetic_dir, tmp_path):
 
     first = list_checkpoints(out)[0]
     resumed = Trainer(cfg, DistEnv(), resume=str(first))
-    saved = load_checkpoint(first)["auxiliary"]
+    saved = read_checkpoint(first).state["auxiliary"]
     for key, value in resumed.task.aux_losses.state_dict().items():
         assert torch.equal(value.cpu(), saved[key]), key
     resumed.logger.close()

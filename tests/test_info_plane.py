@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import facevib.experiments.models  # noqa: F401  (registers the research families)
 from facevib.data.classic.digits import load_digits_split
 from facevib.info import binning_mi, kernel_mi_bounds, vib_kl_bound
 from facevib.info.plane import EMBEDDING, Samples, measure_plane

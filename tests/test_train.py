@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from facevib.engine.checkpoint import list_checkpoints, load_checkpoint, sharded_entries
+from facevib.engine.checkpoint import list_checkpoints, read_checkpoint, sharded_entries
 from facevib.models import create_model, load_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def test_single_process_run_learns_and_writes_everything(synthetic_dir, tmp_path
     assert info["total_steps"] == 36 and info["world_size"] == 1
     assert [p.name for p in list_checkpoints(out)] == [f"checkpoint_{s:08d}" for s in (6, 12, 18, 24, 30, 36)][-5:]
     assert not list(out.glob(".checkpoint_*"))  # no temporary folder left behind
-    ckpt = load_checkpoint(list_checkpoints(out)[-1])
+    ckpt = read_checkpoint(list_checkpoints(out)[-1]).state
     assert ckpt["step"] == 36 and ckpt["config"] == info["config"]
     entries = sharded_entries(list_checkpoints(out)[-1])
     assert entries["weight"][0] == (24, 32) and entries["optimizer.momentum_buffer"][0] == (24, 32)
@@ -150,8 +150,8 @@ def test_resume_repeats_the_uninterrupted_run_exactly(synthetic_dir, tmp_path, o
         assert math.isfinite(a[step]["loss"]), step
         assert b[step]["loss"] == a[step]["loss"], step
         assert b[step]["kl_cells"] == a[step]["kl_cells"], step
-    final_a = load_checkpoint(full / "checkpoint_00000012")
-    final_b = load_checkpoint(resumed / "checkpoint_00000012")
+    final_a = read_checkpoint(full / "checkpoint_00000012").state
+    final_b = read_checkpoint(resumed / "checkpoint_00000012").state
     for key, value in final_a["backbone"].items():
         torch.testing.assert_close(final_b["backbone"][key], value, rtol=0, atol=0, msg=key)
 
@@ -212,34 +212,20 @@ def test_resume_across_world_sizes_restores_the_partial_fc_exactly(synthetic_dir
     torch.testing.assert_close(three["momentum"], saved["optimizer.momentum_buffer"], rtol=0, atol=0)
 
 
-def test_a_single_file_checkpoint_of_the_previous_format_resumes_exactly(synthetic_dir, tmp_path):
-    """Version 1 checkpoints (one file, full Partial FC, optimizer groups by position) load."""
-    full = tmp_path / "full"
-    assert train_main(args_for(synthetic_dir, full, steps=12)) == 0
-    # Build the version-1 file of step 6 from the new checkpoint, as the old code wrote it.
-    folder = full / "checkpoint_00000006"
-    state = load_checkpoint(folder)
-    pfc = full_partial_fc(folder, tmp_path)
-    names = [f"backbone.{n}" for n, p in create_model("cellvib_r18", **TINY).named_parameters() if p.requires_grad]
-    optimizer = {
-        "state": {i: state["optimizer"][name] for i, name in enumerate(names)},
-        "param_groups": [
-            {"lr": 0.0, "momentum": 0.9, "weight_decay": 5e-4, "params": list(range(len(names)))},
-            {"lr": 0.0, "momentum": 0.9, "weight_decay": 5e-4, "params": [len(names)]},
-        ],
-    }
-    optimizer["state"][len(names)] = {"momentum_buffer": pfc["optimizer.momentum_buffer"]}
-    legacy = {**state, "version": 1, "optimizer": optimizer, "partial_fc": {"weight": pfc["weight"]}}
-    legacy.pop("auxiliary")
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    torch.save(legacy, resumed / "checkpoint_00000006.pt")
-
-    assert train_main([*args_for(synthetic_dir, resumed, steps=12), "--resume", "latest"]) == 0
-    a, b = read_metrics(full), read_metrics(resumed)
-    assert sorted(b) == list(range(7, 13))
-    for step in range(7, 13):
-        assert b[step]["loss"] == a[step]["loss"], step
+def test_a_single_file_checkpoint_of_the_dropped_format_is_refused_by_name(synthetic_dir, tmp_path, capsys):
+    """The single-file format before 0.1.0 is no longer read: resuming from one, named or
+    found by ``latest``, exits 2 with one line naming the file."""
+    run = tmp_path / "old"
+    run.mkdir()
+    old = run / "checkpoint_00000006.pt"
+    torch.save({"format": "facevib", "version": 1, "arch": {"name": "r18", "kwargs": {}}, "backbone": {}}, old)
+    for resume in ("latest", str(old)):
+        assert train_main([*args_for(synthetic_dir, run, steps=12), "--resume", resume]) == 2, resume
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and str(old) in err and "no longer reads" in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+    with pytest.raises(ValueError, match="checkpoint_00000006.pt.*no longer reads"):
+        read_checkpoint(old)
 
 
 def test_remap_resumes_at_the_first_unconsumed_sample():

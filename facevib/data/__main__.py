@@ -1,7 +1,7 @@
-"""``python -m facevib.data {synth,pack,inspect}``: make, pack and look at face sets.
+"""``python -m facevib.data {pack,inspect}``: pack and look at face sets.
 
-Each subcommand is a thin shell over a library function (``facevib.synth``,
-``facevib.data.pack``, ``facevib.data.inspect``). User mistakes (missing folders, bad
+Each subcommand is a thin shell over a library function (``facevib.data.pack``,
+``facevib.data.inspect``); the synthetic set is written by ``python -m facevib.synth``. User mistakes (missing folders, bad
 landmark lines, unreadable images, out-of-range options) print one ``error:`` line and
 exit with status 2; a traceback means a bug.
 """
@@ -11,39 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import MISSING, fields
 from pathlib import Path
 
 from facevib.cli import Parser
 
 __all__ = ["main", "build_parser"]
-
-
-def _synth(args: argparse.Namespace) -> int:
-    from facevib.synth import SynthOptions, write_synthetic_dataset
-
-    options = {f.name: getattr(args, f.name) for f in fields(SynthOptions)}
-    summary = write_synthetic_dataset(args.out, **options)
-    if args.json:
-        print(json.dumps(summary, indent=1))
-        return 0
-    train = summary["train"]
-    print(f"wrote {args.out}: train.rec {train['images']} images of {train['identities']} identities")
-    for name, info in summary.get("bins", {}).items():
-        print(
-            f"  {name}.bin: {info['pairs']} pairs ({info['same']} same) from {info['identities']} held-out identities"
-        )
-    if "ijb" in summary:
-        ijb = summary["ijb"]
-        print(
-            f"  IJBC/: {ijb['images']} loose crops, {ijb['templates']} templates, {ijb['media']} media, "
-            f"{ijb['pairs']} pairs ({ijb['genuine_pairs']} genuine) from {ijb['subjects']} held-out subjects"
-        )
-    print(
-        f"  {summary['images_rendered']} images in {summary['seconds']:.1f} s "
-        f"({summary['images_per_second']:.0f}/s, {summary['workers']} workers)"
-    )
-    return 0
 
 
 def _pack(args: argparse.Namespace) -> int:
@@ -107,35 +79,13 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_synth(sub: argparse._SubParsersAction) -> None:
-    from facevib.synth import SynthOptions
-
-    parser = sub.add_parser(
-        "synth",
-        help="write the synthetic identity set (train.rec, .bin sets, IJBC/)",
-        description="Render synthetic identities and write them in the real formats: train.rec/idx + property "
-        "(MS1M layout), lfw.bin / cfp_fp.bin / agedb_30.bin from held-out identities, and an IJB-C-style IJBC/ "
-        "directory (loose crops, 5-point landmarks, detector scores, 1:1 pairs and 1:N galleries/probes).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
-    for f in fields(SynthOptions):
-        default = f.default if f.default is not MISSING else None
-        flag = "--" + f.name.replace("_", "-")
-        metavar = "N" if isinstance(default, int) else "X"
-        parser.add_argument(flag, type=type(default), default=default, metavar=metavar, help=f.metadata.get("help", ""))
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.set_defaults(run=_synth)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m facevib.data`` argument parser."""
     parser = Parser(
         prog="python -m facevib.data",
-        description="Make, pack and inspect face-recognition data sets (RecordIO, .bin, IJB).",
+        description="Pack and inspect face-recognition data sets (RecordIO, .bin, IJB).",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{synth,pack,inspect}")
-    _add_synth(sub)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{pack,inspect}")
 
     pack = sub.add_parser(
         "pack",

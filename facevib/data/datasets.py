@@ -13,8 +13,8 @@ RecordIO layouts (``facevib.data.ms1m_layout`` parses and checks them):
 
 Labels are found without reading images: from the identity records when present (one
 small record per class), otherwise from the 32-byte frame + header of every image record,
-gathered through one read-only memory map (100k records: ~0.08 s with a warm page cache,
-where a Python loop of ``os.pread`` took ~0.1 s; with identity records ~0.03 s). When labels
+gathered through one read-only memory map, which is faster than a loop of ``os.pread`` (times
+in ``docs/results.md``, "label scan"). When labels
 come from identity records, each sample's own header label is still compared with them
 when the sample is read.
 """

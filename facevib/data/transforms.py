@@ -1,16 +1,14 @@
 """The training transform for aligned face crops (decoding itself is in ``imagecodec``).
 
-The network input is RGB, ``(x / 255 - 0.5) / 0.5`` (= ``x / 127.5 - 1``), NCHW float32
-(insightface's convention). OpenCV decodes to BGR; rather than converting to RGB, flipping, transposing
+The network input is the face contract's (:mod:`facevib.contract`): RGB, ``(x - MEAN) / STD``
+with 127.5 for both (= ``x / 127.5 - 1``), NCHW float32. OpenCV decodes to BGR; rather than converting to RGB, flipping, transposing
 and scaling in four passes, the per-sample fast path hands the BGR image to
 ``cv2.dnn.blobFromImage``, which swaps channels, subtracts the mean, scales and writes
-CHW float32 in one pass. Measured on the project's 2-core machines, 112x112 JPEG q95, one
-thread: decode 120-150 us; then blobFromImage 35-45 us, against ~105 us for cvtColor +
-numpy flip + torch permute/float/normalise; writing into a preallocated float tensor with
-numpy or per-channel cv2 calls took 45-55 us, so it is not used per sample.
+CHW float32 in one pass, about a third of the time of the four separate passes or of writing
+into a preallocated tensor (times in ``docs/results.md``, "per-sample training transform").
 
-In a DataLoader worker, collating float32 samples into shared memory costs another ~130 us
-of CPU per image, against ~36 us for uint8 samples (a quarter of the bytes). Loaders that
+In a DataLoader worker, collating float32 samples into shared memory costs several times
+more CPU than collating uint8 samples (a quarter of the bytes). Loaders that
 can normalise on the GPU should take ``normalize=False`` samples and ``normalize_images``
 the batch there. For host-side batches of decoded images, ``images_to_tensor`` writes into
 one (optionally preallocated) tensor with torch, which uses all intra-op threads.
@@ -22,6 +20,7 @@ import cv2
 import numpy as np
 import torch
 
+from facevib.contract import MEAN, STD
 from facevib.data.imagecodec import IMAGE_SIZE, check_image_size, decode_bgr, decode_rgb
 
 __all__ = [
@@ -37,8 +36,9 @@ __all__ = [
     "normalize_images",
 ]
 
-_SCALE = 1.0 / 127.5  # (x / 255 - 0.5) / 0.5 == x / 127.5 - 1
-_MEAN = (127.5, 127.5, 127.5)
+# The contract uses one mean and one std for all channels, so a scalar scale and shift do.
+_SCALE = 1.0 / STD[0]
+_SHIFT = MEAN[0] / STD[0]
 
 
 def bgr_to_tensor(image: np.ndarray, *, flip: bool = False) -> torch.Tensor:
@@ -48,7 +48,7 @@ def bgr_to_tensor(image: np.ndarray, *, flip: bool = False) -> torch.Tensor:
     """
     if flip:
         image = cv2.flip(image, 1)
-    blob = cv2.dnn.blobFromImage(image, _SCALE, None, _MEAN, swapRB=True, crop=False)
+    blob = cv2.dnn.blobFromImage(image, _SCALE, None, MEAN, swapRB=True, crop=False)
     return torch.from_numpy(blob[0])
 
 
@@ -67,7 +67,7 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
     """``(..., 3, H, W)`` uint8 RGB tensor (any device) -> float32 ``(x / 255 - 0.5) / 0.5``."""
     if images.dtype != torch.uint8:
         raise ValueError(f"images must be a uint8 tensor, got {images.dtype}")
-    return images.float().mul_(_SCALE).sub_(1.0)
+    return images.float().mul_(_SCALE).sub_(_SHIFT)
 
 
 def images_to_tensor(images: np.ndarray, *, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -84,7 +84,7 @@ def images_to_tensor(images: np.ndarray, *, out: torch.Tensor | None = None) -> 
     elif out.shape != (n, 3, h, w) or out.dtype != torch.float32:
         raise ValueError(f"out must be float32 of shape {(n, 3, h, w)}, got {out.dtype} {tuple(out.shape)}")
     out.copy_(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
-    return out.mul_(_SCALE).sub_(1.0)
+    return out.mul_(_SCALE).sub_(_SHIFT)
 
 
 def draw_flip(p: float = 0.5, generator: torch.Generator | None = None) -> bool:

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from facevib.contract import UNCERTAINTY_OUTPUT
 from facevib.data.transforms import images_to_tensor
-from facevib.onnx_meta import UNCERTAINTY_OUTPUT
 
 __all__ = ["Embedder", "load_embedder", "resolve_device", "flip_images"]
 

@@ -19,10 +19,9 @@ reference's to the last bit before normalisation.
 Pair scores are cosines of template features. The reference gathers both features of every
 pair (15.7M x 2 x 512 values on IJB-C) in float64, 100k pairs at a time. Here the distinct
 "left" and "right" templates of the pairs span a block of scores that matrix products fill
-in float32: IJB protocols compare a few thousand gallery templates with all probe templates
-(IJB-C: 3.5k x 19.6k, 23% of the block present), so the product wastes little, and the pairs
-are then picked from it in one pass. Blocks too large for memory are done by tiles of left
-templates, and tiles whose pairs are too sparse for a product gather and dot their pairs.
+in float32, by tiles of left templates: IJB protocols compare a few thousand gallery
+templates with all probe templates (IJB-C: 3.5k x 19.6k, 23% of the block present), so the
+product wastes little, and each tile's pairs are picked from it.
 """
 
 from __future__ import annotations
@@ -71,10 +70,11 @@ def fusion_weights(face_scores: np.ndarray, uncertainty: np.ndarray | None = Non
 def _sum_runs(x: np.ndarray, sizes: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out[i]`` = sum of the ``sizes[i]`` consecutive rows of run ``i`` (runs tile ``x``).
 
-    Rows are added in order (first row, + second, + third, ...): the order in which
-    ``np.mean``/``np.sum`` over axis 0 accumulate, so the sums equal the reference's bit for
-    bit. Vectorised across runs: step ``k`` adds the ``k``-th row of every run longer than
-    ``k`` (``np.add.reduceat`` computes the same but walks memory across rows, ~5x slower).
+        Rows are added in order (first row, + second, + third, ...): the order in which
+        ``np.mean``/``np.sum`` over axis 0 accumulate, so the sums equal the reference's bit for
+        bit. Vectorised across runs: step ``k`` adds the ``k``-th row of every run longer than
+        ``k`` (``np.add.reduceat`` computes the same but walks memory across rows and was several times
+    slower; see ``docs/results.md``).
     """
     starts = np.r_[0, np.cumsum(sizes[:-1])]
     by_size = np.argsort(-sizes, kind="stable")
@@ -194,58 +194,17 @@ def _compact(indices: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(used), position[indices]
 
 
-def _gather_dot(features: np.ndarray, left: np.ndarray, right: np.ndarray, block: int = 4096) -> np.ndarray:
-    # Small blocks keep the two gathered (block, D) operands in cache.
-    out = np.empty(left.size, np.float32)
-    for start in range(0, left.size, block):
-        a = features[left[start : start + block]]
-        b = features[right[start : start + block]]
-        out[start : start + block] = np.einsum("ij,ij->i", a, b)
-    return out
-
-
-def _score_whole_block(
-    features: np.ndarray,
-    left_rows: np.ndarray,
-    left_pos: np.ndarray,
-    right_block: np.ndarray,
-    right_pos: np.ndarray,
-    tile: int,
-    scores: np.ndarray,
-    progress: Progress | None,
-) -> None:
-    """All left x right scores into one matrix (by row tiles), then one pass picks the pairs:
-    no sorting of pairs, whatever their order."""
-    width = right_block.shape[0]
-    block = np.empty((left_rows.size, width), np.float32)
-    for start in range(0, left_rows.size, tile):
-        rows = left_rows[start : start + tile]
-        np.matmul(features[rows], right_block.T, out=block[start : start + rows.size])
-    flat = block.reshape(-1)
-    step = 1 << 20  # pairs per pick: keeps the int64 flat indices small
-    for start in range(0, scores.size, step):
-        where = left_pos[start : start + step].astype(np.int64)
-        where *= width
-        where += right_pos[start : start + step]
-        np.take(flat, where, out=scores[start : start + step])
-        if progress is not None:
-            progress(int(where.size))
-
-
 def _score_by_tiles(
     features: np.ndarray,
-    left: np.ndarray,
-    right: np.ndarray,
     left_rows: np.ndarray,
     left_pos: np.ndarray,
     right_block: np.ndarray,
     right_pos: np.ndarray,
     tile: int,
-    min_density: float,
     scores: np.ndarray,
     progress: Progress | None,
 ) -> None:
-    """Pairs bucketed by tile of left templates; each tile scored by a product or by gathers."""
+    """Pairs bucketed by tile of left templates; each tile's scores by one matrix product."""
     tile_of = left_pos // tile
     num_tiles = -(-left_rows.size // tile)
     if np.all(tile_of[1:] >= tile_of[:-1]):  # already grouped (e.g. pairs listed by template)
@@ -262,12 +221,9 @@ def _score_by_tiles(
             continue
         members = slice(lo, hi) if order is None else order[lo:hi]
         rows = left_rows[t * tile : (t + 1) * tile]
-        if hi - lo >= min_density * rows.size * right_block.shape[0]:
-            products = block[: rows.size]
-            np.matmul(features[rows], right_block.T, out=products)
-            scores[members] = products[left_pos[members] - t * tile, right_pos[members]]
-        else:
-            scores[members] = _gather_dot(features, left[members], right[members])
+        products = block[: rows.size]
+        np.matmul(features[rows], right_block.T, out=products)
+        scores[members] = products[left_pos[members] - t * tile, right_pos[members]]
         if progress is not None:
             progress(int(hi - lo))
 
@@ -279,24 +235,20 @@ def score_pairs(
     *,
     progress: Progress | None = None,
     tile_bytes: int = 64 << 20,
-    block_bytes: int = 512 << 20,
-    min_density: float = 0.01,
 ) -> np.ndarray:
     """Cosine score of each pair ``(features[left[i]], features[right[i]])``, float32 ``(P,)``.
 
-    The distinct left and right templates span a block of scores. When the pairs fill at
-    least ``min_density`` of it and it fits in ``block_bytes`` (IJB-C: 3.5k x 19.6k, 277 MB,
-    23% filled), the whole block is computed by matrix products and the pairs are picked from
-    it in one pass. Otherwise the pairs are bucketed by tiles of left templates
-    (``tile_bytes`` each) and every tile is scored by a product or, when its pairs fill less
-    than ``min_density`` of it, by gathering and dotting the pairs (on two cores a gathered
-    score costs ~100 times a score of a product).
+    The distinct left and right templates span a block of scores (IJB-C: 3.5k x 19.6k, 23%
+    filled by its pairs). The pairs are bucketed by tiles of left templates, ``tile_bytes`` of
+    scores each; every tile is one matrix product against all right templates, and its pairs
+    are picked from it.
 
     Args:
         features: ``(T, D)`` float32 unit-norm template features.
         left, right: ``(P,)`` row indices into ``features``.
         progress: called with numbers of pairs done, adding up to ``P`` (e.g. a tqdm's
             ``update``).
+        tile_bytes: memory of one tile of scores (at least one left template per tile).
 
     Scores agree with a float64 evaluation to float32 rounding: a few float32 ulps, under
     1e-6 for 512-d unit vectors (the reference gathers and sums in float64).
@@ -319,11 +271,5 @@ def score_pairs(
     right_rows, right_pos = _compact(right, num_templates)
     right_block = features[right_rows]
     tile = max(1, min(left_rows.size, tile_bytes // (4 * right_rows.size)))
-    cells = left_rows.size * right_rows.size
-    if 4 * cells <= block_bytes and left.size >= min_density * cells:
-        _score_whole_block(features, left_rows, left_pos, right_block, right_pos, tile, scores, progress)
-    else:
-        _score_by_tiles(
-            features, left, right, left_rows, left_pos, right_block, right_pos, tile, min_density, scores, progress
-        )
+    _score_by_tiles(features, left_rows, left_pos, right_block, right_pos, tile, scores, progress)
     return scores

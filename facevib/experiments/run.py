@@ -8,6 +8,7 @@ from typing import Any, TextIO
 
 import torch
 
+import facevib.experiments.models  # noqa: F401  (registers the research families)
 from facevib.config import config_to_dict
 from facevib.experiments.classify import accuracy, fit_classifier
 from facevib.experiments.config import ClassicConfig

@@ -15,9 +15,6 @@
 
 from facevib.export.calibrate import calibrate, calibration_kind
 from facevib.export.graph import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    UNCERTAINTY_NAME,
     compare_onnx,
     export_onnx,
     insightface_problems,
@@ -30,19 +27,15 @@ from facevib.export.metadata import (
     read_onnx_metadata,
     write_metadata,
 )
-from facevib.export.pipeline import ExportResult, checkpoint_config, export_model
+from facevib.export.pipeline import ExportResult, export_model
 from facevib.export.triton import check_triton_settings, triton_config, write_triton_repository
 
 __all__ = [
-    "INPUT_NAME",
-    "OUTPUT_NAME",
-    "UNCERTAINTY_NAME",
     "ExportResult",
     "build_metadata",
     "calibrate",
     "calibration_kind",
     "check_triton_settings",
-    "checkpoint_config",
     "compare_onnx",
     "config_digest",
     "describe_uncertainty",

@@ -31,24 +31,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from facevib.onnx_meta import EMBEDDING_OUTPUT, UNCERTAINTY_OUTPUT
+from facevib.contract import EMBEDDING_OUTPUT, INPUT_NAME, UNCERTAINTY_OUTPUT
 
 if TYPE_CHECKING:
     import onnx
 
 __all__ = [
-    "INPUT_NAME",
-    "OUTPUT_NAME",
-    "UNCERTAINTY_NAME",
     "export_onnx",
     "onnx_differences",
     "compare_onnx",
     "insightface_problems",
 ]
-
-INPUT_NAME = "data"
-OUTPUT_NAME = EMBEDDING_OUTPUT
-UNCERTAINTY_NAME = UNCERTAINTY_OUTPUT
 
 # insightface's ArcFaceONNX looks for normalisation ops among the first 8 node names.
 _INSIGHTFACE_SCANNED_NODES = 8
@@ -114,7 +107,7 @@ def export_onnx(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     example = torch.zeros(2, 3, size, size, device=device)  # batch 2: batch 1 would be specialised
     module = _EmbeddingAndUncertainty(model) if uncertainty else model
-    output_names = [OUTPUT_NAME, UNCERTAINTY_NAME] if uncertainty else [OUTPUT_NAME]
+    output_names = [EMBEDDING_OUTPUT, UNCERTAINTY_OUTPUT] if uncertainty else [EMBEDDING_OUTPUT]
     was_training = model.training
     module.eval()  # the backbone, and the wrapper around it
     try:
@@ -165,9 +158,11 @@ def _check_graph(path: Path, size: int, embedding_dim: int, uncertainty: bool) -
         raise ValueError(f"{path}: expected one input {INPUT_NAME!r} (N, 3, {size}, {size}), got {inputs}")
     if isinstance(inputs[0][1][0], int) and inputs[0][1][0] > 0:
         raise ValueError(f"{path}: the batch dimension of {INPUT_NAME!r} is fixed to {inputs[0][1][0]}")
-    expected = [(OUTPUT_NAME, 2)] + ([(UNCERTAINTY_NAME, 1)] if uncertainty else [])
+    expected = [(EMBEDDING_OUTPUT, 2)] + ([(UNCERTAINTY_OUTPUT, 1)] if uncertainty else [])
     if [(name, len(dims)) for name, dims in outputs] != expected or outputs[0][1][1] != embedding_dim:
-        want = f"({OUTPUT_NAME!r} (N, {embedding_dim})" + (f", {UNCERTAINTY_NAME!r} (N,))" if uncertainty else ")")
+        want = f"({EMBEDDING_OUTPUT!r} (N, {embedding_dim})" + (
+            f", {UNCERTAINTY_OUTPUT!r} (N,))" if uncertainty else ")"
+        )
         raise ValueError(f"{path}: expected outputs {want}, got {outputs}")
 
 
@@ -276,7 +271,7 @@ def onnx_differences(
         for x in _batches(batch_sizes, size, seed, inputs):
             with torch.no_grad():
                 tensor = torch.from_numpy(x).to(device)
-                expected = model.forward_with_uncertainty(tensor) if UNCERTAINTY_NAME in names else (model(tensor),)
+                expected = model.forward_with_uncertainty(tensor) if UNCERTAINTY_OUTPUT in names else (model(tensor),)
             got = session.run(names, {INPUT_NAME: x})
             for name, ours, theirs in zip(names, got, expected, strict=True):
                 theirs = theirs.float().cpu().numpy()

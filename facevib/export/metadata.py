@@ -18,10 +18,8 @@ from typing import Any
 from torch import nn
 
 import facevib
+from facevib.contract import EMBEDDING_OUTPUT, METADATA_PREFIX, UNCERTAINTY_OUTPUT
 from facevib.onnx_meta import (
-    EMBEDDING_OUTPUT,
-    PREFIX,
-    UNCERTAINTY_OUTPUT,
     Calibration,
     ModelMetadata,
     default_preprocess,
@@ -126,7 +124,7 @@ def write_metadata(path: str | os.PathLike, metadata: ModelMetadata, out: str | 
     names = [o.name for o in proto.graph.output]
     if names != metadata.outputs:
         raise ValueError(f"{path}: graph outputs {names} differ from the metadata's outputs {metadata.outputs}")
-    kept = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith(PREFIX)]
+    kept = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith(METADATA_PREFIX)]
     del proto.metadata_props[:]
     for key, value in kept + sorted(metadata.to_props().items()):
         proto.metadata_props.add(key=key, value=value)

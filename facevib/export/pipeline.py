@@ -10,23 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
-
+from facevib.engine.reader import read_checkpoint
 from facevib.eval.embed import Embedder
 from facevib.export.calibrate import calibrate
 from facevib.export.graph import export_onnx, insightface_problems
 from facevib.export.metadata import build_metadata, write_metadata
 from facevib.export.triton import check_triton_settings, write_triton_repository
-from facevib.models import load_backbone
+from facevib.models.loading import model_from_checkpoint
 from facevib.onnx_meta import ModelMetadata
 
-__all__ = ["ExportResult", "checkpoint_config", "export_model"]
+__all__ = ["ExportResult", "export_model"]
 
 
 @dataclass(frozen=True)
@@ -41,24 +37,6 @@ class ExportResult:
     metadata: ModelMetadata
     insightface_problems: list[str]
     triton_dir: Path | None
-
-
-def checkpoint_config(path: str | os.PathLike) -> Mapping[str, Any] | None:
-    """The resolved training config stored in a facevib checkpoint (None for a plain state_dict).
-
-    Memory-mapped, so reading it next to :func:`load_backbone` does not load the weights twice.
-    """
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # files from the legacy (non-zip) torch.save format cannot be mapped
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, pickle.UnpicklingError, EOFError) as err:
-            raise ValueError(f"{path}: not a loadable torch checkpoint ({err})") from err
-    config = payload.get("config") if isinstance(payload, Mapping) and "arch" in payload else None
-    if config is not None and not isinstance(config, Mapping):
-        raise ValueError(f"{path}: field 'config' must be a dict, got {type(config).__name__}")
-    return config
 
 
 def export_model(
@@ -102,8 +80,9 @@ def export_model(
         raise ValueError(f"output file must end in .onnx, got {out}")
     if triton_repo is not None:
         check_triton_settings(triton_name or out.stem, max_batch_size, max_queue_delay_us)
-    model = load_backbone(model_path, name=network)
-    config = checkpoint_config(model_path)
+    checkpoint = read_checkpoint(model_path, what="backbone checkpoint", plain_ok=True)
+    model = model_from_checkpoint(checkpoint, name=network)
+    config = checkpoint.config
     export_onnx(model, out, uncertainty=uncertainty, dynamo=dynamo, opset=opset)
     metadata = build_metadata(model, config=config, uncertainty=uncertainty)
     if calibration_data is not None:

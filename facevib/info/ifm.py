@@ -25,26 +25,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from facevib.config import parse_pairs
 from facevib.info.jsd import CRITIC_HIDDEN, Critic, feature_vectors, jsd_objective, sample_pairs
 
 __all__ = ["IFMRegularizer", "IFMTaskLoss", "LayerTap", "parse_pairs"]
-
-
-def parse_pairs(pairs: Sequence[str | Sequence[str]]) -> list[tuple[str, str]]:
-    """Layer pairs from ``("a", "b")`` items or ``"a:b"`` strings (the config form).
-
-    Raises:
-        ValueError: an item that is not two non-empty names, or no pairs at all.
-    """
-    parsed: list[tuple[str, str]] = []
-    for item in pairs:
-        names = item.split(":") if isinstance(item, str) else list(item)
-        if len(names) != 2 or not all(isinstance(n, str) and n for n in names):
-            raise ValueError(f"IFM layer pair {item!r}: expected 'shallow:deep' (two module names)")
-        parsed.append((names[0], names[1]))
-    if not parsed:
-        raise ValueError("IFM needs at least one layer pair")
-    return parsed
 
 
 class LayerTap:

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from facevib.experiments.models.cellnet import CellNetwork
 from facevib.info.binning import DEFAULT_BIN_SIZE, BinningAccumulator, BinningResult, binning_mi
 from facevib.info.entropy import check_labels, label_entropy
 from facevib.info.jsd import jsd_mi
 from facevib.info.kernel import KernelMIBounds, kernel_mi_bounds
 from facevib.info.vib_bounds import LabelProbe, label_mi_lower_bound
-from facevib.models.cellnet import CellNetwork
 from facevib.models.iresnet import IResNet
 from facevib.models.vib import VIBCell
 

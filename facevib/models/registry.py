@@ -1,10 +1,10 @@
 """A plain name -> builder registry and ``create_model``.
 
-Registered: ``r18 r34 r50 r100 r200`` (arcface_torch iResNets), ``cellvib_r*`` (cellVIB) and
-``deepvib_r*`` (Deep VIB), all built by one :class:`~facevib.models.iresnet.IResNet` class;
-and the classifiers of the paper's other cell placements: ``mlp``/``deepvib_mlp``/``cellvib_mlp``,
-``inception``/``cellvib_inception``, ``vit_tiny``/``cellvib_vit_tiny``; and ``ifm_cnn``, the CNN
-of the information-flow-maximisation paper.
+Registered here: ``r18 r34 r50 r100 r200`` (arcface_torch iResNets), ``cellvib_r*`` (cellVIB) and
+``deepvib_r*`` (Deep VIB), all built by one :class:`~facevib.models.iresnet.IResNet` class.
+Other families register themselves when their module is imported (``import
+facevib.experiments.models`` adds the research classifiers ``mlp``, ``inception``, ``vit`` and
+``cnn``), so this module never imports them.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ def register_model(name: str, builder: ModelBuilder, family: str = "iresnet") ->
 def list_models(family: str | None = None) -> list[str]:
     """Registered model names in registration order, all of them or those of one ``family``.
 
-    Families: ``iresnet`` (face backbones: plain, cellvib_, deepvib_; by depth), ``mlp``,
-    ``inception``, ``vit``, ``cnn``.
+    Families: ``iresnet`` (face backbones: plain, cellvib_, deepvib_; by depth), and those of
+    modules imported so far (``mlp``, ``inception``, ``vit``, ``cnn`` from
+    :mod:`facevib.experiments.models`).
     """
     return [name for name in _REGISTRY if family is None or _FAMILY[name] == family]
 
@@ -70,27 +71,3 @@ def _iresnet_builder(name: str, variant: str, layers: tuple[int, ...]) -> ModelB
 for _variant, _prefix in VARIANT_PREFIXES.items():
     for _depth, _layers in IRESNET_LAYERS.items():
         register_model(_prefix + _depth, _iresnet_builder(_prefix + _depth, _variant, _layers))
-
-
-# The classification families of the cellVIB paper's other experiments (MNIST MLP §4.1,
-# Inception §3.4, ViT supplement); one class per family, variants as data.
-def _register_cell_families() -> None:
-    from facevib.models.convnet import IFMConvNet
-    from facevib.models.inception import INCEPTION_VARIANTS, InceptionNet
-    from facevib.models.mlp import MLP_VARIANTS, VIBMLP
-    from facevib.models.vit import VIT_VARIANTS, VisionTransformer
-
-    def builder(cls: type, name: str, variant: str) -> ModelBuilder:
-        return lambda **overrides: cls.from_overrides(name, variant, overrides)
-
-    for family, cls, variants in (
-        ("mlp", VIBMLP, MLP_VARIANTS),
-        ("inception", InceptionNet, INCEPTION_VARIANTS),
-        ("vit", VisionTransformer, VIT_VARIANTS),
-        ("cnn", IFMConvNet, {"plain": "ifm_cnn"}),
-    ):
-        for variant, name in variants.items():
-            register_model(name, builder(cls, name, variant), family=family)
-
-
-_register_cell_families()

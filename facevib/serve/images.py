@@ -10,8 +10,8 @@ Three modes per image (chosen by :func:`resolve_mode`):
 
 Images without ``aligned`` or landmarks whose size is exactly ``S x S`` count as aligned crops
 (what a 112x112 file almost always is). Decoding is :func:`facevib.data.imagecodec.decode_rgb`,
-the decoder training and evaluation use, after :func:`~facevib.serve.imageheader.read_header`
-has checked the format and the pixel count without decoding. Everything here raises
+the decoder training and evaluation use, after Pillow's lazy ``Image.open`` (which reads only
+the header) has checked the format and the pixel count without decoding. Everything here raises
 :class:`~facevib.serve.errors.ServeError` naming the field, and runs in a worker thread.
 """
 
@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from facevib.align import norm_crop
 from facevib.data.imagecodec import decode_rgb
 from facevib.detect.base import Detector
 from facevib.serve.errors import ServeError
-from facevib.serve.imageheader import read_header
 
 __all__ = [
     "DetectOptions",
@@ -43,6 +44,9 @@ __all__ = [
     "resolve_mode",
 ]
 
+# The formats the server accepts; Pillow identifies no other, so anything else is refused
+# before it reaches a decoder.
+_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
 _DATA_URI = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
 
 
@@ -97,20 +101,32 @@ def decode_base64(text: str, field: str) -> bytes:
 
 
 def load_image(data: bytes, *, max_pixels: int, field: str) -> np.ndarray:
-    """Check the header (format, pixel limit), then decode to ``HxWx3`` uint8 RGB."""
+    """Check the header (format, pixel limit), then decode to ``HxWx3`` uint8 RGB.
+
+    The pixel limit is checked before decoding: a 50 KB PNG can claim 50,000 x 50,000 pixels (a
+    decompression bomb) and would need 7.5 GB once decoded.
+    """
     try:
-        header = read_header(data)
-    except ValueError as err:
-        raise ServeError("unsupported_image_format", f"{err}; send a JPEG, PNG, WebP or BMP file", field) from None
-    if header.pixels > max_pixels:
+        # Lazy: Image.open reads the header only; the pixels are decoded below, by OpenCV.
+        with Image.open(io.BytesIO(data), formats=_FORMATS) as image:
+            kind, (width, height) = image.format.lower(), image.size
+    except Image.DecompressionBombError as err:  # Pillow's own, far larger limit: still ours to report
+        raise ServeError("image_too_large", f"{err}; the limit is {max_pixels} pixels", field) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise ServeError(
+            "unsupported_image_format",
+            f"not a JPEG, PNG, WebP or BMP file, or its header is cut short ({len(data)} bytes, first bytes "
+            f"{data[:8].hex() or 'none'}); send a JPEG, PNG, WebP or BMP file",
+            field,
+        ) from None
+    if width * height > max_pixels:
         raise ServeError(
             "image_too_large",
-            f"{header.format} of {header.width}x{header.height} = {header.pixels} pixels exceeds the limit of "
-            f"{max_pixels}",
+            f"{kind} of {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
             field,
         )
-    if header.width == 0 or header.height == 0:
-        raise ServeError("invalid_image", f"{header.format} with size {header.width}x{header.height}", field)
+    if width == 0 or height == 0:
+        raise ServeError("invalid_image", f"{kind} with size {width}x{height}", field)
     try:
         return decode_rgb(data)
     except ValueError as err:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facevib.align import arcface_template
+from facevib.contract import ALIGNMENT, EMBEDDING_OUTPUT, UNCERTAINTY_OUTPUT, arcface_template
 from facevib.onnx_meta import ModelMetadata, read_metadata
 
 __all__ = ["ModelRuntime", "pad_sizes"]
@@ -31,7 +31,6 @@ logger = logging.getLogger("facevib.serve")
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-UNCERTAINTY = "uncertainty"
 
 
 def pad_sizes(max_batch: int) -> tuple[int, ...]:
@@ -124,8 +123,8 @@ class ModelRuntime:
         if isinstance(size, int) and size != metadata.input_size:
             raise ValueError(f"{path}: input is {size}x{size} but the metadata says {metadata.input_size}")
         names = [o.name for o in outputs]
-        embedding = "embedding" if "embedding" in names else names[0]
-        uncertainty = UNCERTAINTY if UNCERTAINTY in names else None
+        embedding = EMBEDDING_OUTPUT if EMBEDDING_OUTPUT in names else names[0]
+        uncertainty = UNCERTAINTY_OUTPUT if UNCERTAINTY_OUTPUT in names else None
         runtime = cls(
             path=path,
             session=session,
@@ -199,12 +198,12 @@ class ModelRuntime:
 
 
 def _check_alignment(metadata: ModelMetadata, warnings: list[str]) -> None:
-    """Landmark and detection modes warp onto facevib.align's ArcFace template: say so if the
+    """Landmark and detection modes warp onto the contract's ArcFace template: say so if the
     model was trained on another one."""
     preprocess = metadata.preprocess
     template = np.asarray(preprocess["template"], dtype=np.float64)
     ours = arcface_template(metadata.input_size)
-    if preprocess["alignment"] != "arcface_5pt" or not np.allclose(template, ours, atol=1e-3):
+    if preprocess["alignment"] != ALIGNMENT or not np.allclose(template, ours, atol=1e-3):
         warnings.append(
             f"the model's metadata names alignment {preprocess['alignment']!r} with template {template.tolist()}; "
             "the server aligns photos to the ArcFace 5-point template (aligned crops are used as sent)"

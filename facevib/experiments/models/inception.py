@@ -22,16 +22,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from facevib.models.beta import BetaSpec
-from facevib.models.cellnet import (
+from facevib.experiments.models.cellnet import (
     VIB_FIELDS,
     CellNetwork,
     build_config,
     check_positive_int,
     check_vib_fields,
     collect_kl,
+    register_family,
     resolve_cell_layers,
 )
+from facevib.models.beta import BetaSpec
 from facevib.models.vib import SIGMA_BIAS_INIT, VIBCell
 
 __all__ = ["INCEPTION_VARIANTS", "InceptionBlock", "InceptionConfig", "InceptionNet"]
@@ -179,3 +180,6 @@ class InceptionNet(CellNetwork):
                 h = self.pool(h)
         logits = self.classifier(h.mean(dim=(2, 3)))
         return (logits, collect_kl(kls, logits)) if return_kl else logits
+
+
+register_family(InceptionNet, INCEPTION_VARIANTS, family="inception")

@@ -23,16 +23,17 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from facevib.models.beta import BetaSpec
-from facevib.models.cellnet import (
+from facevib.experiments.models.cellnet import (
     VIB_FIELDS,
     CellNetwork,
     build_config,
     check_positive_int,
     check_vib_fields,
     collect_kl,
+    register_family,
     resolve_cell_layers,
 )
+from facevib.models.beta import BetaSpec
 from facevib.models.vib import SIGMA_BIAS_INIT, VIBCell
 
 __all__ = ["MLP_VARIANTS", "MLPConfig", "MLPLayer", "VIBMLP"]
@@ -161,3 +162,6 @@ class VIBMLP(CellNetwork):
                 h = layer(h)
         logits = self.classifier(h)
         return (logits, collect_kl(kls, logits)) if return_kl else logits
+
+
+register_family(VIBMLP, MLP_VARIANTS, family="mlp")

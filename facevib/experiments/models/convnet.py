@@ -17,7 +17,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from facevib.models.cellnet import CellNetwork, build_config, check_positive_int, collect_kl
+from facevib.experiments.models.cellnet import (
+    CellNetwork,
+    build_config,
+    check_positive_int,
+    collect_kl,
+    register_family,
+)
 
 __all__ = ["ConvNetConfig", "IFMConvNet"]
 
@@ -86,3 +92,6 @@ class IFMConvNet(CellNetwork):
             h = self.pool(getattr(self, name)(h))
         logits = self.fc(h.flatten(1))
         return (logits, collect_kl([], logits)) if return_kl else logits
+
+
+register_family(IFMConvNet, {"plain": "ifm_cnn"}, family="cnn")

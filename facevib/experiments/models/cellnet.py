@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from facevib.models.beta import beta_schedule
+from facevib.models.registry import register_model
 
 __all__ = [
     "VIB_FIELDS",
@@ -141,3 +142,17 @@ class CellNetwork(nn.Module):
         if kl.shape != self.betas.shape:
             raise ValueError(f"kl_loss: kl has shape {tuple(kl.shape)}, expected ({self.num_cells},)")
         return (self.betas.to(kl.dtype) * kl).sum()
+
+
+def register_family(cls: Callable[..., CellNetwork], variants: Mapping[str, str], family: str) -> None:
+    """Register every ``variant -> name`` of the family class ``cls`` in :mod:`facevib.models`.
+
+    Each research family calls this when its module is imported, so the face core's registry
+    never imports them (timm's ``register_model`` pattern).
+    """
+    for variant, name in variants.items():
+        register_model(name, _family_builder(cls, name, variant), family=family)
+
+
+def _family_builder(cls: Any, name: str, variant: str) -> Callable[..., nn.Module]:
+    return lambda **overrides: cls.from_overrides(name, variant, overrides)

@@ -21,16 +21,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facevib.models.beta import BetaSpec
-from facevib.models.cellnet import (
+from facevib.experiments.models.cellnet import (
     VIB_FIELDS,
     CellNetwork,
     build_config,
     check_positive_int,
     check_vib_fields,
     collect_kl,
+    register_family,
     resolve_cell_layers,
 )
+from facevib.models.beta import BetaSpec
 from facevib.models.vib import SIGMA_BIAS_INIT, VIBCell
 
 __all__ = ["CELL_PLACEMENTS", "VIT_VARIANTS", "Attention", "EncoderBlock", "ViTConfig", "VisionTransformer"]
@@ -215,3 +216,6 @@ class VisionTransformer(CellNetwork):
                 h = block(h)
         logits = self.head(self.norm(h[:, 0]))
         return (logits, collect_kl(kls, logits)) if return_kl else logits
+
+
+register_family(VisionTransformer, VIT_VARIANTS, family="vit")
