@@ -99,9 +99,6 @@ class Trainer:
         self.lr_at = build.build_schedule(cfg, self.base_lr, self.total_steps)
         self.amp_dtype = build.amp_dtype(cfg.run.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        if cfg.optim.name == "sgd" and cfg.optim.momentum > 0 and not self.scaler.is_enabled():
-            # The class centres' update without a (C_local, D) gradient (same SGD result).
-            self.pfc.fold_sgd_updates(self.optimizer)
         self.callbacks = [*default_callbacks(), *build_plugin_callbacks(cfg, self), *(callbacks or [])]
 
         self.step = 0
