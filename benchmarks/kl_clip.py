@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
         coef = 1.0 if clip is None else min(1.0, clip / (total_norm + 1e-6))
         row = {
             "step": step,
-            "ce": float(ce),
-            "weighted_kl": float(weighted_kl),
+            "ce": float(ce.detach()),
+            "weighted_kl": float(weighted_kl.detach()),
             "ce_norm": ce_norm,
             "kl_norm": kl_norm,
             "total_norm": total_norm,
