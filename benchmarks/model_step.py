@@ -1,12 +1,19 @@
-"""Training-step time of baseline vs cellVIB vs Deep VIB iResNets, side by side.
+"""Training-step time and saved activations of baseline vs cellVIB vs Deep VIB iResNets.
 
 One step = zero_grad, forward with ``return_kl=True``, a proxy loss (mean squared
-embedding + sum_i beta_i KL_i), backward; no optimizer. Reported: median (and minimum, the
-least disturbed step on a shared machine) over ``--steps``
-timed steps after ``--warmup`` untimed ones, images/s, and the ratio to the baseline of the
-same depth (the issue's goal on GPU: cellVIB-r100 <= 1.35x).
+embedding + sum_i beta_i KL_i), backward; no optimizer. Variants of one depth run
+round-robin in one process: the baseline, ``cellvib_composed`` (the VIB cell written as
+separate autograd ops, softplus -> log -> randn -> addcmul -> KL, as before the fused node),
+``cellvib`` (the fused node of :func:`facevib.models.vib.vib_sample`) and Deep VIB.
+Reported: median (and minimum, the least disturbed step on a shared machine) over
+``--steps`` timed steps after ``--warmup`` untimed ones, images/s, the ratio to the
+baseline, and the activation bytes autograd saves for backward (unique storages seen by
+``torch.autograd.graph.saved_tensors_hooks``, parameters excluded).
 
-    python benchmarks/model_step.py --models r18 r50 r100 --out results.json
+A model is ``DEPTH[:BATCH]``; ``demo_r18`` is the demo's narrow r18 (widths 16-32-64-128,
+128-d embedding, configs/synthetic_r18_cellvib.py):
+
+    python benchmarks/model_step.py --models r50:8 demo_r18:32 --out results.json
 """
 
 from __future__ import annotations
@@ -17,16 +24,22 @@ import platform
 import statistics
 import sys
 import time
+import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from facevib.models import create_model
+from facevib.models import VIBCell, create_model, gaussian_kl, reparameterize, softplus_sigma
 from facevib.models.iresnet import IRESNET_LAYERS
 
-VARIANTS = (("baseline", ""), ("cellvib", "cellvib_"), ("deepvib", "deepvib_"))
+# (variant, registered-name prefix); cellvib_composed is cellvib with its cells swapped.
+VARIANTS = (("baseline", ""), ("cellvib_composed", "cellvib_"), ("cellvib", "cellvib_"), ("deepvib", "deepvib_"))
+# Named model shapes beyond the registered depths: name -> (depth, create_model overrides).
+SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "demo_r18": ("r18", {"widths": (16, 32, 64, 128), "embedding_dim": 128}),
+}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Per device: (batch, warmup, steps); on 2 CPU cores the whole default run takes ~2-3 minutes.
 DEFAULTS = {"cpu": (4, 1, 5), "cuda": (128, 5, 20)}
@@ -35,8 +48,14 @@ DEFAULTS = {"cpu": (4, 1, 5), "cuda": (128, 5, 20)}
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line options; device-dependent defaults are filled in by :func:`main`."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["r18", "r50", "r100"], choices=list(IRESNET_LAYERS))
-    parser.add_argument("--batch", type=int, default=None, help="images per step (cpu 4, cuda 128)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["r50:8", "demo_r18:32"],
+        type=_model_spec,
+        help=f"DEPTH[:BATCH], DEPTH one of {', '.join([*IRESNET_LAYERS, *SHAPES])}",
+    )
+    parser.add_argument("--batch", type=int, default=None, help="images per step without :BATCH (cpu 4, cuda 128)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (cpu 5, cuda 20)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (cpu 1, cuda 5)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -57,6 +76,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     # The embedding BatchNorm1d cannot train on a single image.
     if args.batch is not None and args.batch < 2:
         parser.error(f"--batch must be >= 2 (BatchNorm in training mode), got {args.batch}")
+    for name, batch in args.models:
+        if batch is not None and batch < 2:
+            parser.error(f"--models {name}:{batch}: the batch must be >= 2 (BatchNorm in training mode)")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     if args.steps is not None and args.steps < 1:
@@ -66,6 +88,50 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     return args
+
+
+def _model_spec(text: str) -> tuple[str, int | None]:
+    name, _, batch = text.partition(":")
+    if name not in IRESNET_LAYERS and name not in SHAPES:
+        raise argparse.ArgumentTypeError(f"unknown model {name!r} (expected one of {[*IRESNET_LAYERS, *SHAPES]})")
+    if batch and not batch.isdigit():
+        raise argparse.ArgumentTypeError(f"batch {batch!r} in {text!r} is not a positive integer")
+    return name, int(batch) if batch else None
+
+
+def _composed_forward_with_mean(
+    cell: VIBCell, x: torch.Tensor, mu: torch.Tensor, return_kl: bool = False, mean_norm: torch.nn.Module | None = None
+):
+    """The VIB cell as separate autograd ops (the formulation before the fused node)."""
+    if mean_norm is not None:
+        mu = mean_norm(mu)
+    sigma, log_sigma = softplus_sigma(cell.pre_sigma(x))
+    out = reparameterize(mu, sigma.to(mu.dtype))
+    return (out, gaussian_kl(mu, log_sigma)) if return_kl else out
+
+
+def use_composed_cells(model: torch.nn.Module) -> torch.nn.Module:
+    """Make every training-mode VIB cell of ``model`` run the composed formulation."""
+    for module in model.modules():
+        if isinstance(module, VIBCell):
+            module.forward_with_mean = types.MethodType(_composed_forward_with_mean, module)
+    return model
+
+
+def saved_activation_bytes(step: Callable[[], None], model: torch.nn.Module) -> int:
+    """Bytes of the distinct non-parameter storages autograd saves for backward in ``step``."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        step()
+    return sum(storages.values())
 
 
 def _synchronize(device: torch.device) -> None:
@@ -117,16 +183,17 @@ def time_interleaved(
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Fixed-width table of the results."""
     header = (
-        f"{'model':<14}{'variant':<10}{'params M':>10}{'median ms':>11}{'min ms':>10}{'img/s':>8}"
-        f"{'x base':>8}{'x base min':>12}{'peak GiB':>10}"
+        f"{'model':<14}{'variant':<18}{'params M':>10}{'median ms':>11}{'min ms':>10}{'img/s':>8}"
+        f"{'x base':>8}{'x base min':>12}{'saved MiB':>11}{'x base':>8}{'peak GiB':>10}"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
         peak = "-" if row["peak_memory_gib"] is None else f"{row['peak_memory_gib']:.2f}"
         lines.append(
-            f"{row['model']:<14}{row['variant']:<10}{row['params_m']:>10.2f}{row['median_ms']:>11.1f}"
+            f"{row['model']:<14}{row['variant']:<18}{row['params_m']:>10.2f}{row['median_ms']:>11.1f}"
             f"{row['min_ms']:>10.1f}{row['images_per_s']:>8.1f}{row['ratio_to_baseline']:>8.3f}"
-            f"{row['min_ratio_to_baseline']:>12.3f}{peak:>10}"
+            f"{row['min_ratio_to_baseline']:>12.3f}{row['saved_bytes'] / 2**20:>11.1f}"
+            f"{row['saved_ratio_to_baseline']:>8.3f}{peak:>10}"
         )
     return "\n".join(lines)
 
@@ -147,39 +214,51 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    images = (torch.rand(batch, 3, 112, 112, device=device) * 2 - 1).contiguous(memory_format=memory_format)
-
     rows: list[dict[str, Any]] = []
-    for depth in args.models:
-        models = {prefix + depth: create_model(prefix + depth) for _, prefix in VARIANTS}
+    for shape, model_batch in args.models:
+        depth, overrides = SHAPES.get(shape, (shape, {}))
+        model_batch = model_batch or batch
+        images = (torch.rand(model_batch, 3, 112, 112, device=device) * 2 - 1).contiguous(memory_format=memory_format)
+        models = {}
+        for variant, prefix in VARIANTS:
+            model = create_model(prefix + depth, **overrides)
+            models[variant] = use_composed_cells(model) if variant == "cellvib_composed" else model
         steps_by_name = {}
-        for name, model in models.items():
+        saved = {}
+        for variant, model in models.items():
             model.to(device=device, memory_format=memory_format).train()
             runner = torch.compile(model) if args.compile else model
-            steps_by_name[name] = make_step(runner, images, dtype)
+            steps_by_name[variant] = make_step(runner, images, dtype)
+            saved[variant] = saved_activation_bytes(steps_by_name[variant], model)
         stats = time_interleaved(steps_by_name, device, warmup, steps)
-        baseline_ms = statistics.median(stats[depth]["times"]) * 1e3
-        baseline_min_ms = min(stats[depth]["times"]) * 1e3
+        baseline_ms = statistics.median(stats["baseline"]["times"]) * 1e3
+        baseline_min_ms = min(stats["baseline"]["times"]) * 1e3
         for variant, prefix in VARIANTS:
-            name = prefix + depth
-            median_ms = statistics.median(stats[name]["times"]) * 1e3
-            min_ms = min(stats[name]["times"]) * 1e3
+            median_ms = statistics.median(stats[variant]["times"]) * 1e3
+            min_ms = min(stats[variant]["times"]) * 1e3
             rows.append(
                 {
-                    "model": name,
+                    "model": shape,
                     "depth": depth,
                     "variant": variant,
-                    "params_m": sum(p.numel() for p in models[name].parameters()) / 1e6,
+                    "registered": prefix + depth,
+                    "overrides": {
+                        key: list(value) if isinstance(value, tuple) else value for key, value in overrides.items()
+                    },
+                    "batch": model_batch,
+                    "params_m": sum(p.numel() for p in models[variant].parameters()) / 1e6,
                     "median_ms": median_ms,
                     "min_ms": min_ms,
-                    "step_ms": [t * 1e3 for t in stats[name]["times"]],
-                    "images_per_s": batch / (median_ms / 1e3),
+                    "step_ms": [t * 1e3 for t in stats[variant]["times"]],
+                    "images_per_s": model_batch / (median_ms / 1e3),
                     "ratio_to_baseline": median_ms / baseline_ms,
                     "min_ratio_to_baseline": min_ms / baseline_min_ms,
-                    "peak_memory_gib": stats[name]["peak"] / 2**30 if device.type == "cuda" else None,
+                    "saved_bytes": saved[variant],
+                    "saved_ratio_to_baseline": saved[variant] / saved["baseline"],
+                    "peak_memory_gib": stats[variant]["peak"] / 2**30 if device.type == "cuda" else None,
                 }
             )
-            print(f"{name}: {median_ms:.1f} ms/step", file=sys.stderr, flush=True)
+            print(f"{shape} {variant}: {median_ms:.1f} ms/step", file=sys.stderr, flush=True)
         del models, steps_by_name
 
     results = {
@@ -188,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         else f"cpu ({platform.processor() or platform.machine()})",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "batch": batch,
+        "default_batch": batch,
         "warmup": warmup,
         "steps": steps,
         "dtype": dtype_name,
@@ -197,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "results": rows,
     }
     print(
-        f"device={results['device']} threads={results['threads']} torch={results['torch']} batch={batch} dtype={dtype_name} "
+        f"device={results['device']} threads={results['threads']} torch={results['torch']} dtype={dtype_name} "
         f"channels_last={args.channels_last} compile={args.compile} steps={steps} (median after {warmup} warmup)"
     )
     print(format_table(rows))

@@ -4,9 +4,15 @@ Phases, each reported as peak resident memory of the rank (VmHWM, reset between 
 against the shard's weight + momentum, the issue's goal being <= 1.5x at every phase:
 
 * init — build the sharded PartialFC (shard-only draw of the N(0, 0.01) centres);
-* step — one SGD step (momentum allocated here) on a global batch of embeddings;
+* step — one SGD step (momentum allocated here) on a global batch of embeddings, with the
+  centres' update folded into the step as training runs it
+  (:meth:`facevib.partial_fc.PartialFC.fold_sgd_updates`: no (C_local, D) gradient; the
+  issue's goal for this phase is <= 1.25x);
 * save — ``torch.distributed.checkpoint`` of the weight and momentum shards;
 * load — a fresh PartialFC + optimizer reading them back (resharding path).
+
+``--compare-classes N`` also measures init + step at N classes with the folded update
+and with the dense gradient (``weight.grad`` + fused SGD, the previous step), side by side.
 
 ``--legacy`` also measures the previous design in the same run (every rank draws the full
 matrix then slices; a checkpoint all-gathers the full weight and momentum on every rank),
@@ -19,6 +25,7 @@ fit beside the new design on a 24 GB machine; its cost is linear in the class co
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shutil
 import tempfile
@@ -70,11 +77,27 @@ def _step(pfc: PartialFC, optimizer: torch.optim.Optimizer, batch: int, dim: int
     optimizer.zero_grad(set_to_none=True)
 
 
+def measure_step(args: argparse.Namespace, classes: int, fold: bool) -> dict:
+    """init + step only, at ``classes``, with the folded or the dense centre update."""
+    results: dict = {}
+    pfc = _phase(
+        "init",
+        results,
+        lambda: PartialFC(CombinedMarginLoss(), args.dim, classes, seed=0),
+    )
+    optimizer = build_optimizer(OPTIM, {"partial_fc": pfc}, lr=0.1)
+    if fold:
+        pfc.fold_sgd_updates(optimizer)
+    _phase("step", results, lambda: _step(pfc, optimizer, args.batch, args.dim, classes, 1))
+    return results
+
+
 def measure_new(args: argparse.Namespace, folder: Path) -> dict:
     results: dict = {}
     margin = CombinedMarginLoss()
     pfc = _phase("init", results, lambda: PartialFC(margin, args.dim, args.classes, seed=0))
     optimizer = build_optimizer(OPTIM, {"partial_fc": pfc}, lr=0.1)  # as training builds it
+    pfc.fold_sgd_updates(optimizer)
     _phase("step", results, lambda: _step(pfc, optimizer, args.batch, args.dim, args.classes, 1))
     path = folder / "ckpt"
 
@@ -133,6 +156,8 @@ def main() -> int:
     parser.add_argument("--classes", type=int, default=2_059_906, help="identities (WebFace42M: 2,059,906)")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--batch", type=int, default=32, help="embeddings per rank in the step")
+    parser.add_argument("--compare-classes", type=int, default=None, help="also: folded vs dense step at N classes")
+    parser.add_argument("--skip-full", action="store_true", help="only the --compare-classes / --legacy rows")
     parser.add_argument("--legacy", action="store_true", help="also measure the previous design")
     parser.add_argument("--legacy-classes", type=int, default=200_000)
     parser.add_argument("--folder", type=Path, default=None, help="where checkpoints go (default: a temp folder)")
@@ -146,7 +171,12 @@ def main() -> int:
     if env.is_main:
         folder.mkdir(parents=True, exist_ok=True)
     baseline_rss = _status("VmRSS")
-    rows = [("new", args.classes, measure_new(args, folder))]
+    rows = [] if args.skip_full else [("new", args.classes, measure_new(args, folder))]
+    gc.collect()
+    if args.compare_classes:
+        for design, fold in (("folded", True), ("dense", False)):
+            rows.append((design, args.compare_classes, measure_step(args, args.compare_classes, fold=fold)))
+            gc.collect()  # the fold's step hook makes a cycle: free that shard before the next
     if args.legacy:
         rows.append(("previous", args.legacy_classes, measure_legacy(args, folder)))
     gathered: list = [None] * env.world_size

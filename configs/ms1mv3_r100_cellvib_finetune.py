@@ -1,7 +1,8 @@
 """cellVIB fine-tuning from a trained arcface_torch iResNet-100 (``backbone.pth``).
 
 Mean branches start from the checkpoint, sigma branches fresh (softplus bias -5, so the
-network starts almost deterministic); a short schedule at a lower lr.
+network starts almost deterministic); a short schedule at a lower lr. The gradient clip is
+the paper recipe's (see the comment there: the KL does not swamp it).
 """
 
 import copy

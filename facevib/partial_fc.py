@@ -43,6 +43,9 @@ INIT_STD = 0.01  # N(0, 0.01) centres, as arcface_torch
 # blocks (and therefore every row) do not depend on the world size or the class count.
 INIT_BLOCK_ROWS = 4096
 _NORM_EPS = 1e-12  # as F.normalize
+# Elements of the centres' gradient formed at once by a folded update: 64 MiB of float32,
+# small beside a shard (a 2,059,906 x 512 matrix over 8 ranks is 500 MiB per rank).
+_FOLD_BLOCK_ELEMENTS = 1 << 24
 
 
 def _world() -> tuple[int, int]:
@@ -99,7 +102,12 @@ class _CosineMarginSoftmaxCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, embeddings: torch.Tensor, weight: torch.Tensor, local_labels: torch.Tensor, margin: CombinedMarginLoss
+        ctx,
+        embeddings: torch.Tensor,
+        weight: torch.Tensor,
+        local_labels: torch.Tensor,
+        margin: CombinedMarginLoss,
+        folded: _FoldedCentreGradient | None = None,
     ) -> torch.Tensor:
         batch = embeddings.shape[0]
         embedding_norm = embeddings.norm(dim=1, keepdim=True).clamp_min(_NORM_EPS)
@@ -132,6 +140,7 @@ class _CosineMarginSoftmaxCrossEntropy(torch.autograd.Function):
         probs.div_(sum_exp.unsqueeze(1))
         ctx.save_for_backward(probs, column, on_shard, slope.to(probs.dtype), unit, embedding_norm, weight, weight_norm)
         ctx.scale = margin.s
+        ctx.folded = folded
         return (sum_exp.log() - target).mean()
 
     @staticmethod
@@ -144,12 +153,43 @@ class _CosineMarginSoftmaxCrossEntropy(torch.autograd.Function):
         grad.mul_(grad_loss * ctx.scale / probs.shape[0])  # now dL/dcos
         grad.div_(weight_norm)  # cos = unit . W_j / |W_j|
         grad_unit = torch.mm(grad, weight)
-        grad_weight = torch.mm(grad.t(), unit)  # G
-        radial = torch.einsum("cd,cd->c", weight, grad_weight) / weight_norm.square()
-        grad_weight.addcmul_(weight, radial.unsqueeze(1), value=-1.0)
+        if ctx.folded is None:
+            grad_weight = _centre_gradient(grad, unit, weight, weight_norm)
+        else:  # the optimizer step forms it, row block by row block (PartialFC.fold_sgd_updates)
+            ctx.folded.grad, ctx.folded.unit, ctx.folded.weight, ctx.folded.weight_norm = (
+                grad,
+                unit,
+                weight,
+                weight_norm,
+            )
+            grad_weight = None
         radial_unit = (grad_unit * unit).sum(dim=1, keepdim=True)
         grad_embeddings = (grad_unit - radial_unit * unit) / embedding_norm
-        return grad_embeddings, grad_weight, None, None
+        return grad_embeddings, grad_weight, None, None, None
+
+
+def _centre_gradient(grad: torch.Tensor, unit: torch.Tensor, weight: torch.Tensor, weight_norm: torch.Tensor):
+    """dL/dW for centre rows ``weight``: G - (W . G) W / |W|^2 with G = grad^T unit, where
+    ``grad`` (B, rows) is dL/dcos already divided by |W| (see the class docstring)."""
+    gradient = torch.mm(grad.t(), unit)  # G
+    radial = torch.einsum("cd,cd->c", weight, gradient) / weight_norm.square()
+    return gradient.addcmul_(weight, radial.unsqueeze(1), value=-1.0)
+
+
+class _FoldedCentreGradient:
+    """What the centres' gradient is made of, kept from backward to the optimizer step.
+
+    ``grad`` (B, rows) is the loss' own logits buffer, already allocated, so keeping it
+    costs nothing; the (rows, D) gradient is formed from it a block of rows at a time and
+    added to the momentum buffer, and never exists whole.
+    """
+
+    def __init__(self, index: torch.Tensor | None) -> None:
+        self.index = index  # the sampled rows, or None for every row of the shard
+        self.grad: torch.Tensor | None = None
+        self.unit: torch.Tensor | None = None
+        self.weight: torch.Tensor | None = None
+        self.weight_norm: torch.Tensor | None = None
 
 
 class PartialFC(nn.Module):
@@ -202,6 +242,11 @@ class PartialFC(nn.Module):
         self.weight = nn.Parameter(torch.empty(self.num_local, embedding_dim, device=device))
         # Local indices of the centres used by the last training step (sampling only).
         self.last_sample: torch.Tensor | None = None
+        # Set by fold_sgd_updates: the optimizer whose step applies the folded update, and
+        # the last backward's gradient terms waiting for that step.
+        self._folding_into: torch.optim.SGD | None = None
+        self._fold_hook = None
+        self._pending: _FoldedCentreGradient | None = None
         self.reset_parameters(seed)
 
     def reset_parameters(self, seed: int = 0) -> None:
@@ -241,7 +286,14 @@ class PartialFC(nn.Module):
         """
         in_shard = local_labels >= 0
         k = min(self.num_local, max(self.num_sample, local_labels.numel()))
-        scores = torch.rand(self.num_local + 1, generator=generator, device="cpu").to(local_labels.device)
+        device = self.weight.device
+        if generator is not None and generator.device != device:
+            # Drawing on another device would need a blocking copy in the middle of the step.
+            raise ValueError(
+                f"Partial FC sampling: the generator is on {generator.device}, the centres on {device}; "
+                "pass a generator on the centres' device"
+            )
+        scores = torch.rand(self.num_local + 1, generator=generator, device=device)
         # Off-shard rows write into the extra last slot, which is dropped.
         slot = torch.where(in_shard, local_labels, torch.full_like(local_labels, self.num_local))
         scores.scatter_(0, slot, torch.full_like(slot, 2, dtype=scores.dtype))
@@ -260,7 +312,8 @@ class PartialFC(nn.Module):
         Args:
             embeddings: (B, D) this rank's embeddings (B equal on every rank).
             labels: (B,) global class ids in [0, num_classes).
-            generator: CPU generator for negative sampling (only used when sample_rate < 1).
+            generator: generator for negative sampling (only used when sample_rate < 1), on
+                the centres' device; None: that device's global generator.
         """
         if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_dim:
             raise ValueError(f"embeddings of shape {tuple(embeddings.shape)}: expected (B, {self.embedding_dim})")
@@ -276,12 +329,96 @@ class PartialFC(nn.Module):
             )
             weight = self.weight
             self.last_sample = None
+            index = None
             if self.training and self.num_sample < self.num_local:
                 index, local_labels = self._sample(local_labels, generator)
                 self.last_sample = index
+            folded = None
+            self._pending = None  # a step skipped after the last backward drops its update
+            if self._folding_into is not None and self.training and torch.is_grad_enabled():
+                folded = self._pending = _FoldedCentreGradient(index)
+                # A leaf of its own whose .grad backward leaves empty: it keeps the loss
+                # differentiable when nothing else is (a frozen backbone).
+                weight = (weight.detach() if index is None else weight.detach()[index]).requires_grad_(True)
+            elif index is not None:
                 weight = weight[index]
-            loss = _CosineMarginSoftmaxCrossEntropy.apply(all_embeddings, weight, local_labels, self.margin_loss)
+            loss = _CosineMarginSoftmaxCrossEntropy.apply(all_embeddings, weight, local_labels, self.margin_loss, folded)
             return loss if poison is None else loss + poison
+
+    # ------------------------------------------------------------------ folded SGD
+
+    def fold_sgd_updates(self, optimizer: torch.optim.Optimizer) -> None:
+        """Update the centres inside ``optimizer.step()`` without a (C_local, D) gradient.
+
+        From now on backward leaves ``weight.grad`` empty and keeps the terms the centres'
+        gradient is made of; a post-step hook of ``optimizer`` then does SGD's update,
+        a block of rows at a time:
+
+            buf = momentum * buf + (grad + weight_decay * w);   w -= lr * buf
+
+        with the lr, momentum and weight decay of the parameter group holding
+        :attr:`weight` and the buffer in ``optimizer.state[weight]["momentum_buffer"]``
+        (so checkpoints are unchanged). Rows not sampled get zero gradient, as with the
+        dense update. Memory: weight + momentum + the loss' own logits buffer; the dense
+        path holds a third (C_local, D) matrix, the gradient. A step the caller skips
+        (``optimizer.step()`` not called) drops the update, as it drops ``.grad``.
+
+        Gradient scaling (float16 ``GradScaler``) is not supported: the kept terms are
+        scaled, and the scaler unscales only ``.grad``.
+
+        Raises:
+            ValueError: ``optimizer`` is not SGD with momentum > 0, dampening 0, no
+                Nesterov, not maximising, or does not hold :attr:`weight`.
+        """
+        if not isinstance(optimizer, torch.optim.SGD):
+            raise ValueError(f"fold_sgd_updates: {type(optimizer).__name__} is not torch.optim.SGD")
+        group = self._weight_group(optimizer)
+        if group["momentum"] <= 0 or group["dampening"] != 0 or group["nesterov"] or group["maximize"]:
+            raise ValueError(
+                "fold_sgd_updates: needs SGD with momentum > 0, dampening 0, nesterov=False, maximize=False; "
+                f"got momentum={group['momentum']}, dampening={group['dampening']}, "
+                f"nesterov={group['nesterov']}, maximize={group['maximize']}"
+            )
+        if self._fold_hook is not None:
+            self._fold_hook.remove()
+        self._folding_into = optimizer
+        self._fold_hook = optimizer.register_step_post_hook(lambda opt, args, kwargs: self._apply_folded_update())
+
+    def _weight_group(self, optimizer: torch.optim.Optimizer) -> dict:
+        for group in optimizer.param_groups:
+            if any(param is self.weight for param in group["params"]):
+                return group
+        raise ValueError("fold_sgd_updates: the optimizer does not hold this Partial FC's weight")
+
+    @torch.no_grad()
+    def _apply_folded_update(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None or pending.grad is None:  # no backward since the last step
+            return
+        optimizer = self._folding_into
+        group = self._weight_group(optimizer)
+        lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
+        state = optimizer.state[self.weight]
+        weight = self.weight.data
+        buf = state.get("momentum_buffer")
+        if buf is None:  # SGD's first step sets buf = d_p, which 0 * momentum + d_p equals
+            buf = state["momentum_buffer"] = torch.zeros_like(weight)
+        # Every row: the momentum decay and the weight decay (in place, no temporary).
+        buf.mul_(momentum)
+        if decay != 0:
+            buf.add_(weight, alpha=decay)
+        rows = pending.grad.shape[1]
+        block = max(1, _FOLD_BLOCK_ELEMENTS // self.embedding_dim)
+        for lo in range(0, rows, block):
+            hi = min(rows, lo + block)
+            gradient = _centre_gradient(
+                pending.grad[:, lo:hi], pending.unit, pending.weight[lo:hi], pending.weight_norm[lo:hi]
+            )
+            if pending.index is None:
+                buf[lo:hi].add_(gradient)
+            else:
+                buf.index_add_(0, pending.index[lo:hi], gradient)
+        weight.add_(buf, alpha=-lr)
 
     # ------------------------------------------------------------------ state
 

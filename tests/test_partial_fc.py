@@ -242,3 +242,80 @@ def test_a_checkpoint_of_the_previous_row_block_layout_loads(tmp_path):
     load_sharded(checkpoint, pfc.sharded_state_dict(optimizer, sharded_entries(checkpoint)))
     torch.testing.assert_close(pfc.weight.data, rows + cols / 100, rtol=0, atol=0)
     torch.testing.assert_close(pfc.optimizer_state(optimizer)["momentum_buffer"], -(rows * 10 + cols), rtol=0, atol=0)
+def _sgd_run(fold: bool, sample_rate: float, steps: int = 3, skip_step: int | None = None):
+    """Train a Partial FC and a linear backbone with SGD (momentum, weight decay, fused as in
+    training); returns the centres, the momentum and the backbone weight."""
+    from facevib.config import OptimConfig
+    from facevib.engine.optim import build_optimizer
+
+    torch.manual_seed(0)
+    backbone = torch.nn.Linear(6, 8)
+    pfc = PartialFC(CombinedMarginLoss(s=16.0, m2=0.5), 8, 300, sample_rate, seed=2)
+    optim = OptimConfig(name="sgd", momentum=0.9, weight_decay=5e-4)
+    optimizer = build_optimizer(optim, {"backbone": backbone, "partial_fc": pfc}, lr=0.1)
+    if fold:
+        pfc.fold_sgd_updates(optimizer)
+    data = torch.Generator().manual_seed(3)
+    for step in range(steps):
+        inputs, labels = torch.randn(12, 6, generator=data), torch.randint(0, 300, (12,), generator=data)
+        for group in optimizer.param_groups:
+            group["lr"] = 0.1 * (step + 1)  # a changing lr: the update must read the group's
+        optimizer.zero_grad(set_to_none=True)
+        pfc(backbone(inputs), labels, generator=torch.Generator().manual_seed(10 + step)).backward()
+        if fold:
+            assert pfc.weight.grad is None
+        if step != skip_step:
+            optimizer.step()
+    return pfc.weight.detach().clone(), optimizer.state[pfc.weight]["momentum_buffer"].clone(), backbone.weight.detach()
+
+
+@pytest.mark.parametrize("sample_rate", [1.0, 0.1])
+def test_folded_sgd_update_equals_the_dense_gradient_and_torch_sgd(sample_rate):
+    dense = _sgd_run(fold=False, sample_rate=sample_rate)
+    folded = _sgd_run(fold=True, sample_rate=sample_rate)
+    for got, expected in zip(folded, dense, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    # The update moved every centre (weight decay reaches rows outside the sample too).
+    initial = PartialFC(CombinedMarginLoss(), 8, 300, seed=2).weight.detach()
+    assert ((folded[0] - initial).abs().sum(dim=1) > 0).all()
+
+
+def test_folded_sgd_update_is_dropped_with_a_skipped_step():
+    dense = _sgd_run(fold=False, sample_rate=1.0, skip_step=1)
+    folded = _sgd_run(fold=True, sample_rate=1.0, skip_step=1)
+    for got, expected in zip(folded, dense, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_folded_update_against_hand_written_sgd_in_blocks(monkeypatch):
+    """Blocks of 3 rows (not dividing 10): buf = 0.9 buf + g + wd w, w -= lr buf, by hand."""
+    import facevib.partial_fc as partial_fc
+
+    monkeypatch.setattr(partial_fc, "_FOLD_BLOCK_ELEMENTS", 3 * 4)
+    pfc = PartialFC(CombinedMarginLoss(s=8.0, m2=0.0), 4, 10, seed=0)
+    optimizer = torch.optim.SGD([pfc.weight], lr=0.5, momentum=0.9, weight_decay=0.01)
+    pfc.fold_sgd_updates(optimizer)
+    embeddings, labels = torch.randn(5, 4, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 3, 3, 7, 9])
+    weight, buf = pfc.weight.detach().clone(), torch.zeros(10, 4)
+    for _ in range(2):
+        reference = weight.clone().requires_grad_(True)
+        cos = F.normalize(embeddings) @ F.normalize(reference).T
+        F.cross_entropy(8.0 * cos, labels).backward()
+        buf = 0.9 * buf + reference.grad + 0.01 * weight
+        weight = weight - 0.5 * buf
+        pfc(embeddings, labels).backward()
+        optimizer.step()
+    torch.testing.assert_close(pfc.weight.detach(), weight, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(optimizer.state[pfc.weight]["momentum_buffer"], buf, rtol=1e-5, atol=1e-7)
+
+
+def test_fold_rejects_optimizers_it_cannot_reproduce():
+    pfc = PartialFC(CombinedMarginLoss(), 4, 10)
+    with pytest.raises(ValueError, match="not torch.optim.SGD"):
+        pfc.fold_sgd_updates(torch.optim.AdamW([pfc.weight]))
+    with pytest.raises(ValueError, match="nesterov=True"):
+        pfc.fold_sgd_updates(torch.optim.SGD([pfc.weight], lr=0.1, momentum=0.9, nesterov=True))
+    with pytest.raises(ValueError, match="momentum=0"):
+        pfc.fold_sgd_updates(torch.optim.SGD([pfc.weight], lr=0.1))
+    with pytest.raises(ValueError, match="does not hold"):
+        pfc.fold_sgd_updates(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9))

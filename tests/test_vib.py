@@ -9,6 +9,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from facevib.models import VIBCell, gaussian_kl, reparameterize, softplus_sigma
+from facevib.models.vib import SIGMA_BIAS_INIT, vib_sample
 
 
 def _reference_kl(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -195,3 +196,167 @@ def test_cell_rejects_bad_configuration():
         VIBCell(nn.Linear(2, 2), nn.Linear(2, 2), 0)
     with pytest.raises(ValueError, match="forward_with_mean"):
         VIBCell(None, nn.Linear(2, 2), 2, channel_dim=-1)(torch.zeros(1, 2))
+
+
+def _composed(mu: torch.Tensor, pre: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VIB cell as separate autograd ops (the reference the fused node must equal)."""
+    sigma, log_sigma = softplus_sigma(pre + bias.view(1, -1, *([1] * (pre.dim() - 2))))
+    return reparameterize(mu, sigma), gaussian_kl(mu, log_sigma)
+
+
+def _fused_inputs(dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    mu = torch.randn(3, 4, 5, 5, dtype=dtype, generator=gen).requires_grad_()
+    # Pre-activations from -11 to +5: sigma from 2e-5 to 5, both softplus regimes.
+    pre = (4.0 * torch.randn(3, 4, 5, 5, dtype=dtype, generator=gen) - 3.0).requires_grad_()
+    bias = torch.randn(4, dtype=dtype, generator=gen).requires_grad_()
+    return mu, pre, bias
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_sample_and_gradients_equal_the_composed_autograd_ops(dtype):
+    mu, pre, bias = _fused_inputs(dtype)
+    gen = torch.Generator().manual_seed(1)
+    grad_sample = torch.randn(mu.shape, dtype=dtype, generator=gen)
+    grad_kl = torch.tensor(0.37, dtype=dtype)
+    results = []
+    for build in (lambda: vib_sample(mu, pre, bias), lambda: _composed(mu, pre, bias)):
+        torch.manual_seed(5)  # both draw eps from the global generator
+        sample, kl = build()
+        grads = torch.autograd.grad((sample * grad_sample).sum() + grad_kl * kl, (mu, pre, bias))
+        results.append((sample, kl, grads))
+    (sample, kl, grads), (sample_ref, kl_ref, grads_ref) = results
+    assert sample.dtype == kl.dtype == dtype
+    torch.testing.assert_close(sample, sample_ref, rtol=1e-6, atol=0)
+    torch.testing.assert_close(kl, kl_ref, rtol=1e-6, atol=0)
+    for grad, ref in zip(grads, grads_ref, strict=True):
+        assert ((grad - ref).abs() <= 1e-6 * ref.abs().max()).all()
+
+
+def test_fused_gradients_pass_gradcheck():
+    mu, pre, bias = _fused_inputs(torch.float64, 2)
+    mu, pre = (t.detach()[:2, :, :2, :2].clone().requires_grad_() for t in (mu, pre))
+    generator = torch.Generator()
+
+    def fused(mu, pre, bias):
+        generator.manual_seed(3)  # the same eps at every evaluation of the finite differences
+        return vib_sample(mu, pre, bias, generator=generator)
+
+    assert torch.autograd.gradcheck(fused, (mu, pre, bias))
+
+    def sample_only(mu, pre, bias):  # without the KL, mu is not kept
+        generator.manual_seed(3)
+        return vib_sample(mu, pre, bias, generator=generator, return_kl=False)[0]
+
+    assert torch.autograd.gradcheck(sample_only, (mu, pre, bias))
+
+
+def test_fused_node_keeps_only_pre_activation_and_mu_for_backward():
+    mu, pre, bias = _fused_inputs(torch.float32)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        vib_sample(mu * 1.0, pre * 1.0, bias)  # the products' backward saves only scalars
+    shapes = sorted(tuple(t.shape) for t in saved if t.dim() > 0)
+    assert shapes == [(3, 4, 5, 5), (3, 4, 5, 5), (4,)]  # pre, mu and the bias
+
+
+def test_fused_node_is_finite_where_softplus_underflows():
+    pre = torch.tensor([[-300.0, -120.0, -95.0, -21.0, -5.0, 0.0, 30.0]], requires_grad=True)
+    mu = torch.zeros_like(pre, requires_grad=True)
+    sample, kl = vib_sample(mu, pre, torch.zeros(7), channel_dim=-1)
+    (sample.sum() + kl).backward()
+    # float64 reference where softplus(-300) = 5e-131 does not underflow.
+    wide = pre.detach().double()
+    expected_kl = _reference_kl(torch.zeros_like(wide), F.softplus(wide))
+    torch.testing.assert_close(kl.double(), expected_kl, rtol=1e-6, atol=0)
+    assert torch.isfinite(pre.grad).all() and torch.isfinite(mu.grad).all()
+    # d KL / dz = sigma * sigmoid(z) - sigmoid(z) / softplus(z) -> -1 as z -> -inf.
+    torch.testing.assert_close(pre.grad[0, :4], torch.full((4,), -1.0), rtol=0, atol=1e-6)
+
+
+def test_fused_sample_is_float32_under_bfloat16_autocast():
+    torch.manual_seed(4)
+    mu = (1.0 + 3.0 * torch.rand(64, 16, 4, 4)).to(torch.bfloat16)  # |mu| in [1, 4)
+    pre = torch.zeros_like(mu)
+    bias = torch.full((16,), SIGMA_BIAS_INIT)  # sigma = softplus(-5) = 0.0067
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sample, kl = vib_sample(mu, pre, bias)
+    assert sample.dtype == torch.float32 and kl.dtype == torch.float32
+    assert (sample != mu.float()).all()  # a bfloat16 sample would equal mu for about half of them
+    assert not (sample.to(torch.bfloat16) != mu).all()
+    noise = (sample - mu.float()) / F.softplus(torch.tensor(SIGMA_BIAS_INIT))
+    # The noise is standard normal: its mean and std within 5 standard errors.
+    assert abs(noise.mean().item()) < 5 / noise.numel() ** 0.5
+    assert abs(noise.std().item() - 1.0) < 5 / (2 * noise.numel()) ** 0.5
+
+
+def test_fused_node_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="shape"):
+        vib_sample(torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(3), channel_dim=-1)
+    with pytest.raises(ValueError, match="bias"):
+        vib_sample(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(4), channel_dim=-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cell_block_with_fused_batchnorms_equals_the_composed_ops(dtype):
+    """An iResNet cell block: bn3 of both branches inside the node. Sample, KL, every
+    parameter's gradient and the BatchNorms' running statistics equal the block run as
+    separate autograd ops (bn3, softplus, randn, addcmul, KL)."""
+    import copy
+
+    from facevib.models.iresnet import IBasicBlock
+
+    torch.manual_seed(0)
+    fused = IBasicBlock(8, 8, sigma_width=2).to(dtype).train()
+    for module in fused.modules():  # non-trivial BatchNorm affine parameters
+        if isinstance(module, nn.BatchNorm2d):
+            nn.init.uniform_(module.weight, 0.5, 1.5)
+            nn.init.uniform_(module.bias, -0.3, 0.3)
+    nn.init.uniform_(fused.vib.bias, -3.0, 1.0)
+    composed = copy.deepcopy(fused)
+    x = torch.randn(4, 8, 6, 6, dtype=dtype)
+    grad_out = torch.randn(4, 8, 6, 6, dtype=dtype)
+
+    torch.manual_seed(7)
+    out, kl = fused(x, return_kl=True)
+    ((out * grad_out).sum() + 0.3 * kl).backward()
+
+    torch.manual_seed(7)
+    mu = composed.residual(x)
+    sigma, log_sigma = softplus_sigma(composed.vib.pre_sigma(x))
+    out_ref = reparameterize(mu, sigma) + x
+    kl_ref = gaussian_kl(mu, log_sigma)
+    ((out_ref * grad_out).sum() + 0.3 * kl_ref).backward()
+
+    torch.testing.assert_close(out, out_ref.to(out.dtype), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(kl, kl_ref, rtol=1e-6, atol=0)
+    for (name, param), ref in zip(fused.named_parameters(), composed.parameters(), strict=True):
+        assert ((param.grad - ref.grad).abs() <= 1e-6 * ref.grad.abs().max() + 1e-12).all(), name
+    for (name, buffer), ref in zip(fused.named_buffers(), composed.buffers(), strict=True):
+        torch.testing.assert_close(buffer, ref, rtol=1e-6, atol=1e-7, msg=name)  # one running-stat update
+
+
+def test_compiled_cell_samples_the_same_as_the_fused_node():
+    """Under torch.compile the cell runs as plain ops; same seed -> same sample, KL, grads."""
+    torch.manual_seed(0)
+    mean = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4))
+    cell = VIBCell(None, nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)), 4, bias_init=-1.0).train()
+    x = torch.randn(2, 3, 5, 5)
+
+    def run(fn):
+        cell.zero_grad()
+        torch.manual_seed(3)
+        out, kl = fn(x)
+        (out.square().sum() + kl).backward()
+        return out.detach(), kl.detach(), [p.grad.clone() for p in cell.parameters()]
+
+    def step(inputs):
+        return cell.forward_with_mean(inputs, mean[0](inputs), return_kl=True, mean_norm=mean[1])
+
+    eager = run(step)
+    compiled = run(torch.compile(step, backend="eager", fullgraph=True))  # fullgraph: no graph break
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(compiled[1], eager[1], rtol=1e-6, atol=1e-6)
+    for got, expected in zip(compiled[2], eager[2], strict=True):
+        # A conv bias before a BatchNorm has gradient 0 up to rounding: relative to the largest.
+        assert ((got - expected).abs() <= 1e-5 * expected.abs().max() + 1e-5).all()

@@ -122,12 +122,21 @@ def build_task(
 
 
 def build_optim(cfg: TrainConfig, task: FaceRecognitionTask, global_batch: int) -> tuple[torch.optim.Optimizer, float]:
-    """The optimizer over backbone, Partial FC and auxiliary parameters, and its base lr."""
+    """The optimizer over backbone, Partial FC and auxiliary parameters, and its base lr.
+
+    With SGD (momentum > 0) and no float16 gradient scaling, the Partial FC's update is
+    folded into the step (:meth:`PartialFC.fold_sgd_updates`): the same SGD result without
+    a (C_local, D) gradient.
+    """
     base_lr = scaled_lr(cfg.optim, global_batch)
     trained: dict[str, nn.Module] = {"backbone": task.backbone, "partial_fc": task.pfc}
     if len(task.aux_losses):
         trained["auxiliary"] = task.aux_losses
-    return build_optimizer(cfg.optim, trained, base_lr), base_lr
+    optimizer = build_optimizer(cfg.optim, trained, base_lr)
+    scaled = amp_dtype(cfg.run.amp, task.pfc.weight.device) == torch.float16  # GradScaler on
+    if cfg.optim.name == "sgd" and cfg.optim.momentum > 0 and not scaled:
+        task.pfc.fold_sgd_updates(optimizer)
+    return optimizer, base_lr
 
 
 def build_schedule(cfg: TrainConfig, base_lr: float, total_steps: int) -> Callable[[int], float]:

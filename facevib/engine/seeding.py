@@ -36,9 +36,10 @@ def numpy_rng(seed: int, stream: Stream, *keys: int) -> np.random.Generator:
     return np.random.default_rng(derive_seed(seed, stream, *keys))
 
 
-def torch_generator(seed: int, stream: Stream, *keys: int) -> torch.Generator:
-    """A CPU torch.Generator for (seed, stream, keys)."""
-    return torch.Generator().manual_seed(derive_seed(seed, stream, *keys))
+def torch_generator(seed: int, stream: Stream, *keys: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch.Generator on ``device`` for (seed, stream, keys); a draw made with it on its
+    device never waits for a host-to-device copy."""
+    return torch.Generator(device=device).manual_seed(derive_seed(seed, stream, *keys))
 
 
 def seed_step(seed: int, step: int, rank: int) -> None:

@@ -214,7 +214,7 @@ class Trainer:
 
         sampling = None
         if self.pfc.num_sample < self.pfc.num_local:  # negatives are drawn only when sampling
-            sampling = torch_generator(self.seed, Stream.CLASS_SAMPLING, self.step, env.rank)
+            sampling = torch_generator(self.seed, Stream.CLASS_SAMPLING, self.step, env.rank, device=self.device)
         amp = self.amp_dtype
         with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
             loss, task_metrics = self.task(images, labels, sampling)

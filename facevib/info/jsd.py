@@ -103,7 +103,8 @@ def sample_pairs(
         shallow: H_l output.
         deep: H_{l+1} output; up-sampled to H_l's spatial size when both are feature maps.
         locations: locations drawn per sample (with replacement).
-        generator: torch generator for the draws (global one when None).
+        generator: torch generator for the draws; None: the global generator of the
+            features' device (seeded per step by the trainer), so nothing syncs a GPU.
 
     Returns:
         ``(joint, marginal)``, each (B * locations, C_l + C_{l+1}). A negative pairs
@@ -128,12 +129,15 @@ def sample_pairs(
         raise ValueError(f"locations must be positive, got {locations}")
     m = batch * locations
 
-    def draw(high: int, low: int = 0) -> Tensor:
-        return torch.randint(low, high, (m,), generator=generator, device=generator.device if generator else "cpu")
+    # Drawn where the features are (the global generator of their device when none is
+    # given): a draw on the CPU would need a blocking copy to the GPU at every step.
+    where = a.device if generator is None else generator.device
 
-    rows = torch.arange(batch).repeat_interleave(locations)
+    def draw(high: int, low: int = 0) -> Tensor:
+        return torch.randint(low, high, (m,), generator=generator, device=where).to(a.device)
+
+    rows = torch.arange(batch, device=a.device).repeat_interleave(locations)
     loc, shift, other_loc = draw(num_loc), draw(batch, 1), draw(num_loc)
-    rows, loc, shift, other_loc = (t.to(a.device) for t in (rows, loc, shift, other_loc))
     anchor = a[rows, loc]
     joint = torch.cat([anchor, b[rows, loc]], dim=1)
     marginal = torch.cat([anchor, b[(rows + shift) % batch, other_loc]], dim=1)

@@ -241,20 +241,24 @@ class IBasicBlock(nn.Module):
 
     def residual(self, x: Tensor) -> Tensor:
         """The non-identity branch (the VIB cell's mean transform in a cell block)."""
-        return self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
+        return self.bn3(self._residual_until_bn3(x))
+
+    def _residual_until_bn3(self, x: Tensor) -> Tensor:
+        return self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x)))))
 
     def forward(self, x: Tensor, return_kl: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Block output; ``(output, kl)`` with the cell's batch-mean KL when ``return_kl``."""
         identity = x if self.downsample is None else self.downsample(x)
-        mu = self.residual(x)
         if self.vib is None:
             if return_kl:
                 raise ValueError("return_kl=True on a block that is not a VIB cell")
-            return mu + identity
+            return self.residual(x) + identity
+        # bn3 goes to the cell, which fuses it into its sampling node in training.
+        mu_before_norm = self._residual_until_bn3(x)
         if return_kl:
-            sample, kl = self.vib.forward_with_mean(x, mu, return_kl=True)
+            sample, kl = self.vib.forward_with_mean(x, mu_before_norm, return_kl=True, mean_norm=self.bn3)
             return sample + identity, kl
-        return self.vib.forward_with_mean(x, mu) + identity
+        return self.vib.forward_with_mean(x, mu_before_norm, mean_norm=self.bn3) + identity
 
 
 def _sigma_head(channels: int, embedding_dim: int) -> nn.Sequential:

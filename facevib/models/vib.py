@@ -32,6 +32,7 @@ __all__ = [
     "gaussian_kl",
     "reparameterize",
     "softplus_sigma",
+    "vib_sample",
 ]
 
 SIGMA_BIAS_INIT = -5.0
@@ -102,6 +103,271 @@ def reparameterize(mu: Tensor, sigma: Tensor) -> Tensor:
     return torch.addcmul(mu, torch.randn_like(mu), sigma)
 
 
+def _wide_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """float32, or wider when an input is (float64): where the sample and the KL are formed."""
+    wide = torch.float32
+    for dtype in dtypes:
+        wide = torch.promote_types(wide, dtype)
+    return wide
+
+
+def _default_generator(device: torch.device) -> torch.Generator:
+    """torch's global generator of ``device`` (what ``torch.randn_like`` would use)."""
+    if device.type == "cpu":
+        return torch.default_generator
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    raise ValueError(f"VIB cell: no default generator for device type {device.type!r}; pass one")
+
+
+def _channel_shape(ndim: int, channel_dim: int) -> list[int]:
+    shape = [1] * ndim
+    shape[channel_dim] = -1
+    return shape
+
+
+def _sigma_of(pre: Tensor, bias: Tensor, channel_dim: int, wide: torch.dtype) -> tuple[Tensor, Tensor]:
+    """z = pre + b and sigma = softplus(z), in ``wide``."""
+    z = pre.to(wide) + bias.to(wide).view(_channel_shape(pre.dim(), channel_dim))
+    return z, F.softplus(z)
+
+
+def _draw_noise(like: Tensor, dtype: torch.dtype, generator: torch.Generator) -> Tensor:
+    return torch.randn(like.shape, dtype=dtype, device=like.device, generator=generator)
+
+
+class _FusedVIBSample(torch.autograd.Function):
+    """sigma = softplus(pre + b), x~ = mu + eps * sigma and the batch-mean KL in one node.
+
+    Composed from autograd ops, a cell keeps about five activation-sized float32 tensors
+    for backward (softplus' input, log's input, the noise, sigma, mu^2's input, exp's
+    output). This node keeps the sigma pre-activation (the output of F_sigma, before the
+    bias), ``mu`` when the KL needs its gradient, and the generator state the noise was
+    drawn from; backward redraws eps from that state, as fused dropout regenerates its
+    mask, and applies the closed-form derivatives (z = pre + b, s = sigmoid(z)):
+
+        dx~/dmu = 1,  dx~/dz = eps * s,
+        dKL/dmu = mu / B,  dKL/dz = (sigma * s - dlog sigma/dz) / B,
+        dlog sigma/dz = s / sigma  (= 1 where log sigma = z, see below).
+
+    When both transforms end in a BatchNorm (the iResNet blocks: ``bn3`` of each branch),
+    the node takes the BatchNorms' *inputs* and runs them itself: a BatchNorm keeps its
+    input for backward anyway, so keeping its output (mu, pre) too would hold two copies
+    of each branch's last activation. Backward recomputes the two normalisations from the
+    kept inputs (batch statistics, no running-stat update) and differentiates them with
+    autograd; the running statistics are updated once, in forward.
+
+    log sigma is log(softplus(z)), except where softplus underflows float32 (z < -87):
+    there it is z, its limit (log(softplus(z)) = z - e^z/2 + ...). ``min(log(max(sigma,
+    tiny)), z)`` picks between them without a branch, because log(softplus(z)) < z.
+
+    The sample and the KL are formed in float32 (or float64) whatever the inputs' dtype:
+    under bfloat16 autocast, mu + eps * sigma rounded to bfloat16 would lose a noise of
+    sigma ~ 0.0067 on most |mu| >= 1 (half a bfloat16 ulp is 0.0039 on [1, 2)).
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        mu_in: Tensor,
+        pre_in: Tensor,
+        bias: Tensor,
+        mean_norm_weight: Tensor | None,
+        mean_norm_bias: Tensor | None,
+        sigma_norm_weight: Tensor | None,
+        sigma_norm_bias: Tensor | None,
+        norms: tuple[nn.Module | None, nn.Module | None],
+        channel_dim: int,
+        generator: torch.Generator,
+        want_kl: bool,
+    ) -> tuple[Tensor, Tensor]:
+        mean_norm, sigma_norm = norms
+        mu = mu_in if mean_norm is None else mean_norm(mu_in)  # updates its running stats
+        pre = pre_in if sigma_norm is None else sigma_norm(pre_in)
+        wide = _wide_dtype(mu.dtype, pre.dtype)
+        state = generator.get_state()
+        z, sigma = _sigma_of(pre, bias, channel_dim, wide)
+        sample = torch.addcmul(mu.to(wide), _draw_noise(mu, wide, generator), sigma)
+        if want_kl:
+            log_sigma = sigma.clamp_min(torch.finfo(wide).tiny).log_()
+            log_sigma = torch.minimum(log_sigma, z, out=log_sigma)
+            # KL = 0.5 / B * (sum mu^2 + sum (sigma^2 - 2 log sigma - 1)); both sums add
+            # non-negative terms, so neither cancels when sigma -> 1 and mu -> 0.
+            excess = log_sigma.mul_(-2.0).addcmul_(sigma, sigma).sub_(1.0)
+            kl = (torch.linalg.vector_norm(mu, dtype=wide).square() + excess.sum()) * (0.5 / mu.shape[0])
+        else:
+            kl = sample.new_zeros(())
+        # mu is needed only for the KL's gradient, or to differentiate its BatchNorm.
+        keep_mu = want_kl or mean_norm is not None
+        ctx.save_for_backward(pre_in, bias, mu_in if keep_mu else None)
+        ctx.norms = norms
+        ctx.channel_dim = channel_dim
+        ctx.want_kl = want_kl
+        ctx.generator_device = generator.device
+        ctx.generator_state = state
+        ctx.mu_dtype = mu.dtype
+        ctx.pre_dtype = pre.dtype
+        device_type = mu_in.device.type
+        ctx.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+        return sample, kl
+
+    @staticmethod
+    def backward(ctx, grad_sample: Tensor, grad_kl: Tensor):
+        pre_in, bias, mu_in = ctx.saved_tensors
+        mean_norm, sigma_norm = ctx.norms
+        pre, sigma_recompute = _renormalise(sigma_norm, pre_in, ctx.autocast)
+        mu, mean_recompute = _renormalise(mean_norm, mu_in, ctx.autocast)
+        wide = _wide_dtype(ctx.mu_dtype, ctx.pre_dtype)
+        z, sigma = _sigma_of(pre, bias, ctx.channel_dim, wide)
+        slope = torch.sigmoid(z)  # d sigma / dz
+        generator = torch.Generator(device=ctx.generator_device)
+        generator.set_state(ctx.generator_state)
+        grad_z = _draw_noise(pre, wide, generator).mul_(grad_sample).mul_(slope)
+        grad_mu = grad_sample
+        if ctx.want_kl:
+            per_sample = grad_kl.to(wide) / pre.shape[0]
+            # Below float32's smallest normal sigma the forward took log sigma = z: slope 1.
+            dlog_sigma = torch.where(sigma >= torch.finfo(wide).tiny, slope / sigma, 1.0)
+            grad_z.add_(sigma.mul_(slope).sub_(dlog_sigma).mul_(per_sample))
+            grad_mu = torch.addcmul(grad_sample.to(wide), mu.to(wide), per_sample)
+        reduce_dims = [d for d in range(pre.dim()) if d != ctx.channel_dim % pre.dim()]
+        grad_bias = grad_z.sum(dim=reduce_dims).to(bias.dtype) if ctx.needs_input_grad[2] else None
+        grad_pre_in, grad_sigma_w, grad_sigma_b = _through_norm(sigma_recompute, pre, grad_z.to(ctx.pre_dtype))
+        grad_mu_in, grad_mean_w, grad_mean_b = _through_norm(mean_recompute, mu, grad_mu.to(ctx.mu_dtype))
+        return (
+            grad_mu_in if ctx.needs_input_grad[0] else None,
+            grad_pre_in if ctx.needs_input_grad[1] else None,
+            grad_bias,
+            grad_mean_w,
+            grad_mean_b,
+            grad_sigma_w,
+            grad_sigma_b,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def _renormalise(
+    norm: nn.Module | None, kept: Tensor, autocast: tuple[str, bool, torch.dtype]
+) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+    """The BatchNorm output the forward saw, recomputed from its input with batch statistics
+    (running statistics untouched), as an autograd graph; ``(kept, None)`` without a norm."""
+    if norm is None:
+        return kept, None
+    leaves = tuple(t.detach().requires_grad_(True) for t in (kept, norm.weight, norm.bias))
+    device_type, enabled, dtype = autocast
+    with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
+        out = F.batch_norm(leaves[0], None, None, leaves[1], leaves[2], training=True, eps=norm.eps)
+    return out.detach(), (out, *leaves)
+
+
+def _through_norm(
+    recompute: tuple[Tensor, ...] | None, value: Tensor, grad: Tensor
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Gradient of the norm's input, weight and bias, given the gradient of its output."""
+    if recompute is None:
+        return grad, None, None
+    out, *leaves = recompute
+    grad_in, grad_weight, grad_bias = torch.autograd.grad(out, leaves, grad.to(out.dtype))
+    return grad_in, grad_weight, grad_bias
+
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _fusable_norm(module: nn.Module | None) -> bool:
+    """A training-mode affine BatchNorm whose batch statistics the node can recompute."""
+    return isinstance(module, _BATCH_NORMS) and module.training and module.affine
+
+
+def vib_sample(
+    mu: Tensor,
+    pre: Tensor,
+    bias: Tensor,
+    *,
+    channel_dim: int = 1,
+    generator: torch.Generator | None = None,
+    return_kl: bool = True,
+    mean_norm: nn.Module | None = None,
+    sigma_norm: nn.Module | None = None,
+) -> tuple[Tensor, Tensor]:
+    """x~ = mu + eps * softplus(pre + b) and KL(N(mu, sigma^2) || N(0, I)) in one autograd node.
+
+    Equal to ``reparameterize(mu, softplus_sigma(pre + b)[0])`` and
+    ``gaussian_kl(mu, softplus_sigma(pre + b)[1])`` with the same noise, but backward keeps
+    only ``pre``, ``mu`` (when ``return_kl``) and the generator's state and redraws eps.
+
+    Args:
+        mu: means F_mu(x), shape (B, ...); with ``mean_norm``, that norm's input.
+        pre: sigma pre-activation F_sigma(x) without the bias, shape of ``mu``; with
+            ``sigma_norm``, that norm's input.
+        bias: per-channel softplus bias b, shape (C,) with C = ``mu.shape[channel_dim]``.
+        channel_dim: the dimension ``bias`` runs along.
+        generator: where eps comes from; default torch's global generator of ``mu``'s device,
+            so ``torch.manual_seed`` makes the sample reproducible as before.
+        return_kl: compute the KL (otherwise a zero scalar is returned and ``mu`` is not kept).
+        mean_norm, sigma_norm: training-mode affine BatchNorms that end F_mu and F_sigma,
+            applied inside the node (so their outputs are not kept for backward).
+
+    Returns:
+        ``(sample, kl)``: the sample in float32 (float64 for float64 inputs), whatever the
+        autocast dtype; the KL a float32 (float64) scalar, per-sample sum, batch mean.
+    """
+    if mu.shape != pre.shape:
+        raise ValueError(f"vib_sample: mu shape {tuple(mu.shape)} != sigma pre-activation shape {tuple(pre.shape)}")
+    if bias.dim() != 1 or bias.numel() != mu.shape[channel_dim]:
+        raise ValueError(
+            f"vib_sample: bias of shape {tuple(bias.shape)} for {mu.shape[channel_dim]} channels (dim {channel_dim})"
+        )
+    for name, norm in (("mean_norm", mean_norm), ("sigma_norm", sigma_norm)):
+        if norm is not None and not _fusable_norm(norm):
+            raise ValueError(f"vib_sample: {name} must be an affine BatchNorm in training mode, got {norm}")
+    if torch.compiler.is_compiling():
+        # Under torch.compile the same math as plain ops, which the compiler fuses and
+        # whose saved tensors its partitioner chooses; the node's generator-state
+        # handling is not traceable and would break the graph at every cell.
+        return _vib_sample_ops(mu, pre, bias, channel_dim, generator, return_kl, mean_norm, sigma_norm)
+    generator = _default_generator(mu.device) if generator is None else generator
+    return _FusedVIBSample.apply(
+        mu,
+        pre,
+        bias,
+        None if mean_norm is None else mean_norm.weight,
+        None if mean_norm is None else mean_norm.bias,
+        None if sigma_norm is None else sigma_norm.weight,
+        None if sigma_norm is None else sigma_norm.bias,
+        (mean_norm, sigma_norm),
+        channel_dim,
+        generator,
+        return_kl,
+    )
+
+
+def _vib_sample_ops(
+    mu: Tensor,
+    pre: Tensor,
+    bias: Tensor,
+    channel_dim: int,
+    generator: torch.Generator | None,
+    want_kl: bool,
+    mean_norm: nn.Module | None,
+    sigma_norm: nn.Module | None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`vib_sample` as ordinary autograd ops (what torch.compile traces)."""
+    mu = mu if mean_norm is None else mean_norm(mu)
+    pre = pre if sigma_norm is None else sigma_norm(pre)
+    wide = _wide_dtype(mu.dtype, pre.dtype)
+    z, sigma = _sigma_of(pre, bias, channel_dim, wide)
+    noise = torch.randn(mu.shape, dtype=wide, device=mu.device, generator=generator)
+    sample = torch.addcmul(mu.to(wide), noise, sigma)
+    if not want_kl:
+        return sample, sample.new_zeros(())
+    log_sigma = torch.minimum(torch.log(sigma.clamp_min(torch.finfo(wide).tiny)), z)
+    return sample, gaussian_kl(mu, log_sigma)
+
+
 class VIBCell(nn.Module):
     """Gaussian wrapper around a mean transform: sample in training, exactly the mean in eval.
 
@@ -141,20 +407,49 @@ class VIBCell(nn.Module):
             raise ValueError("VIBCell was built with mean=None; call forward_with_mean(x, mu)")
         return self.forward_with_mean(x, self.mean(x), return_kl)
 
-    def forward_with_mean(self, x: Tensor, mu: Tensor, return_kl: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def forward_with_mean(
+        self, x: Tensor, mu: Tensor, return_kl: bool = False, mean_norm: nn.Module | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """x~ given the cell input ``x`` and an already computed mean ``mu = F_mu(x)``.
 
-        Training: ``mu + eps * sigma``. Eval: ``mu`` itself; F_sigma runs only when
-        ``return_kl`` asks for the KL. Returns ``(x~, kl)`` with ``kl`` a float32 scalar
-        (per-sample sum, batch mean) when ``return_kl``.
+        Training: ``mu + eps * sigma`` through :func:`vib_sample` (float32 under autocast,
+        eps from torch's global generator of the device). Eval: ``mu`` itself; F_sigma runs
+        only when ``return_kl`` asks for the KL. Returns ``(x~, kl)`` with ``kl`` a float32
+        scalar (per-sample sum, batch mean) when ``return_kl``.
+
+        ``mean_norm``: the BatchNorm that ends F_mu, not yet applied to ``mu``; in training
+        the fused node applies it (and a BatchNorm ending F_sigma), so that neither output
+        is kept for backward beside the input its BatchNorm keeps.
         """
-        if not self.training and not return_kl:
+        if self.training:
+            sigma_in, sigma_norm = self._sigma_until_norm(x)
+            fuse_mean = mean_norm is not None and _fusable_norm(mean_norm)
+            if mean_norm is not None and not fuse_mean:
+                mu, mean_norm = mean_norm(mu), None
+            sample, kl = vib_sample(
+                mu,
+                sigma_in,
+                self.bias,
+                channel_dim=self.channel_dim,
+                return_kl=return_kl,
+                mean_norm=mean_norm,
+                sigma_norm=sigma_norm,
+            )
+            return (sample, kl) if return_kl else sample
+        if mean_norm is not None:
+            mu = mean_norm(mu)
+        if not return_kl:
             return mu
-        sigma, log_sigma = softplus_sigma(self.pre_sigma(x))
-        out = reparameterize(mu, sigma.to(mu.dtype)) if self.training else mu
-        if return_kl:
-            return out, gaussian_kl(mu, log_sigma)
-        return out
+        return mu, gaussian_kl(mu, self.log_sigma(x))
+
+    def _sigma_until_norm(self, x: Tensor) -> tuple[Tensor, nn.Module | None]:
+        """``(input of F_sigma's final BatchNorm, that norm)`` when F_sigma is a Sequential
+        ending in a fusable one, else ``(F_sigma(x), None)``."""
+        if isinstance(self.sigma, nn.Sequential) and len(self.sigma) > 1 and _fusable_norm(self.sigma[-1]):
+            for layer in list(self.sigma)[:-1]:
+                x = layer(x)
+            return x, self.sigma[-1]
+        return self.sigma(x), None
 
     def pre_sigma(self, x: Tensor) -> Tensor:
         """F_sigma(x) + b, the softplus argument."""
