@@ -71,7 +71,10 @@ def test_a_plugin_module_named_in_the_config_adds_an_aux_loss_and_a_callback(syn
     from facevib.distributed import DistEnv
     from facevib.engine import Trainer
 
-    # Registrations of this test's plug-in stay in this test.
+    # Registrations of this test's plug-in stay in this test. The default plug-ins register
+    # first, into the real tables: a module first imported under the patch would register into
+    # the copy, and being cached, never again (later trainers would then run without IFM).
+    plugins.import_plugins(TrainConfig().run.plugins)
     monkeypatch.setattr(plugins, "_AUX_LOSSES", dict(plugins._AUX_LOSSES))
     monkeypatch.setattr(plugins, "_CALLBACKS", dict(plugins._CALLBACKS))
     (tmp_path / "probe_plugin.py").write_text(PLUGIN)
