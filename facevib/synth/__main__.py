@@ -13,6 +13,7 @@ import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+from facevib.cli import Parser
 from facevib.synth import SynthOptions, write_synthetic_dataset
 
 __all__ = ["build_parser", "main"]
@@ -20,7 +21,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m facevib.synth`` argument parser (one flag per :class:`SynthOptions` field)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m facevib.synth",
         description="Render synthetic identities and write them in the real formats: train.rec/idx + property "
         "(MS1M layout), lfw.bin / cfp_fp.bin / agedb_30.bin from held-out identities, and an IJB-C-style IJBC/ "
