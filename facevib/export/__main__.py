@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     for flag in ("target_fpr", "calibration_protocol", "calibration_images", "device"):
-        if getattr(args, flag) is not None and args.calibrate is None:
+        calibrating = args.calibrate is not None or (flag == "device" and args.calibrate_identification is not None)
+        if getattr(args, flag) is not None and not calibrating:
             parser.error(f"--{flag.replace('_', '-')} needs --calibrate DATA")
     if args.calibration_images is not None and args.calibration_images < 4:
         parser.error(f"--calibration-images must be >= 4, got {args.calibration_images}")

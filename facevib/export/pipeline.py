@@ -118,7 +118,7 @@ def export_model(
         calibration_backend = embedder.backend
         metadata = dataclasses.replace(metadata, calibration=measured)
     if identification_data is not None:
-        open_set = calibrate_identification(Embedder.from_onnx(out), identification_data, target_fpir)
+        open_set = calibrate_identification(Embedder.from_onnx(out, device=device), identification_data, target_fpir)
         metadata = dataclasses.replace(metadata, identification=open_set)
     write_metadata(out, metadata)
     problems = insightface_problems(out)
