@@ -167,3 +167,32 @@ def server_log(proc: subprocess.Popen) -> str:
     log.flush()
     log.seek(0)
     return log.read()
+
+
+def fuzz_no_server_errors(url: str, operations: list, max_examples: int) -> list[int]:
+    """Call each schemathesis ``operation`` on the server at ``url`` with up to ``max_examples``
+    generated requests (derandomised: the same requests every run); fail on any 5xx, and
+    return every status code seen."""
+    import hypothesis
+
+    seen: list[int] = []
+    for operation in operations:
+
+        @hypothesis.settings(
+            max_examples=max_examples,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+            suppress_health_check=list(hypothesis.HealthCheck),
+        )
+        @hypothesis.given(case=operation.as_strategy())
+        def check(case) -> None:
+            response = case.call(base_url=url, timeout=30)
+            seen.append(response.status_code)
+            assert response.status_code < 500, (
+                f"{case.method} {case.path}: {response.status_code} {response.text[:300]}"
+            )
+
+        check()
+    return seen

@@ -242,6 +242,8 @@ def test_a_checkpoint_of_the_previous_row_block_layout_loads(tmp_path):
     load_sharded(checkpoint, pfc.sharded_state_dict(optimizer, sharded_entries(checkpoint)))
     torch.testing.assert_close(pfc.weight.data, rows + cols / 100, rtol=0, atol=0)
     torch.testing.assert_close(pfc.optimizer_state(optimizer)["momentum_buffer"], -(rows * 10 + cols), rtol=0, atol=0)
+
+
 def _sgd_run(fold: bool, sample_rate: float, steps: int = 3, skip_step: int | None = None):
     """Train a Partial FC and a linear backbone with SGD (momentum, weight decay, fused as in
     training); returns the centres, the momentum and the backbone weight."""

@@ -18,13 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import hypothesis
 import numpy as np
 import pytest
 from serve_support import (
     ROOT,
     aligned_crops,
     b64,
+    fuzz_no_server_errors,
     png,
     running_server,
     serve_models,
@@ -129,26 +129,7 @@ def test_schemathesis_finds_no_server_error(server) -> None:
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {"/v1/embed", "/v1/verify", "/health", "/v1/info", "/metrics"}
-    seen: list[int] = []
-    for operation in operations:
-
-        @hypothesis.settings(
-            max_examples=12,
-            deadline=None,
-            database=None,
-            derandomize=True,
-            phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
-            suppress_health_check=list(hypothesis.HealthCheck),
-        )
-        @hypothesis.given(case=operation.as_strategy())
-        def check(case) -> None:
-            response = case.call(base_url=url, timeout=30)
-            seen.append(response.status_code)
-            assert response.status_code < 500, (
-                f"{case.method} {case.path}: {response.status_code} {response.text[:300]}"
-            )
-
-        check()
+    seen = fuzz_no_server_errors(url, operations, max_examples=12)
     assert len(seen) >= 20 and any(400 <= s < 500 for s in seen)
     assert httpx.get(f"{url}/health").status_code == 200
     log = server_log(server[1])
