@@ -29,6 +29,7 @@ __all__ = [
     "check_vib_fields",
     "collect_kl",
     "resolve_cell_layers",
+    "through_layer",
 ]
 
 VIB_FIELDS = ("beta", "beta_max", "beta_min", "sigma_bias_init")
@@ -89,6 +90,15 @@ def collect_kl(kls: list[Tensor], reference: Tensor) -> Tensor:
     return torch.stack(kls) if kls else reference.new_zeros(0, dtype=torch.float32)
 
 
+def through_layer(layer: nn.Module, h: Tensor, return_kl: bool, kls: list[Tensor]) -> Tensor:
+    """``layer(h)``; with ``return_kl``, a cell layer's KL (``layer.vib`` set) is appended to ``kls``."""
+    if return_kl and layer.vib is not None:
+        h, kl = layer(h, return_kl=True)
+        kls.append(kl)
+        return h
+    return layer(h)
+
+
 def _plain(value: object) -> object:
     """Tuples to lists (recursively), so configs are JSON and weights_only friendly."""
     if isinstance(value, tuple):
@@ -104,12 +114,18 @@ class CellNetwork(nn.Module):
     """
 
     config: Any
+    config_class: type  # the family's frozen config dataclass
     _fields_by_variant: Mapping[str, tuple[str, ...]]
 
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
         self._layer_names: tuple[str, ...] = ()
+
+    @classmethod
+    def from_overrides(cls, name: str, variant: str, overrides: dict[str, Any]) -> CellNetwork:
+        """The registered model ``name`` with user overrides (unknown ones raise ValueError)."""
+        return cls(build_config(cls.config_class, name, variant, cls._fields_by_variant[variant], overrides), name)
 
     def _register_betas(self) -> None:
         cfg = self.config

@@ -13,13 +13,11 @@ return_kl=True)`` returns an empty KL so it trains in the same loop as the cell 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from torch import Tensor, nn
 
 from facevib.experiments.models.cellnet import (
     CellNetwork,
-    build_config,
     check_positive_int,
     collect_kl,
     register_family,
@@ -62,6 +60,7 @@ class ConvNetConfig:
 class IFMConvNet(CellNetwork):
     """(B, in_channels, S, S) -> (B, num_classes) logits; ``conv1`` .. ``convN`` then ``fc``."""
 
+    config_class = ConvNetConfig
     _fields_by_variant = {"plain": _FIELDS}
 
     def __init__(self, config: ConvNetConfig, name: str) -> None:
@@ -79,11 +78,6 @@ class IFMConvNet(CellNetwork):
         self.fc = nn.Linear(in_ch * side * side, config.num_classes)
         self._layer_names = tuple(f"conv{i}" for i in range(1, len(config.widths) + 1))
         self._register_betas()
-
-    @classmethod
-    def from_overrides(cls, name: str, variant: str, overrides: dict[str, Any]) -> IFMConvNet:
-        """The registered model ``name`` with user overrides (unknown ones raise ValueError)."""
-        return cls(build_config(ConvNetConfig, name, variant, _FIELDS, overrides), name)
 
     def forward(self, x: Tensor, return_kl: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Logits; with ``return_kl``, ``(logits, empty kl)``."""

@@ -17,7 +17,6 @@ full-width last conv as in the paper's Table 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -25,12 +24,12 @@ from torch import Tensor, nn
 from facevib.experiments.models.cellnet import (
     VIB_FIELDS,
     CellNetwork,
-    build_config,
     check_positive_int,
     check_vib_fields,
     collect_kl,
     register_family,
     resolve_cell_layers,
+    through_layer,
 )
 from facevib.models.beta import BetaSpec
 from facevib.models.vib import SIGMA_BIAS_INIT, VIBCell
@@ -139,6 +138,7 @@ class InceptionNet(CellNetwork):
     ``classifier`` after global average pooling.
     """
 
+    config_class = InceptionConfig
     _fields_by_variant = _FIELDS_BY_VARIANT
 
     def __init__(self, config: InceptionConfig, name: str) -> None:
@@ -158,11 +158,6 @@ class InceptionNet(CellNetwork):
         self._layer_names = tuple(f"blocks.{i}" for i in range(len(blocks)))
         self._register_betas()
 
-    @classmethod
-    def from_overrides(cls, name: str, variant: str, overrides: dict[str, Any]) -> InceptionNet:
-        """The registered model ``name`` with user overrides (unknown ones raise ValueError)."""
-        return cls(build_config(InceptionConfig, name, variant, _FIELDS_BY_VARIANT[variant], overrides), name)
-
     def forward(self, x: Tensor, return_kl: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Logits (B, num_classes); with ``return_kl``, ``(logits, kl)``, kl of shape (num_cells,)."""
         cfg = self.config
@@ -171,11 +166,7 @@ class InceptionNet(CellNetwork):
         h = self.stem(x)
         kls = []
         for index, block in enumerate(self.blocks):
-            if return_kl and block.vib is not None:
-                h, kl = block(h, return_kl=True)
-                kls.append(kl)
-            else:
-                h = block(h)
+            h = through_layer(block, h, return_kl, kls)
             if index in self._pool_after:
                 h = self.pool(h)
         logits = self.classifier(h.mean(dim=(2, 3)))

@@ -19,19 +19,18 @@ Any input size: ``input_dim`` is the flattened size of one sample ((B, D) or ima
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from torch import Tensor, nn
 
 from facevib.experiments.models.cellnet import (
     VIB_FIELDS,
     CellNetwork,
-    build_config,
     check_positive_int,
     check_vib_fields,
     collect_kl,
     register_family,
     resolve_cell_layers,
+    through_layer,
 )
 from facevib.models.beta import BetaSpec
 from facevib.models.vib import SIGMA_BIAS_INIT, VIBCell
@@ -128,6 +127,7 @@ class VIBMLP(CellNetwork):
     K-dimensional bottleneck) and ``classifier``.
     """
 
+    config_class = MLPConfig
     _fields_by_variant = _FIELDS_BY_VARIANT
 
     def __init__(self, config: MLPConfig, name: str) -> None:
@@ -143,11 +143,6 @@ class VIBMLP(CellNetwork):
         self._layer_names = tuple(f"layers.{i}" for i in range(config.num_layers))
         self._register_betas()
 
-    @classmethod
-    def from_overrides(cls, name: str, variant: str, overrides: dict[str, Any]) -> VIBMLP:
-        """The registered model ``name`` with user overrides (unknown ones raise ValueError)."""
-        return cls(build_config(MLPConfig, name, variant, _FIELDS_BY_VARIANT[variant], overrides), name)
-
     def forward(self, x: Tensor, return_kl: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Logits (B, num_classes); with ``return_kl``, ``(logits, kl)``, kl of shape (num_cells,)."""
         h = x.flatten(1)
@@ -155,11 +150,7 @@ class VIBMLP(CellNetwork):
             raise ValueError(f"{self.name}: expected {self.config.input_dim} input values per sample, got {h.shape[1]}")
         kls = []
         for layer in self.layers:
-            if return_kl and layer.vib is not None:
-                h, kl = layer(h, return_kl=True)
-                kls.append(kl)
-            else:
-                h = layer(h)
+            h = through_layer(layer, h, return_kl, kls)
         logits = self.classifier(h)
         return (logits, collect_kl(kls, logits)) if return_kl else logits
 

@@ -15,7 +15,6 @@ from the class token.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +23,6 @@ from torch import Tensor, nn
 from facevib.experiments.models.cellnet import (
     VIB_FIELDS,
     CellNetwork,
-    build_config,
     check_positive_int,
     check_vib_fields,
     collect_kl,
@@ -171,6 +169,7 @@ class VisionTransformer(CellNetwork):
     token sequences (B, 1 + patches, embed_dim)), ``norm``, ``head``.
     """
 
+    config_class = ViTConfig
     _fields_by_variant = _FIELDS_BY_VARIANT
 
     def __init__(self, config: ViTConfig, name: str) -> None:
@@ -190,11 +189,6 @@ class VisionTransformer(CellNetwork):
         self.head = nn.Linear(dim, config.num_classes)
         self._layer_names = tuple(f"blocks.{i}" for i in range(config.depth))
         self._register_betas()
-
-    @classmethod
-    def from_overrides(cls, name: str, variant: str, overrides: dict[str, Any]) -> VisionTransformer:
-        """The registered model ``name`` with user overrides (unknown ones raise ValueError)."""
-        return cls(build_config(ViTConfig, name, variant, _FIELDS_BY_VARIANT[variant], overrides), name)
 
     def forward(self, x: Tensor, return_kl: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Logits (B, num_classes); with ``return_kl``, ``(logits, kl)``, kl of shape (num_cells,)."""
