@@ -180,16 +180,7 @@ class Calibration:
 
     def __post_init__(self) -> None:
         key = PREFIX + "calibration"
-        _finite(self.threshold, f"{key}.threshold", -1.0, 1.0)
-        _finite(self.target_fpr, f"{key}.target_fpr", 0.0, 1.0)
-        _finite(self.fpr, f"{key}.fpr", 0.0, 1.0)
-        _finite(self.tpr, f"{key}.tpr", 0.0, 1.0)
-        _count(self.impostor_pairs, f"{key}.impostor_pairs", 1)
-        _count(self.genuine_pairs, f"{key}.genuine_pairs", 1)
-        if not isinstance(self.resolved, bool):
-            raise MetadataError(f"{key}.resolved: expected true or false, got {self.resolved!r}")
-        if not isinstance(self.source, str):
-            raise MetadataError(f"{key}.source: expected a string, got {self.source!r}")
+        _check_measured(self, key, ("target_fpr", "fpr", "tpr"), ("impostor_pairs", "genuine_pairs"))
         if self.protocol not in PROTOCOLS:
             raise MetadataError(f"{key}.protocol: expected one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         if self.holdout is not None and not isinstance(self.holdout, HeldOut):
@@ -207,6 +198,20 @@ class Calibration:
         if fields.get("holdout") is not None:
             fields["holdout"] = HeldOut.from_dict(fields["holdout"])
         return cls(**fields)
+
+
+def _check_measured(record: Any, key: str, rates: Sequence[str], counts: Sequence[str]) -> None:
+    """The checks every stored calibration shares: ``threshold`` a cosine, ``rates`` in [0, 1],
+    ``counts`` >= 1, ``resolved`` a bool and ``source`` a string; errors name ``key.field``."""
+    _finite(record.threshold, f"{key}.threshold", -1.0, 1.0)
+    for name in rates:
+        _finite(getattr(record, name), f"{key}.{name}", 0.0, 1.0)
+    for name in counts:
+        _count(getattr(record, name), f"{key}.{name}", 1)
+    if not isinstance(record.resolved, bool):
+        raise MetadataError(f"{key}.resolved: expected true or false, got {record.resolved!r}")
+    if not isinstance(record.source, str):
+        raise MetadataError(f"{key}.source: expected a string, got {record.source!r}")
 
 
 def _fields_of(cls: type, data: Any, key: str, optional: Sequence[str] = ()) -> dict[str, Any]:
@@ -242,17 +247,7 @@ class IdentificationCalibration:
     source: str
 
     def __post_init__(self) -> None:
-        key = PREFIX + "identification"
-        _finite(self.threshold, f"{key}.threshold", -1.0, 1.0)
-        _finite(self.target_fpir, f"{key}.target_fpir", 0.0, 1.0)
-        _finite(self.fpir, f"{key}.fpir", 0.0, 1.0)
-        _finite(self.tpir, f"{key}.tpir", 0.0, 1.0)
-        _count(self.non_mated, f"{key}.non_mated", 1)
-        _count(self.mated, f"{key}.mated", 1)
-        if not isinstance(self.resolved, bool):
-            raise MetadataError(f"{key}.resolved: expected true or false, got {self.resolved!r}")
-        if not isinstance(self.source, str):
-            raise MetadataError(f"{key}.source: expected a string, got {self.source!r}")
+        _check_measured(self, PREFIX + "identification", ("target_fpir", "fpir", "tpir"), ("non_mated", "mated"))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> IdentificationCalibration:

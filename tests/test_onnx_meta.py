@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 from facevib.align import ARCFACE_TEMPLATE, arcface_template
 from facevib.onnx_meta import (
     Calibration,
+    IdentificationCalibration,
     MetadataError,
     MissingMetadataError,
     ModelMetadata,
@@ -131,6 +132,34 @@ def test_malformed_metadata_names_the_key(edit, message: str) -> None:
     edit(props)
     with pytest.raises(MetadataError, match=message):
         ModelMetadata.from_props(props)
+
+
+IDENTIFICATION = {
+    "threshold": 0.41,
+    "target_fpir": 1e-2,
+    "fpir": 9e-3,
+    "tpir": 0.88,
+    "non_mated": 1000,
+    "mated": 900,
+    "resolved": True,
+    "source": "IJB-C 1:N, G1",
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("fpir", 1.5, "facevib.identification.fpir: 1.5 is outside"),
+        ("threshold", float("nan"), "facevib.identification.threshold: expected a finite number"),
+        ("mated", 0, "facevib.identification.mated"),
+        ("resolved", "yes", "facevib.identification.resolved: expected true or false"),
+        ("source", 3, "facevib.identification.source: expected a string"),
+    ],
+)
+def test_malformed_identification_names_the_field(field: str, value: object, message: str) -> None:
+    assert IdentificationCalibration.from_dict(IDENTIFICATION).tpir == 0.88
+    with pytest.raises(MetadataError, match=message):
+        IdentificationCalibration.from_dict({**IDENTIFICATION, field: value})
 
 
 def _plain_onnx(path: Path, output: str = "fc1", size: int = 112) -> Path:
