@@ -32,6 +32,20 @@ def make_parser(doc: str | None, prog: str | None = None, **kwargs) -> Parser:
     return Parser(prog=prog, description=doc, **kwargs)
 
 
+def add_config_arguments(parser: argparse.ArgumentParser, config_example: str, override_example: str) -> None:
+    """The positional ``config`` module and the repeatable ``--set SECTION.FIELD=VALUE`` overrides
+    (collected in ``args.overrides``) that every config-driven command takes."""
+    parser.add_argument("config", help=f"config module, e.g. {config_example}")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help=f"override a config field, e.g. --set {override_example} (repeatable)",
+    )
+
+
 def user_error(prog: str, message: object) -> int:
     """Print the one-line form of a user mistake raised after parsing; return exit code 2."""
     print(f"{prog}: error: {message}", file=sys.stderr)

@@ -20,7 +20,7 @@ import traceback
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from facevib.cli import make_parser
+from facevib.cli import add_config_arguments, make_parser
 from facevib.config import ConfigError, apply_overrides, load_config, validate
 from facevib.distributed import init_distributed, shutdown_distributed
 from facevib.engine import Trainer
@@ -34,15 +34,7 @@ USER_MISTAKES = (ConfigError, FileNotFoundError)
 def get_args_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The training command's parser; ``prog`` names the command in one-line errors."""
     parser = make_parser(__doc__, prog=prog)
-    parser.add_argument("config", help="config module, e.g. configs/ms1mv3_r100_cellvib.py")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override a config field, e.g. --set optim.lr=0.05 (repeatable)",
-    )
+    add_config_arguments(parser, "configs/ms1mv3_r100_cellvib.py", "optim.lr=0.05")
     parser.add_argument("--resume", default=None, help="'latest' (newest checkpoint in run.output, if any) or a path")
     parser.add_argument("--output", default=None, help="shorthand for --set run.output=DIR")
     return parser

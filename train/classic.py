@@ -1,7 +1,7 @@
 """Run one of the cellVIB / IFM papers' classification experiments on one process.
 
     python train/classic.py configs/classic/mnist_mlp_cellvib.py --set data.root=/data/mnist
-    python train/classic.py configs/classic/cifar10_noise_cellvib.py \
+    python train/classic.py configs/classic/cifar10_noise_cellvib.py \\
         --set data.root=/data/cifar10 --set data.label_noise=0.5 --set run.device=cuda
     python train/classic.py configs/classic/shifted_digits_ifm.py     # offline data, CPU
 
@@ -13,22 +13,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from facevib.cli import make_parser
+from facevib.cli import add_config_arguments, make_parser
 from facevib.config import apply_overrides
 from facevib.experiments import load_classic_config, run_experiment, validate_classic
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = make_parser(__doc__)
-    parser.add_argument("config", help="config module, e.g. configs/classic/mnist_mlp_cellvib.py")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override a config field, e.g. --set data.root=/data/mnist (repeatable)",
-    )
+    add_config_arguments(parser, "configs/classic/mnist_mlp_cellvib.py", "data.root=/data/mnist")
     return parser
 
 
