@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -60,6 +61,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def mxnet_fixture_dir() -> Path:
     """The RecordIO set written by real mxnet 1.9.1 (see tests/fixtures/mxnet_rec/README.md)."""
     return FIXTURES / "mxnet_rec"
+
+
+@pytest.fixture(scope="session")
+def mxnet_manifest(mxnet_fixture_dir: Path) -> dict:
+    """What mxnet was asked to pack: labels, headers and MD5s per record (manifest.json)."""
+    return json.loads((mxnet_fixture_dir / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def mxnet_jpegs(mxnet_fixture_dir: Path) -> list[bytes]:
+    """The 20 JPEGs mxnet packed, in key order."""
+    from facevib.data.recordio import IndexedRecordReader, unpack
+
+    reader = IndexedRecordReader(mxnet_fixture_dir / "no_header" / "train.rec")
+    return [bytes(unpack(reader.read(key))[1]) for key in range(20)]
 
 
 @pytest.fixture(scope="session")

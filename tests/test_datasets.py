@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from facevib.data.recordio import (
     RecordHeader,
     RecordIOError,
     pack,
-    unpack,
 )
 from facevib.data.transforms import (
     FaceTransform,
@@ -43,18 +41,6 @@ def _reference_tensor(jpeg: bytes, flip: bool = False) -> torch.Tensor:
     return torch.from_numpy(((rgb / 255.0 - 0.5) / 0.5).transpose(2, 0, 1).copy()).float()
 
 
-@pytest.fixture(scope="module")
-def manifest(mxnet_fixture_dir: Path) -> dict:
-    return json.loads((mxnet_fixture_dir / "manifest.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def jpegs(mxnet_fixture_dir: Path) -> list[bytes]:
-    """The 20 JPEGs mxnet packed, in key order."""
-    reader = IndexedRecordReader(mxnet_fixture_dir / "no_header" / "train.rec")
-    return [bytes(unpack(reader.read(key))[1]) for key in range(20)]
-
-
 def _encode(image: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert ok
@@ -70,14 +56,14 @@ def _write_set(directory: Path, records: list[tuple[object, bytes]], first_key: 
     return directory
 
 
-def _write_ms1m(directory: Path, jpegs: list[bytes], labels: list[int], ranges: list[tuple[int, int]]) -> Path:
+def _write_ms1m(directory: Path, mxnet_jpegs: list[bytes], labels: list[int], ranges: list[tuple[int, int]]) -> Path:
     """An MS1M-layout set: header record 0, images 1..n, then one identity record per range."""
     directory.mkdir(parents=True, exist_ok=True)
-    n = len(jpegs)
+    n = len(mxnet_jpegs)
     with IndexedRecordWriter(directory / "train.rec") as writer:
         header = np.array([n + 1, n + 1 + len(ranges)], np.float32)
         writer.write_key(0, pack(RecordHeader(0, header, 0)))
-        for key, (label, jpeg) in enumerate(zip(labels, jpegs, strict=True), 1):
+        for key, (label, jpeg) in enumerate(zip(labels, mxnet_jpegs, strict=True), 1):
             writer.write_key(key, pack(RecordHeader(0, float(label), key), jpeg))
         for key, span in enumerate(ranges, n + 1):
             writer.write_key(key, pack(RecordHeader(0, np.array(span, np.float32), key)))
@@ -87,8 +73,10 @@ def _write_ms1m(directory: Path, jpegs: list[bytes], labels: list[int], ranges: 
 # ----------------------------------------------------------------------------- MXFaceDataset
 
 
-def test_ms1m_fixture_uses_header_and_identity_records(mxnet_fixture_dir: Path, manifest: dict, jpegs) -> None:
-    images = [entry for entry in manifest["scalar_label"] if entry["kind"] == "image"]
+def test_ms1m_fixture_uses_header_and_identity_records(
+    mxnet_fixture_dir: Path, mxnet_manifest: dict, mxnet_jpegs
+) -> None:
+    images = [entry for entry in mxnet_manifest["scalar_label"] if entry["kind"] == "image"]
     for source in (mxnet_fixture_dir, mxnet_fixture_dir / "train", mxnet_fixture_dir / "train.rec"):
         dataset = MXFaceDataset(source, train=False)
         assert len(dataset) == 20 and dataset.num_classes == 4
@@ -99,7 +87,7 @@ def test_ms1m_fixture_uses_header_and_identity_records(mxnet_fixture_dir: Path, 
     for index in (0, 7, 19):
         image, label = dataset[index]
         assert image.shape == (3, 112, 112) and image.dtype == torch.float32 and isinstance(label, int)
-        torch.testing.assert_close(image, _reference_tensor(jpegs[index]), atol=1e-6, rtol=0)
+        torch.testing.assert_close(image, _reference_tensor(mxnet_jpegs[index]), atol=1e-6, rtol=0)
         assert label == images[index]["label"]
     # The per-record header scan finds the same labels as the identity records.
     by_headers = MXFaceDataset(mxnet_fixture_dir, labels_from="headers")
@@ -107,10 +95,10 @@ def test_ms1m_fixture_uses_header_and_identity_records(mxnet_fixture_dir: Path, 
     assert "record headers" in repr(by_headers)
 
 
-def test_no_header_set_uses_all_keys_and_checks_property_count(mxnet_fixture_dir: Path, manifest: dict) -> None:
+def test_no_header_set_uses_all_keys_and_checks_property_count(mxnet_fixture_dir: Path, mxnet_manifest: dict) -> None:
     dataset = MXFaceDataset(mxnet_fixture_dir / "no_header", train=False)
     np.testing.assert_array_equal(dataset.keys, np.arange(20))
-    np.testing.assert_array_equal(dataset.labels, [int(entry["label"]) for entry in manifest["no_header"]])
+    np.testing.assert_array_equal(dataset.labels, [int(entry["label"]) for entry in mxnet_manifest["no_header"]])
     assert dataset.num_classes == 4 and dataset.property_file.num_images == 20
     with pytest.raises(RecordIOError, match="not an MS1M header record"):
         MXFaceDataset(mxnet_fixture_dir / "no_header", labels_from="identities")
@@ -124,10 +112,10 @@ def test_missing_files_are_named(tmp_path: Path) -> None:
         MXFaceDataset(tmp_path / "only.rec")
 
 
-def test_array_labels_and_split_headers(tmp_path: Path, jpegs) -> None:
+def test_array_labels_and_split_headers(tmp_path: Path, mxnet_jpegs) -> None:
     # label[0] of an array label is the class; a header whose id2 holds the magic word is
     # split by the writer inside the header, which the vectorised scan must not misread.
-    records = [(np.array([key % 3, 7.0], np.float32), jpegs[key]) for key in range(6)]
+    records = [(np.array([key % 3, 7.0], np.float32), mxnet_jpegs[key]) for key in range(6)]
     directory = _write_set(tmp_path / "array", records)
     with IndexedRecordWriter(directory / "train.rec") as writer:
         for key, (label, jpeg) in enumerate(records):
@@ -137,7 +125,7 @@ def test_array_labels_and_split_headers(tmp_path: Path, jpegs) -> None:
     assert dataset.num_classes == 3
     image, label = dataset[4]
     assert label == 1
-    torch.testing.assert_close(image, _reference_tensor(jpegs[4]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(image, _reference_tensor(mxnet_jpegs[4]), atol=1e-6, rtol=0)
 
 
 def test_dataloader_with_two_workers_matches_single_process(mxnet_fixture_dir: Path) -> None:
@@ -149,9 +137,9 @@ def test_dataloader_with_two_workers_matches_single_process(mxnet_fixture_dir: P
     np.testing.assert_array_equal(torch.cat(labels).numpy(), dataset.labels)
 
 
-def test_training_flip_is_random_and_reproducible(mxnet_fixture_dir: Path, jpegs) -> None:
+def test_training_flip_is_random_and_reproducible(mxnet_fixture_dir: Path, mxnet_jpegs) -> None:
     dataset = MXFaceDataset(mxnet_fixture_dir / "no_header", train=True)
-    plain, mirrored = _reference_tensor(jpegs[3]), _reference_tensor(jpegs[3], flip=True)
+    plain, mirrored = _reference_tensor(mxnet_jpegs[3]), _reference_tensor(mxnet_jpegs[3], flip=True)
 
     def draws(seed: int) -> list[bool]:
         torch.manual_seed(seed)
@@ -194,23 +182,23 @@ def test_property_file_is_validated(tmp_path: Path, mxnet_fixture_dir: Path) -> 
     assert read_property(mxnet_fixture_dir / "property").num_classes == 4
 
 
-def test_wrong_size_image_names_key_and_shape(tmp_path: Path, jpegs) -> None:
+def test_wrong_size_image_names_key_and_shape(tmp_path: Path, mxnet_jpegs) -> None:
     small = _encode(np.full((100, 90, 3), 128, np.uint8))
-    directory = _write_set(tmp_path / "sizes", [(0.0, jpegs[0]), (1.0, small)])
+    directory = _write_set(tmp_path / "sizes", [(0.0, mxnet_jpegs[0]), (1.0, small)])
     dataset = MXFaceDataset(directory, train=True)
     with pytest.raises(ValueError, match=r"record key 1 at byte offset \d+: image of shape \(100, 90, 3\)"):
         dataset[1]
 
 
-def test_identity_records_are_checked(tmp_path: Path, jpegs) -> None:
+def test_identity_records_are_checked(tmp_path: Path, mxnet_jpegs) -> None:
     labels = [0, 0, 1, 1, 1]
-    good = _write_ms1m(tmp_path / "good", jpegs[:5], labels, [(1, 3), (3, 6)])
+    good = _write_ms1m(tmp_path / "good", mxnet_jpegs[:5], labels, [(1, 3), (3, 6)])
     np.testing.assert_array_equal(MXFaceDataset(good).labels, labels)
-    gap = _write_ms1m(tmp_path / "gap", jpegs[:5], labels, [(1, 3), (4, 6)])
+    gap = _write_ms1m(tmp_path / "gap", mxnet_jpegs[:5], labels, [(1, 3), (4, 6)])
     with pytest.raises(RecordIOError, match=r"identity record key 7 at byte offset \d+: image range \[4.0, 6.0\]"):
         MXFaceDataset(gap)
     # Identity ranges that disagree with the images' own labels are caught on read.
-    swapped = _write_ms1m(tmp_path / "swapped", jpegs[:5], labels, [(1, 4), (4, 6)])
+    swapped = _write_ms1m(tmp_path / "swapped", mxnet_jpegs[:5], labels, [(1, 4), (4, 6)])
     dataset = MXFaceDataset(swapped, train=False)
     dataset[1]
     with pytest.raises(
@@ -219,8 +207,8 @@ def test_identity_records_are_checked(tmp_path: Path, jpegs) -> None:
         dataset[2]
 
 
-def test_skip_corrupt_counts_and_names_skipped_records(tmp_path: Path, jpegs) -> None:
-    records = [(float(key % 2), jpegs[key]) for key in range(8)]
+def test_skip_corrupt_counts_and_names_skipped_records(tmp_path: Path, mxnet_jpegs) -> None:
+    records = [(float(key % 2), mxnet_jpegs[key]) for key in range(8)]
     records[2] = (0.0, b"not a jpeg at all" * 8)
     directory = _write_set(tmp_path / "corrupt", records)
     offsets = IndexedRecordReader(directory / "train.rec").index
@@ -240,7 +228,7 @@ def test_skip_corrupt_counts_and_names_skipped_records(tmp_path: Path, jpegs) ->
         UserWarning, match=r"record key 2 at byte offset \d+: cannot decode.*2 skipped so far, keys \[5, 2\]"
     ):
         image, label = dataset[2]  # replaced by the next sample, key 3
-    torch.testing.assert_close(image, _reference_tensor(jpegs[3]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(image, _reference_tensor(mxnet_jpegs[3]), atol=1e-6, rtol=0)
     assert label == 1 and dataset.skipped == 2
 
     # Skips in DataLoader workers are counted where the parent can see them.
@@ -255,8 +243,8 @@ def test_skip_corrupt_counts_and_names_skipped_records(tmp_path: Path, jpegs) ->
     assert fresh.skipped == 2 and sorted(fresh.skipped_keys) == [2, 5]
 
 
-def test_header_scan_rejects_non_integer_labels(tmp_path: Path, jpegs) -> None:
-    directory = _write_set(tmp_path / "labels", [(0.0, jpegs[0]), (1.5, jpegs[1])])
+def test_header_scan_rejects_non_integer_labels(tmp_path: Path, mxnet_jpegs) -> None:
+    directory = _write_set(tmp_path / "labels", [(0.0, mxnet_jpegs[0]), (1.5, mxnet_jpegs[1])])
     with pytest.raises(
         RecordIOError, match=r"record key 1 at byte offset \d+: label 1.5 is not a non-negative integer"
     ):
@@ -266,12 +254,12 @@ def test_header_scan_rejects_non_integer_labels(tmp_path: Path, jpegs) -> None:
 # ----------------------------------------------------------------------------- ImageFolderDataset
 
 
-def test_image_folder_dataset(tmp_path: Path, jpegs) -> None:
+def test_image_folder_dataset(tmp_path: Path, mxnet_jpegs) -> None:
     root = tmp_path / "faces"
     for name, picks in (("carol", [5, 6]), ("alice", [0, 1, 2]), ("bob", [3])):  # created out of order
         (root / name).mkdir(parents=True)
         for pick in picks:
-            (root / name / f"{pick:03d}.jpg").write_bytes(jpegs[pick])
+            (root / name / f"{pick:03d}.jpg").write_bytes(mxnet_jpegs[pick])
     (root / "alice" / "notes.txt").write_text("not an image")
     with pytest.warns(UserWarning, match=r"ignored 1 files .*alice/notes.txt"):
         dataset = ImageFolderDataset(root, train=False)
@@ -279,7 +267,7 @@ def test_image_folder_dataset(tmp_path: Path, jpegs) -> None:
     np.testing.assert_array_equal(dataset.labels, [0, 0, 0, 1, 2, 2])
     image, label = dataset[3]
     assert label == 1
-    torch.testing.assert_close(image, _reference_tensor(jpegs[3]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(image, _reference_tensor(mxnet_jpegs[3]), atol=1e-6, rtol=0)
 
     (root / "bob" / "004.jpg").write_bytes(b"\xff\xd8 broken")
     with pytest.warns(UserWarning):
@@ -298,11 +286,11 @@ def test_image_folder_dataset(tmp_path: Path, jpegs) -> None:
 # ----------------------------------------------------------------------------- transforms
 
 
-def test_decode_errors_name_where(jpegs) -> None:
+def test_decode_errors_name_where(mxnet_jpegs) -> None:
     for data, pattern in (
         (b"", "empty"),
         (b"GIF89a garbage" * 4, "cannot decode 56 bytes"),
-        (jpegs[0][:-200], "truncated JPEG"),
+        (mxnet_jpegs[0][:-200], "truncated JPEG"),
     ):
         with pytest.raises(ValueError, match=f"^rec.rec: record key 9 at byte offset 40: {pattern}"):
             decode_rgb(data, where="rec.rec: record key 9 at byte offset 40")
@@ -312,12 +300,14 @@ def test_decode_errors_name_where(jpegs) -> None:
         check_image_size(np.zeros((112, 112, 4), np.uint8), where="k")
 
 
-def test_tensor_conversions_match_the_formula(jpegs) -> None:
-    bgr = decode_bgr(jpegs[2])
-    torch.testing.assert_close(bgr_to_tensor(bgr), _reference_tensor(jpegs[2]), atol=1e-6, rtol=0)
-    torch.testing.assert_close(bgr_to_tensor(bgr, flip=True), _reference_tensor(jpegs[2], flip=True), atol=1e-6, rtol=0)
-    batch = np.stack([decode_rgb(jpeg) for jpeg in jpegs[:4]])
-    expected = torch.stack([_reference_tensor(jpeg) for jpeg in jpegs[:4]])
+def test_tensor_conversions_match_the_formula(mxnet_jpegs) -> None:
+    bgr = decode_bgr(mxnet_jpegs[2])
+    torch.testing.assert_close(bgr_to_tensor(bgr), _reference_tensor(mxnet_jpegs[2]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        bgr_to_tensor(bgr, flip=True), _reference_tensor(mxnet_jpegs[2], flip=True), atol=1e-6, rtol=0
+    )
+    batch = np.stack([decode_rgb(jpeg) for jpeg in mxnet_jpegs[:4]])
+    expected = torch.stack([_reference_tensor(jpeg) for jpeg in mxnet_jpegs[:4]])
     torch.testing.assert_close(images_to_tensor(batch), expected, atol=1e-6, rtol=0)
     out = torch.empty(4, 3, 112, 112)
     assert images_to_tensor(batch, out=out) is out
@@ -341,18 +331,18 @@ def test_face_transform_and_flip_draws() -> None:
     assert not any(draw_flip(0.0) for _ in range(50)) and all(draw_flip(1.0) for _ in range(50))
 
 
-def test_uint8_output_normalised_per_batch(mxnet_fixture_dir: Path, jpegs) -> None:
+def test_uint8_output_normalised_per_batch(mxnet_fixture_dir: Path, mxnet_jpegs) -> None:
     raw = MXFaceDataset(mxnet_fixture_dir / "no_header", train=False, normalize=False)
     image, label = raw[5]
     assert image.dtype == torch.uint8 and image.shape == (3, 112, 112) and label == 1
-    expected_rgb = cv2.imdecode(np.frombuffer(jpegs[5], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    expected_rgb = cv2.imdecode(np.frombuffer(mxnet_jpegs[5], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
     np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), expected_rgb)
     batch = torch.stack([raw[i][0] for i in range(4)])
-    expected = torch.stack([_reference_tensor(jpegs[i]) for i in range(4)])
+    expected = torch.stack([_reference_tensor(mxnet_jpegs[i]) for i in range(4)])
     torch.testing.assert_close(normalize_images(batch), expected, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="uint8"):
         normalize_images(batch.float())
     # The uint8 flip is the same mirror as the float one.
-    bgr = decode_bgr(jpegs[5])
+    bgr = decode_bgr(mxnet_jpegs[5])
     flipped = bgr_to_uint8_tensor(bgr, flip=True)
     torch.testing.assert_close(normalize_images(flipped), bgr_to_tensor(bgr, flip=True), atol=1e-6, rtol=0)

@@ -7,7 +7,6 @@ with the header record (flag 2, labels [21, 25]) and identity records (keys 21-2
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -37,20 +36,8 @@ from facevib.data.recordio import (
 )
 
 
-@pytest.fixture(scope="module")
-def manifest(mxnet_fixture_dir: Path) -> dict:
-    return json.loads((mxnet_fixture_dir / "manifest.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def jpegs(mxnet_fixture_dir: Path) -> list[bytes]:
-    """The 20 JPEGs mxnet packed, in key order."""
-    reader = IndexedRecordReader(mxnet_fixture_dir / "no_header" / "train.rec")
-    return [bytes(unpack(reader.read(key))[1]) for key in range(20)]
-
-
-def _entries(manifest: dict, kind: str) -> list[dict]:
-    return [entry for entry in manifest["scalar_label"] if entry["kind"] == kind]
+def _entries(mxnet_manifest: dict, kind: str) -> list[dict]:
+    return [entry for entry in mxnet_manifest["scalar_label"] if entry["kind"] == kind]
 
 
 def _write_records(directory: Path, records: dict[int, bytes]) -> Path:
@@ -62,14 +49,14 @@ def _write_records(directory: Path, records: dict[int, bytes]) -> Path:
     return directory
 
 
-def _ms1m_records(jpegs: list[bytes], counts: list[int]) -> dict[int, bytes]:
+def _ms1m_records(mxnet_jpegs: list[bytes], counts: list[int]) -> dict[int, bytes]:
     """The records of an MS1M set as a dict, to be edited into malformed variants by the tests."""
     header = MS1MHeader.for_counts(sum(counts), len(counts))
     ranges = identity_ranges_for_counts(counts)
     labels = labels_from_ranges(ranges)
     records = {0: pack(header.record())}
     for key, label in zip(header.image_keys.tolist(), labels.tolist(), strict=True):
-        records[key] = pack(RecordHeader(0, float(label), key), jpegs[key - 1])
+        records[key] = pack(RecordHeader(0, float(label), key), mxnet_jpegs[key - 1])
     for key, (start, end) in zip(header.identity_keys.tolist(), ranges.tolist(), strict=True):
         records[key] = pack(identity_record(key, start, end))
     return records
@@ -78,14 +65,14 @@ def _ms1m_records(jpegs: list[bytes], counts: list[int]) -> dict[int, bytes]:
 # ----------------------------------------------------------------------------- against mxnet's bytes
 
 
-def test_header_and_identity_records_read_as_mxnet_wrote_them(mxnet_fixture_dir: Path, manifest: dict) -> None:
+def test_header_and_identity_records_read_as_mxnet_wrote_them(mxnet_fixture_dir: Path, mxnet_manifest: dict) -> None:
     reader = IndexedRecordReader(mxnet_fixture_dir / "train.rec")
-    (header_entry,) = _entries(manifest, "header")
+    (header_entry,) = _entries(mxnet_manifest, "header")
     header = read_header_record(reader, reader.index[0])
     assert header == MS1MHeader(*header_entry["label"]) == MS1MHeader(21, 25)
     assert header.num_images == 20 and header.num_identities == 4
-    np.testing.assert_array_equal(header.image_keys, [e["key"] for e in _entries(manifest, "image")])
-    identities = _entries(manifest, "identity")
+    np.testing.assert_array_equal(header.image_keys, [e["key"] for e in _entries(mxnet_manifest, "image")])
+    identities = _entries(mxnet_manifest, "identity")
     np.testing.assert_array_equal(header.identity_keys, [e["key"] for e in identities])
 
     offsets = np.array([reader.index[key] for key in header.identity_keys.tolist()], np.int64)
@@ -93,35 +80,37 @@ def test_header_and_identity_records_read_as_mxnet_wrote_them(mxnet_fixture_dir:
     scan = scan_headers(reader, header.identity_keys, offsets, n_labels=2, collect_errors=False)
     ranges = check_identity_records(header, scan.flags, scan.labels, scan.body_bytes, offsets, reader.path)
     np.testing.assert_array_equal(ranges, [e["label"] for e in identities])
-    np.testing.assert_array_equal(labels_from_ranges(ranges), [e["label"] for e in _entries(manifest, "image")])
+    np.testing.assert_array_equal(labels_from_ranges(ranges), [e["label"] for e in _entries(mxnet_manifest, "image")])
 
 
-def test_records_we_build_equal_the_payloads_mxnet_wrote(mxnet_fixture_dir: Path, manifest: dict) -> None:
+def test_records_we_build_equal_the_payloads_mxnet_wrote(mxnet_fixture_dir: Path, mxnet_manifest: dict) -> None:
     reader = IndexedRecordReader(mxnet_fixture_dir / "train.rec")
     assert pack(MS1MHeader(21, 25).record()) == reader.read(0)
-    for entry in _entries(manifest, "identity"):
+    for entry in _entries(mxnet_manifest, "identity"):
         assert pack(identity_record(entry["key"], *entry["label"])) == reader.read(entry["key"])
     np.testing.assert_array_equal(
-        identity_ranges_for_counts([5, 5, 5, 5]), [e["label"] for e in _entries(manifest, "identity")]
+        identity_ranges_for_counts([5, 5, 5, 5]), [e["label"] for e in _entries(mxnet_manifest, "identity")]
     )
 
 
-def test_pack_writer_reproduces_the_mxnet_file_byte_for_byte(tmp_path: Path, mxnet_fixture_dir: Path, jpegs) -> None:
-    summary = write_ms1m(tmp_path / "train", [5, 5, 5, 5], jpegs)
+def test_pack_writer_reproduces_the_mxnet_file_byte_for_byte(
+    tmp_path: Path, mxnet_fixture_dir: Path, mxnet_jpegs
+) -> None:
+    summary = write_ms1m(tmp_path / "train", [5, 5, 5, 5], mxnet_jpegs)
     assert summary["header"] == [21, 25]
     assert (tmp_path / "train.rec").read_bytes() == (mxnet_fixture_dir / "train.rec").read_bytes()
     assert (tmp_path / "train.idx").read_bytes() == (mxnet_fixture_dir / "train.idx").read_bytes()
 
 
-def test_sets_without_header_record(mxnet_fixture_dir: Path, tmp_path: Path, jpegs) -> None:
+def test_sets_without_header_record(mxnet_fixture_dir: Path, tmp_path: Path, mxnet_jpegs) -> None:
     reader = IndexedRecordReader(mxnet_fixture_dir / "no_header" / "train.rec")
     assert read_header_record(reader, reader.index[0]) is None  # record 0 is an image with a scalar label
     # An image with an array label has flag > 0 too: its image bytes keep it from being a header.
     image = RecordHeader(2, np.array([3.0, 7.0], np.float32), 0)
-    assert parse_header_record(unpack(pack(image, jpegs[0]))[0], len(jpegs[0]), where="k0") is None
+    assert parse_header_record(unpack(pack(image, mxnet_jpegs[0]))[0], len(mxnet_jpegs[0]), where="k0") is None
     directory = _write_records(
         tmp_path / "array",
-        {key: pack(RecordHeader(2, np.array([key % 2, 9], np.float32), key), jpegs[key]) for key in range(4)},
+        {key: pack(RecordHeader(2, np.array([key % 2, 9], np.float32), key), mxnet_jpegs[key]) for key in range(4)},
     )
     dataset = MXFaceDataset(directory, train=False)
     np.testing.assert_array_equal(dataset.keys, [0, 1, 2, 3])
@@ -131,9 +120,9 @@ def test_sets_without_header_record(mxnet_fixture_dir: Path, tmp_path: Path, jpe
     np.testing.assert_array_equal(summary.labels, [0, 1, 0, 1])
 
 
-def test_dataset_inspect_and_pack_agree_on_the_layout(tmp_path: Path, jpegs) -> None:
+def test_dataset_inspect_and_pack_agree_on_the_layout(tmp_path: Path, mxnet_jpegs) -> None:
     counts = [3, 1, 4, 2]
-    write_ms1m(tmp_path / "train", counts, jpegs[:10])
+    write_ms1m(tmp_path / "train", counts, mxnet_jpegs[:10])
     expected = np.repeat(np.arange(4), counts)
     dataset = MXFaceDataset(tmp_path, train=False)
     summary = summarize_rec(tmp_path)
@@ -160,8 +149,8 @@ def test_dataset_inspect_and_pack_agree_on_the_layout(tmp_path: Path, jpegs) -> 
         (RecordHeader(2, np.array([np.nan, 5.0], np.float32), 0), r"header labels \[nan, 5.0\] are not"),
     ],
 )
-def test_malformed_header_record_is_an_error_naming_file_and_key(tmp_path: Path, jpegs, header, message) -> None:
-    records = _ms1m_records(jpegs, [2, 2])
+def test_malformed_header_record_is_an_error_naming_file_and_key(tmp_path: Path, mxnet_jpegs, header, message) -> None:
+    records = _ms1m_records(mxnet_jpegs, [2, 2])
     records[0] = pack(header)
     directory = _write_records(tmp_path / "bad", records)
     where = rf"{directory / 'train.rec'}: record key 0 at byte offset 0: "
@@ -173,8 +162,8 @@ def test_malformed_header_record_is_an_error_naming_file_and_key(tmp_path: Path,
         summarize_rec(directory)
 
 
-def test_header_record_that_does_not_unpack_names_file_and_key(tmp_path: Path, jpegs) -> None:
-    records = _ms1m_records(jpegs, [2, 2])
+def test_header_record_that_does_not_unpack_names_file_and_key(tmp_path: Path, mxnet_jpegs) -> None:
+    records = _ms1m_records(mxnet_jpegs, [2, 2])
     records[0] = pack(RecordHeader(0, 0.0, 0))[:20]  # shorter than the IfQQ header
     directory = _write_records(tmp_path / "short", records)
     with pytest.raises(MS1MLayoutError, match=r"train.rec: record key 0 at byte offset 0: record of 20 bytes"):
@@ -206,8 +195,8 @@ def test_header_record_that_does_not_unpack_names_file_and_key(tmp_path: Path, j
         ),
     ],
 )
-def test_malformed_identity_records_name_key_and_offset(tmp_path: Path, jpegs, key, record, message) -> None:
-    records = _ms1m_records(jpegs, [2, 2])  # header [5, 7): images 1-4, identity records 5 and 6
+def test_malformed_identity_records_name_key_and_offset(tmp_path: Path, mxnet_jpegs, key, record, message) -> None:
+    records = _ms1m_records(mxnet_jpegs, [2, 2])  # header [5, 7): images 1-4, identity records 5 and 6
     records[key] = record
     directory = _write_records(tmp_path / "bad", records)
     offset = IndexedRecordReader(directory / "train.rec").index[key]
@@ -220,8 +209,8 @@ def test_malformed_identity_records_name_key_and_offset(tmp_path: Path, jpegs, k
     np.testing.assert_array_equal(summary.labels, [0, 0, 1, 1])
 
 
-def test_inspect_reports_missing_identity_and_image_records(tmp_path: Path, jpegs) -> None:
-    records = _ms1m_records(jpegs, [2, 2])
+def test_inspect_reports_missing_identity_and_image_records(tmp_path: Path, mxnet_jpegs) -> None:
+    records = _ms1m_records(mxnet_jpegs, [2, 2])
     del records[6]
     summary = summarize_rec(_write_records(tmp_path / "no_identity", records))
     assert summary.problems == [
@@ -230,9 +219,9 @@ def test_inspect_reports_missing_identity_and_image_records(tmp_path: Path, jpeg
     ]
     np.testing.assert_array_equal(summary.labels, [0, 0, 1, 1])
 
-    records = _ms1m_records(jpegs, [2, 2])
+    records = _ms1m_records(mxnet_jpegs, [2, 2])
     del records[3]
-    records[9] = pack(RecordHeader(0, 1.0, 9), jpegs[8])
+    records[9] = pack(RecordHeader(0, 1.0, 9), mxnet_jpegs[8])
     summary = summarize_rec(_write_records(tmp_path / "gaps", records))
     assert summary.problems == [
         "1 index keys lie outside the header's ranges [1, 7): [9]",
@@ -242,8 +231,8 @@ def test_inspect_reports_missing_identity_and_image_records(tmp_path: Path, jpeg
     np.testing.assert_array_equal(summary.labels, [0, 0, 1])
 
 
-def test_inspect_spot_check_finds_identity_ranges_that_disagree_with_image_labels(tmp_path: Path, jpegs) -> None:
-    records = _ms1m_records(jpegs, [2, 2])
+def test_inspect_spot_check_finds_identity_ranges_that_disagree_with_image_labels(tmp_path: Path, mxnet_jpegs) -> None:
+    records = _ms1m_records(mxnet_jpegs, [2, 2])
     records[5], records[6] = pack(identity_record(5, 1, 2)), pack(identity_record(6, 2, 5))  # images 0, 0, 1, 1
     summary = summarize_rec(_write_records(tmp_path / "shifted", records))
     assert summary.problems == ["identity record 6 (label 1) starts at image key 2, whose own label is 0"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import shutil
 import struct
@@ -35,11 +34,6 @@ from facevib.data.transforms import decode_rgb
 
 # Layout of the sets in the fixture: manifest section -> directory below the fixture root.
 SETS = {"scalar_label": ".", "no_header": "no_header"}
-
-
-@pytest.fixture(scope="module")
-def manifest(mxnet_fixture_dir: Path) -> dict:
-    return json.loads((mxnet_fixture_dir / "manifest.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +71,8 @@ def _check_record(entry: dict, payload: bytes) -> None:
 
 
 @pytest.mark.parametrize("section", sorted(SETS))
-def test_indexed_reader_returns_what_mxnet_wrote(mxnet_fixture_dir: Path, manifest: dict, section: str) -> None:
-    entries = manifest[section]
+def test_indexed_reader_returns_what_mxnet_wrote(mxnet_fixture_dir: Path, mxnet_manifest: dict, section: str) -> None:
+    entries = mxnet_manifest[section]
     reader = IndexedRecordReader(mxnet_fixture_dir / SETS[section] / "train.rec")
     assert reader.keys == [entry["key"] for entry in entries]
     assert len(reader) == len(entries)
@@ -90,12 +84,14 @@ def test_indexed_reader_returns_what_mxnet_wrote(mxnet_fixture_dir: Path, manife
 
 
 @pytest.mark.parametrize("section", sorted(SETS))
-def test_sequential_scan_without_index(mxnet_fixture_dir: Path, manifest: dict, section: str, tmp_path: Path) -> None:
+def test_sequential_scan_without_index(
+    mxnet_fixture_dir: Path, mxnet_manifest: dict, section: str, tmp_path: Path
+) -> None:
     # Only the .rec, with no .idx beside it: records come back in file order.
     rec = tmp_path / "train.rec"
     shutil.copy(mxnet_fixture_dir / SETS[section] / "train.rec", rec)
     records = list(RecordReader(rec).scan())
-    entries = manifest[section]
+    entries = mxnet_manifest[section]
     assert [offset for offset, _ in records] == [entry["offset"] for entry in entries]
     for entry, (_, payload) in zip(entries, records, strict=True):
         _check_record(entry, payload)
@@ -103,9 +99,9 @@ def test_sequential_scan_without_index(mxnet_fixture_dir: Path, manifest: dict, 
         IndexedRecordReader(rec)
 
 
-def test_images_decode_to_the_rgb_pixels_pil_sees(mxnet_fixture_dir: Path, manifest: dict) -> None:
+def test_images_decode_to_the_rgb_pixels_pil_sees(mxnet_fixture_dir: Path, mxnet_manifest: dict) -> None:
     reader = IndexedRecordReader(mxnet_fixture_dir / "train.rec")
-    for entry in manifest["scalar_label"]:
+    for entry in mxnet_manifest["scalar_label"]:
         if entry["kind"] != "image":
             continue
         _, jpeg = unpack(reader.read(entry["key"]))
@@ -122,12 +118,12 @@ def test_images_decode_to_the_rgb_pixels_pil_sees(mxnet_fixture_dir: Path, manif
 
 @pytest.mark.parametrize("section", sorted(SETS))
 def test_writer_reproduces_mxnet_files_byte_for_byte(
-    mxnet_fixture_dir: Path, manifest: dict, jpeg_by_md5: dict[str, bytes], section: str, tmp_path: Path
+    mxnet_fixture_dir: Path, mxnet_manifest: dict, jpeg_by_md5: dict[str, bytes], section: str, tmp_path: Path
 ) -> None:
     source = mxnet_fixture_dir / SETS[section]
     out = tmp_path / "train.rec"
     with IndexedRecordWriter(out) as writer:
-        for entry in manifest[section]:
+        for entry in mxnet_manifest[section]:
             label = entry["label"] if entry["flag"] == 0 else np.asarray(entry["label"], np.float32)
             image = jpeg_by_md5[entry["jpeg_md5"]] if entry["kind"] == "image" else b""
             offset = writer.write_key(entry["key"], pack(RecordHeader(0, label, entry["id"], entry["id2"]), image))
@@ -137,10 +133,10 @@ def test_writer_reproduces_mxnet_files_byte_for_byte(
 
 
 def test_array_labels_round_trip_at_mxnets_offsets(
-    manifest: dict, jpeg_by_md5: dict[str, bytes], tmp_path: Path
+    mxnet_manifest: dict, jpeg_by_md5: dict[str, bytes], tmp_path: Path
 ) -> None:
-    entries = manifest["array_label"]
-    scalar = {entry["key"]: entry for entry in manifest["scalar_label"]}
+    entries = mxnet_manifest["array_label"]
+    scalar = {entry["key"]: entry for entry in mxnet_manifest["scalar_label"]}
     out = tmp_path / "array.rec"
     with IndexedRecordWriter(out) as writer:
         for entry in entries:
@@ -161,8 +157,8 @@ def test_array_labels_round_trip_at_mxnets_offsets(
             assert hashlib.md5(image).hexdigest() == scalar[entry["key"]]["jpeg_md5"]
 
 
-def test_magic_in_payload_is_split_as_dmlc_core_does(manifest: dict, tmp_path: Path) -> None:
-    payload = bytes.fromhex(manifest["magic_split_payload_hex"])
+def test_magic_in_payload_is_split_as_dmlc_core_does(mxnet_manifest: dict, tmp_path: Path) -> None:
+    payload = bytes.fromhex(mxnet_manifest["magic_split_payload_hex"])
     magic = struct.pack("<I", 0xCED7230A)
     assert payload[4:8] == magic and payload[12:16] == magic  # the aligned escapes
     tail = payload[16:]
@@ -210,9 +206,9 @@ def _names(message: str, path: Path, key: int, offset: int) -> bool:
     return str(path) in message and f"key {key}" in message and f"byte offset {offset}" in message
 
 
-def test_bad_magic_names_file_key_and_offset(mxnet_fixture_dir: Path, manifest: dict, tmp_path: Path) -> None:
+def test_bad_magic_names_file_key_and_offset(mxnet_fixture_dir: Path, mxnet_manifest: dict, tmp_path: Path) -> None:
     rec = _copy_set(mxnet_fixture_dir, tmp_path)
-    offset = manifest["scalar_label"][5]["offset"]
+    offset = mxnet_manifest["scalar_label"][5]["offset"]
     with open(rec, "r+b") as handle:
         handle.seek(offset)
         handle.write(b"\x00\x11\x22\x33")
@@ -223,9 +219,11 @@ def test_bad_magic_names_file_key_and_offset(mxnet_fixture_dir: Path, manifest: 
         list(RecordReader(rec).scan())
 
 
-def test_truncated_record_names_file_key_and_offset(mxnet_fixture_dir: Path, manifest: dict, tmp_path: Path) -> None:
+def test_truncated_record_names_file_key_and_offset(
+    mxnet_fixture_dir: Path, mxnet_manifest: dict, tmp_path: Path
+) -> None:
     rec = _copy_set(mxnet_fixture_dir / "no_header", tmp_path)
-    last = manifest["no_header"][-1]
+    last = mxnet_manifest["no_header"][-1]
     with open(rec, "r+b") as handle:
         handle.truncate(last["offset"] + 100)
     reader = IndexedRecordReader(rec)
@@ -254,11 +252,11 @@ def test_index_offset_past_the_end(mxnet_fixture_dir: Path, tmp_path: Path) -> N
     assert "key 3" in str(err.value) and f"byte offset {size + 1000}" in str(err.value)
 
 
-def test_index_of_another_file(mxnet_fixture_dir: Path, manifest: dict) -> None:
+def test_index_of_another_file(mxnet_fixture_dir: Path, mxnet_manifest: dict) -> None:
     # The no_header index has the same keys at other offsets: key 1 lands inside an image.
     rec = mxnet_fixture_dir / "train.rec"
     reader = IndexedRecordReader(rec, mxnet_fixture_dir / "no_header" / "train.idx")
-    offset = manifest["no_header"][1]["offset"]
+    offset = mxnet_manifest["no_header"][1]["offset"]
     with pytest.raises(RecordIOError, match="bad magic") as err:
         reader.read(1)
     assert _names(str(err.value), rec, 1, offset)
