@@ -18,7 +18,6 @@ import subprocess
 import zipfile
 from email.parser import Parser
 from pathlib import Path
-from typing import BinaryIO
 
 import pytest
 from packaging.requirements import Requirement
@@ -34,8 +33,6 @@ CUDA_MAJOR_LIBRARIES = ("libcudart", "libcublas", "libcublasLt")
 
 PT_LOAD, PT_DYNAMIC = 1, 2
 DT_NULL, DT_NEEDED, DT_STRTAB, DT_STRSZ = 0, 1, 5, 10
-
-
 
 
 def elf_needed(open_stream) -> list[str]:

@@ -57,6 +57,18 @@ DEBIAN_STANDIN = "facevib-standin/debian:bookworm"
 SERVE_UID = 10001
 # The server's warning when CUDA was asked for and ONNX Runtime runs elsewhere (facevib/serve/runtime.py).
 FALLBACK_MESSAGE = "CUDA was requested"
+# Run in the trainer image: the libraries onnxruntime-gpu's CUDA provider links that the dynamic
+# linker cannot find on its own, and which of them `import torch` has loaded into the process (a
+# loaded soname satisfies the provider's NEEDED entry when ONNX Runtime loads it).
+TORCH_LOADS_CUDA = """
+import json, os, subprocess, onnxruntime
+provider = os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime_providers_cuda.so")
+ldd = subprocess.run(["ldd", provider], capture_output=True, text=True).stdout
+missing = [line.split()[0] for line in ldd.splitlines() if "not found" in line]
+import torch
+maps = open("/proc/self/maps").read()
+print(json.dumps({"missing": missing, "loaded_by_torch": [name for name in missing if "/" + name in maps]}))
+"""
 # A tiny cellVIB network: exports in seconds and embeds in milliseconds.
 TINY = {"layers": (1, 1, 1, 1), "widths": (8, 16, 16, 32), "embedding_dim": 32}
 
@@ -357,7 +369,9 @@ def check_server(report: Report, url: str, model: Path) -> None:
     import numpy as np
 
     live = wait_for(lambda: http(url + "/health/live")[0] == 200, timeout=180)
-    report.check("serve /health/live", live is not None, f"200 after {live} s" if live is not None else "no 200 in 180 s")
+    report.check(
+        "serve /health/live", live is not None, f"200 after {live} s" if live is not None else "no 200 in 180 s"
+    )
     ready = wait_for(lambda: http(url + "/health/ready")[0] == 200, timeout=180)
     status, body = http(url + "/health/ready")
     report.check("serve /health/ready", ready is not None, f"{status} after {ready} s: {json.dumps(body)[:160]}")
@@ -404,10 +418,11 @@ def check_server(report: Report, url: str, model: Path) -> None:
         'ldd "$(python3 -c \'import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))\')'
         '/capi/libonnxruntime_providers_cuda.so" | grep "not found"',
     ).stdout.split()  # fmt: skip
+    missing = [word for word in missing if word.startswith("lib")]
     report.check(
-        "serve CUDA provider libraries (information)",
-        True,
-        "not found in the image: " + (", ".join(w for w in missing if w.startswith("lib")) or "none"),
+        "serve CUDA provider: only CUDA libraries missing",
+        bool(missing) and all(name.startswith("libcu") for name in missing),
+        "not found in the image (the stand-in has no CUDA): " + (", ".join(missing) or "none"),
     )
 
     freeze = in_container("pip", "freeze", "--all").stdout.splitlines()
@@ -455,7 +470,9 @@ def test_trainer(report: Report, work: Path, build_args: list[str]) -> None:
     flags = [a for arg in build_args for a in ("--build-arg", arg)]
     report.timed(
         "build_trainer_image",
-        lambda: run(["docker", "build", "-f", TRAINER_DOCKERFILE, *flags, "-t", TRAINER_TAG, "."], cwd=ROOT, timeout=3600),
+        lambda: run(
+            ["docker", "build", "-f", TRAINER_DOCKERFILE, *flags, "-t", TRAINER_TAG, "."], cwd=ROOT, timeout=3600
+        ),
     )
     report.image_mb["trainer"] = image_mb(TRAINER_TAG)
 
@@ -477,12 +494,25 @@ def test_trainer(report: Report, work: Path, build_args: list[str]) -> None:
     )  # fmt: skip
     torch_cuda, ort_cuda = found.get("torch_cuda"), found.get("ort_cuda")
     if torch_cuda is None:
-        report.check("trainer CUDA majors (information)", True, f"torch {found.get('torch')} is a CPU build: not compared")
+        report.check(
+            "trainer CUDA majors (information)", True, f"torch {found.get('torch')} is a CPU build: not compared"
+        )
     else:
         report.check(
             "trainer CUDA majors",
             str(torch_cuda).split(".")[0] == str(ort_cuda).split(".")[0],
             f"torch {found.get('torch')} CUDA {torch_cuda}, onnxruntime-gpu CUDA {ort_cuda}",
+        )
+
+    if torch_cuda is not None:
+        done = docker("run", "--rm", TRAINER_TAG, "python", "-c", TORCH_LOADS_CUDA, check=False, quiet=True)
+        found = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {}
+        # libcuda.so.1 is the driver's: the NVIDIA container toolkit mounts it on a GPU host.
+        left = sorted(set(found.get("missing", ["?"])) - set(found.get("loaded_by_torch", [])) - {"libcuda.so.1"})
+        report.check(
+            "trainer: import torch loads the CUDA libraries onnxruntime-gpu needs",
+            done.returncode == 0 and not left,
+            f"not on the linker's path: {found.get('missing')}; loaded by torch: {found.get('loaded_by_torch')}",
         )
 
     command = [
@@ -516,14 +546,28 @@ def test_trainer(report: Report, work: Path, build_args: list[str]) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--standin-base", type=Path, default=ROOT.parent / "shared" / "tools" / "docker-standin-base.sh",
-                        help="script that builds a stand-in for a FROM image: SCRIPT IMAGE:TAG")  # fmt: skip
-    parser.add_argument("--out", type=Path, default=ROOT / "build" / "docker-test", help="work files, logs, summary.json")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--standin-base",
+        type=Path,
+        default=ROOT.parent / "shared" / "tools" / "docker-standin-base.sh",
+        help="script that builds a stand-in for a FROM image: SCRIPT IMAGE:TAG",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "build" / "docker-test", help="work files, logs, summary.json"
+    )
     parser.add_argument("--port", type=int, default=18080, help="host port (127.0.0.1) for the serving container")
-    parser.add_argument("--skip-trainer", action="store_true", help="test the serving image only")
-    parser.add_argument("--trainer-build-arg", action="append", default=[], metavar="NAME=VALUE",
-                        help="docker build --build-arg for the trainer image, e.g. TORCH_SPEC=torch==2.13.0")  # fmt: skip
+    parser.add_argument("--skip-trainer", action="store_true", help="leave the trainer image out")
+    parser.add_argument("--skip-serving", action="store_true", help="leave the serving image out")
+    parser.add_argument(
+        "--trainer-build-arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="docker build --build-arg for the trainer image, e.g. TORCH_SPEC=torch==2.13.0",
+    )
     parser.add_argument("--keep-dockerd", action="store_true", help="leave a dockerd started here running")
     parser.add_argument("--remove-images", action="store_true", help="remove the facevib test images at the end")
     return parser
@@ -540,10 +584,14 @@ def main(argv: list[str] | None = None) -> int:
     ensure_tools()
     with docker_daemon(args.out / "dockerd.log", keep=args.keep_dockerd):
         try:
-            for dockerfile in (SERVE_DOCKERFILE,) + (() if args.skip_trainer else (TRAINER_DOCKERFILE,)):
+            chosen = ((SERVE_DOCKERFILE, args.skip_serving), (TRAINER_DOCKERFILE, args.skip_trainer))
+            for dockerfile in [path for path, skip in chosen if not skip]:
                 tag = base_image(dockerfile)
-                report.check(f"base {tag}", True, report.timed(f"base {tag}", lambda tag=tag: stand_in(tag, args.standin_base)))
-            test_serving(report, args.out, args.port)
+                report.check(
+                    f"base {tag}", True, report.timed(f"base {tag}", lambda tag=tag: stand_in(tag, args.standin_base))
+                )
+            if not args.skip_serving:
+                test_serving(report, args.out, args.port)
             if not args.skip_trainer:
                 test_trainer(report, args.out, args.trainer_build_arg)
         except (RuntimeError, subprocess.TimeoutExpired) as err:
