@@ -195,6 +195,7 @@ def wheel_extras(wheel: Path) -> dict[str, int]:
         return extra_majors(archive.read(name).decode())
 
 
+@pytest.mark.slow  # decompresses the 284 MB provider library from the wheel (a few seconds)
 def test_the_serving_base_has_the_cuda_and_cudnn_of_the_pinned_onnxruntime_gpu(
     provider_needed: list[str], wheel_extras: dict[str, int]
 ) -> None:
