@@ -44,6 +44,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy, torch and onnxruntime load only where used: --help needs none
+    import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_DOCKERFILE = ROOT / "docker" / "serve.Dockerfile"
@@ -174,7 +178,9 @@ class Report:
             self.seconds[name] = round(time.monotonic() - start, 1)
 
 
-def run(args: list[str], *, timeout: float = 600, check: bool = True, quiet: bool = False, **kwargs):
+def run(
+    args: list, *, timeout: float = 600, check: bool = True, quiet: bool = False, **kwargs
+) -> subprocess.CompletedProcess[str]:
     """Run a command, echoing it; its output is captured (and shown on failure)."""
     print("+ " + shlex.join(str(a) for a in args), flush=True)
     done = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, **kwargs)
@@ -186,7 +192,8 @@ def run(args: list[str], *, timeout: float = 600, check: bool = True, quiet: boo
     return done
 
 
-def docker(*args: str, **kwargs):
+def docker(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
+    """``docker ARGS`` through :func:`run`."""
     return run(["docker", *args], **kwargs)
 
 
@@ -202,6 +209,7 @@ def ensure_tools() -> None:
     """docker.io and debootstrap from Debian, when ``dockerd`` or ``debootstrap`` is missing."""
     if shutil.which("dockerd") and shutil.which("debootstrap") and shutil.which("docker"):
         return
+    run(["apt-get", "update"], timeout=900)
     run(["apt-get", "install", "-y", "docker.io", "debootstrap"], timeout=900)
 
 
@@ -296,7 +304,7 @@ def write_checkpoint(path: Path) -> Path:
     return path
 
 
-def probe_image():
+def probe_image() -> np.ndarray:
     """A deterministic 112x112 aligned RGB crop (smooth colour ramps, PNG-exact)."""
     import numpy as np
 
@@ -304,7 +312,7 @@ def probe_image():
     return np.stack([(2 * x) % 256, (2 * y) % 256, (x + y) % 256], axis=-1).astype(np.uint8)
 
 
-def host_embedding(model: Path, image) -> list[float]:
+def host_embedding(model: Path, image: np.ndarray) -> list[float]:
     """The model's L2-normalised embedding of ``image`` by this machine's ONNX Runtime, from
     the input convention of BRIEF section 3: RGB, (x / 255 - 0.5) / 0.5, NCHW float32."""
     import numpy as np
@@ -316,7 +324,8 @@ def host_embedding(model: Path, image) -> list[float]:
     return (embedding / np.linalg.norm(embedding)).tolist()
 
 
-def png_base64(image) -> str:
+def png_base64(image: np.ndarray) -> str:
+    """``image`` (RGB) as base64 PNG, the way a client sends it."""
     import cv2
 
     ok, encoded = cv2.imencode(".png", image[:, :, ::-1])  # OpenCV writes BGR
@@ -327,7 +336,7 @@ def png_base64(image) -> str:
 # --------------------------------------------------------------------------- the serving image
 
 
-def test_serving(report: Report, work: Path, port: int) -> None:
+def check_serving_image(report: Report, work: Path, port: int) -> None:
     """Build docker/serve.Dockerfile, run it with a read-only model, check it."""
     models = work / "models"
     models.mkdir(parents=True, exist_ok=True)
@@ -361,7 +370,8 @@ def logs(container: str) -> str:
     return done.stdout + done.stderr
 
 
-def in_container(*command: str) -> subprocess.CompletedProcess:
+def in_container(*command: str) -> subprocess.CompletedProcess[str]:
+    """``docker exec`` in the serving container; never raises on a non-zero exit."""
     return docker("exec", SERVE_CONTAINER, *command, check=False, quiet=True)
 
 
@@ -454,7 +464,7 @@ def check_server(report: Report, url: str, model: Path) -> None:
 # --------------------------------------------------------------------------- the trainer image
 
 
-def test_trainer(report: Report, work: Path, build_args: list[str]) -> None:
+def check_trainer_image(report: Report, work: Path, build_args: list[str]) -> None:
     """Build docker/Dockerfile; export and calibrate a checkpoint inside it."""
     checkpoint = write_checkpoint(work / "checkpoint" / "backbone.pt")
     data, out = work / "calibration-set", work / "trainer-out"
@@ -581,7 +591,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     report = Report()
     started = time.monotonic()
-    ensure_tools()
+    try:
+        ensure_tools()
+    except (RuntimeError, FileNotFoundError, subprocess.TimeoutExpired) as err:
+        print(f"error: cannot install docker.io and debootstrap (root needed): {err}", file=sys.stderr)
+        return 2
     with docker_daemon(args.out / "dockerd.log", keep=args.keep_dockerd):
         try:
             chosen = ((SERVE_DOCKERFILE, args.skip_serving), (TRAINER_DOCKERFILE, args.skip_trainer))
@@ -591,9 +605,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"base {tag}", True, report.timed(f"base {tag}", lambda tag=tag: stand_in(tag, args.standin_base))
                 )
             if not args.skip_serving:
-                test_serving(report, args.out, args.port)
+                check_serving_image(report, args.out, args.port)
             if not args.skip_trainer:
-                test_trainer(report, args.out, args.trainer_build_arg)
+                check_trainer_image(report, args.out, args.trainer_build_arg)
         except (RuntimeError, subprocess.TimeoutExpired) as err:
             report.check("run", False, str(err))
         finally:
