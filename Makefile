@@ -46,6 +46,7 @@ DEMO_IJB := $(PY) eval/ijb.py --target IJBC --data-root $(DEMO_DATA)/IJBC --no-p
 MTCNN_WHEEL := build/facenet_pytorch-2.6.0-py3-none-any.whl
 
 .PHONY: detector-wheel detector-weights
+.PHONY: ort-gpu-wheel docker-test
 .PHONY: mutants
 .PHONY: install test gpu-check demo demo-data demo-train demo-eval demo-serve demo-report lint clean
 
@@ -58,7 +59,7 @@ $(STAMP): pyproject.toml
 	$(if $(CUDA_HOST),@$(CHECK_CUDA_TORCH))
 	touch $(STAMP)
 
-test: $(STAMP) detector-wheel
+test: $(STAMP) detector-wheel ort-gpu-wheel
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # One-shot acceptance on a CUDA machine (<= 8 min on one H200): gpu-marked tests, training
@@ -114,6 +115,25 @@ demo-report:
 detector-wheel: $(STAMP)
 	@test -f $(MTCNN_WHEEL) || $(PY) -m pip download --quiet --no-deps facenet-pytorch==2.6.0 -d build \
 		|| echo "warning: could not fetch facenet-pytorch 2.6.0; tests/test_detect_mtcnn.py will skip its wheel check"
+
+# The onnxruntime-gpu wheel pinned in docker/serve-constraints.txt, for CPython 3.12 (the serving
+# image's Python), fetched and never installed: the venv has the CPU onnxruntime, and never both.
+# tests/test_docker_cuda.py reads its CUDA provider's linked libraries and checks the serving
+# image's base against them; without the wheel it skips and says so.
+ORT_GPU_VERSION := $(shell sed -n 's/^onnxruntime-gpu==//p' docker/serve-constraints.txt)
+ort-gpu-wheel: $(STAMP)
+	@ls build/onnxruntime_gpu-$(ORT_GPU_VERSION)-*.whl >/dev/null 2>&1 || $(PY) -m pip download --quiet --no-deps \
+		--only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 -d build "onnxruntime-gpu==$(ORT_GPU_VERSION)" \
+		|| echo "warning: could not fetch onnxruntime-gpu $(ORT_GPU_VERSION); tests/test_docker_cuda.py will skip its wheel checks"
+
+# Build both images of docker/ on stand-in bases (no container registry is reachable here), run the
+# serving one with a read-only model and check it over HTTP, export and calibrate in the trainer one;
+# prints a summary, writes build/docker-test/summary.json. Needs root and dockerd (installed and
+# started when missing); minutes; not part of `make test`. See docs/serving.md#containers-and-scaling-out.
+STANDIN_BASE ?= ../shared/tools/docker-standin-base.sh
+DOCKER_TEST_FLAGS ?=
+docker-test: $(STAMP)
+	$(PY) tools/docker_test.py --standin-base $(STANDIN_BASE) $(DOCKER_TEST_FLAGS)
 
 # Rebuild facevib/detect/weights/ from the wheel; the result is byte-identical to the committed files.
 detector-weights: $(STAMP)

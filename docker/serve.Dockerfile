@@ -7,10 +7,14 @@
 #       -e FACEVIB_API_KEY=change-me facevib-serve
 #   docker run ... --entrypoint uvicorn facevib-serve --factory facevib.serve:create_app --host 0.0.0.0
 #
-# onnxruntime-gpu 1.19+ wheels on PyPI are built for CUDA 12 and cuDNN 9, which this base
-# provides. If they do not match, ONNX Runtime falls back to the CPU; the server then says so
-# in its start-up log and in /v1/info ("warnings"), never silently.
-FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+# The base's CUDA major must be the one onnxruntime-gpu was built for: the pinned 1.31.1
+# (docker/serve-constraints.txt) is built for CUDA 13.0 and cuDNN 9 (its CUDA provider links
+# libcudart.so.13 and libcublasLt.so.13; tests/test_docker_cuda.py reads them from the wheel and
+# compares them with this FROM tag). CUDA 13 needs NVIDIA driver 580 or newer on the host.
+# When the libraries do not match, ONNX Runtime falls back to the CPU; the server then says so
+# in its start-up log and in /v1/info ("warnings"), never silently. `make docker-test` builds
+# and runs this image on a stand-in base without CUDA and checks exactly that message.
+FROM nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -24,12 +28,15 @@ RUN apt-get update \
     && python3 -m venv /opt/venv
 
 WORKDIR /opt/facevib
-# The serving dependencies only (the `serve-gpu` extra without onnx, plus the base numpy and
-# OpenCV). facevib itself is not pip-installed: its base dependencies include torch, which the
-# server never imports (tests/test_serve_process.py runs it with torch blocked), so the source
-# tree is put on PYTHONPATH instead, data files (detector weights) included.
-RUN pip install "numpy>=1.24" "opencv-python-headless>=4.8,<5" "onnxruntime-gpu>=1.19" "fastapi>=0.110" \
-        "uvicorn>=0.27" "python-multipart>=0.0.9" "prometheus-client>=0.17" "pillow>=10" "orjson>=3.9"
+# The serving dependencies only (the `serve-gpu` extra without onnx, which the server does not
+# import, plus the base numpy and OpenCV), at the versions of docker/serve-constraints.txt.
+# facevib itself is not pip-installed: its base dependencies include torch, which the server
+# never imports (tests/test_serve_process.py runs it with torch blocked), so the source tree is
+# put on PYTHONPATH instead, data files (detector weights) included.
+COPY docker/serve-constraints.txt /tmp/serve-constraints.txt
+RUN pip install -c /tmp/serve-constraints.txt numpy opencv-python-headless onnxruntime-gpu fastapi uvicorn \
+        python-multipart prometheus-client pillow orjson \
+    && rm /tmp/serve-constraints.txt
 COPY facevib facevib
 COPY serve serve
 ENV PYTHONPATH=/opt/facevib
