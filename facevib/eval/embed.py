@@ -224,7 +224,14 @@ class Embedder:
         used = session.get_providers()[0]
         backend = f"onnxruntime:{used}"
         if wants_cuda and used != "CUDAExecutionProvider" and device != "auto":
-            backend += " (CUDA requested but unavailable in this onnxruntime build)"
+            # A GPU build whose provider failed to start (driver or CUDA libraries missing) and
+            # a CPU-only build are different fixes, so say which one this is.
+            backend += (
+                " (CUDA requested: the CUDA provider is built in but failed to start; check the driver and the "
+                "CUDA/cuDNN libraries)"
+                if has_cuda
+                else " (CUDA requested but this onnxruntime build has no CUDA provider)"
+            )
         return cls(run, batch_size=batch_size, backend=backend, joint=joint if has_uncertainty else None)
 
     # ------------------------------------------------------------------ embedding
