@@ -6,8 +6,9 @@
    call, without the server) and the **best batch** (``x bare best``: what the hardware gives
    without HTTP, decoding or queueing; a server can only approach it).
 2. For each server variant (``--max-batch 32`` = batching on, ``--max-batch 1`` = off, and any
-   ``--variant NAME=FLAGS``) a real server process (``serve/app.py``) is started; a separate
-   load process keeps C requests in flight (C = 1, 8, 32, 64), each request one aligned
+   ``--variant NAME=FLAGS``) a real server process (``serve/app.py``) is started (all of them
+   first; then each concurrency is measured on every variant in turn, so that a drift of the
+   machine's load spreads over the variants); a separate load process keeps C requests in flight (C = 1, 8, 32, 64), each request one aligned
    112x112 JPEG as base64 JSON, and counts responses completed inside the measuring window
    (after a warm-up) for p50/p99 latency and throughput. Meanwhile a third process sends
    ``GET /health/live`` every 50 ms on its own connection, as a kubelet would: its p50/p99
@@ -404,20 +405,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         seconds = max(3.0, args.duration / 2)
         results["bare_ort_first"] = bare_ort(model, args.threads, ort_batches, seconds=seconds, device=args.device)
         results["server"], results["server_runtime"] = {}, {}
-        for variant, max_batch, flags in variants(args):
-            proc, url = start_server(model, args, max_batch, flags)
-            try:
-                results["server_runtime"][variant] = {"flags": flags, **server_runtime(url)}
-                cells = []
-                for concurrency in args.concurrency:
-                    one_round = concurrency / results["bare_ort_first"]["best_img_per_s"]
-                    window = max(args.duration, args.rounds * one_round)
-                    settle = args.warmup if args.warmup is not None else max(1.0, 1.5 * one_round)
+        # Every variant's server runs from the start (idle ones only run a health check every
+        # 10 s), and the cells are taken concurrency by concurrency, variant after variant, so
+        # a drift in the machine's load spreads over the variants instead of favouring one.
+        servers: dict[str, tuple[subprocess.Popen, str]] = {}
+        try:
+            for variant, max_batch, flags in variants(args):
+                servers[variant] = start_server(model, args, max_batch, flags)
+                results["server_runtime"][variant] = {"flags": flags, **server_runtime(servers[variant][1])}
+                results["server"][variant] = []
+            for concurrency in args.concurrency:
+                one_round = concurrency / results["bare_ort_first"]["best_img_per_s"]
+                window = max(args.duration, args.rounds * one_round)
+                settle = args.warmup if args.warmup is not None else max(1.0, 1.5 * one_round)
+                for variant, (_, url) in servers.items():
                     print(f"{variant}: concurrency {concurrency}, {settle:.0f} s + {window:.0f} s ...", flush=True)
                     cell = run_load(url, body, concurrency, settle, window, args.probe_from)
-                    cells.append({**cell, "warmup_s": settle, "window_s": window})
-                results["server"][variant] = cells
-            finally:
+                    results["server"][variant].append({**cell, "warmup_s": settle, "window_s": window})
+        finally:
+            for proc, _ in servers.values():
                 stop_server(proc)
         # Again at the end: on a shared machine the load of other processes drifts, and the
         # faster of the two measurements is the (conservative) reference, batch size by batch size.

@@ -170,7 +170,8 @@ class ServeSettings:
             try:
                 changes[name] = _parse_bool(raw) if kind is bool else kind(raw)
             except ValueError:
-                raise ValueError(f"{name} must be {kind.__name__}, got {raw!r}") from None
+                expected = "true or false" if kind is bool else kind.__name__
+                raise ValueError(f"{name} must be {expected}, got {raw!r}") from None
         return dataclasses.replace(base or cls(), **changes)
 
     @classmethod
