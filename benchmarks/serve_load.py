@@ -14,7 +14,9 @@
    ``GET /health/live`` every 50 ms on its own connection, as a kubelet would: its p50/p99
    latency is reported per cell. (``--probe-from load`` sends the probes from the load process
    instead, whose own event loop then adds its delays to the probe's.) Each variant's
-   ``/v1/info`` runtime section (providers in use, threads, pipeline) is kept in the JSON.
+   ``/v1/info`` runtime section (providers in use, threads, pipeline) is kept in the JSON, and
+   per cell the CPU time of the server's event-loop thread and of the whole server per second
+   (``loop cpu``: 1.0 = one core busy; Linux /proc).
 
 The table gives img/s, latency and both ratios; ``--out`` writes JSON. The issue's goals: on
 CPU, server img/s at C=32 >= 1.1x bare ORT at batch 1, and batching on >= off; on a GPU,
@@ -322,6 +324,18 @@ def server_runtime(url: str) -> dict[str, Any]:
         return json.loads(response.read())["runtime"]
 
 
+def cpu_seconds(pid: int, tid: int | None = None) -> float | None:
+    """CPU time (user + system) of process ``pid``, or of its thread ``tid``, from /proc (Linux)."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    try:
+        with open(path) as stat:
+            text = stat.read()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def stop_server(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
@@ -348,14 +362,14 @@ def print_table(results: dict[str, Any]) -> None:
     )
     print(
         f"{'variant':<16}{'conc':>6}{'img/s':>9}{'x b1':>7}{'x best':>8}{'p50 ms':>10}{'p99 ms':>10}{'done':>7}"
-        f"{'live p50':>10}{'live p99':>10}"
+        f"{'live p50':>10}{'live p99':>10}{'loop cpu':>10}"
     )
     for variant, cells in results["server"].items():
         for cell in cells:
             print(
                 f"{variant:<16}{cell['concurrency']:>6}{cell['img_per_s']:>9.2f}{cell['img_per_s'] / b1:>7.2f}"
                 f"{cell['img_per_s'] / best:>8.2f}{cell['p50_ms']:>10.1f}{cell['p99_ms']:>10.1f}{cell['completed']:>7}"
-                f"{cell['live_p50_ms']:>10.2f}{cell['live_p99_ms']:>10.2f}"
+                f"{cell['live_p50_ms']:>10.2f}{cell['live_p99_ms']:>10.2f}{cell.get('loop_cpu', float('nan')):>10.2f}"
             )
 
 
@@ -418,10 +432,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 one_round = concurrency / results["bare_ort_first"]["best_img_per_s"]
                 window = max(args.duration, args.rounds * one_round)
                 settle = args.warmup if args.warmup is not None else max(1.0, 1.5 * one_round)
-                for variant, (_, url) in servers.items():
+                for variant, (proc, url) in servers.items():
                     print(f"{variant}: concurrency {concurrency}, {settle:.0f} s + {window:.0f} s ...", flush=True)
+                    # The event loop runs in the server's main thread (its thread id is the pid):
+                    # its share of one core says how busy the loop was while probes waited.
+                    before = (time.time(), cpu_seconds(proc.pid, proc.pid), cpu_seconds(proc.pid))
                     cell = run_load(url, body, concurrency, settle, window, args.probe_from)
-                    results["server"][variant].append({**cell, "warmup_s": settle, "window_s": window})
+                    after = (time.time(), cpu_seconds(proc.pid, proc.pid), cpu_seconds(proc.pid))
+                    usage = {}
+                    if None not in before and None not in after:
+                        wall = after[0] - before[0]
+                        usage = {"loop_cpu": (after[1] - before[1]) / wall, "server_cpu": (after[2] - before[2]) / wall}
+                    results["server"][variant].append({**cell, **usage, "warmup_s": settle, "window_s": window})
         finally:
             for proc, _ in servers.values():
                 stop_server(proc)
