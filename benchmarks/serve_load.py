@@ -444,6 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         wall = after[0] - before[0]
                         usage = {"loop_cpu": (after[1] - before[1]) / wall, "server_cpu": (after[2] - before[2]) / wall}
                     results["server"][variant].append({**cell, **usage, "warmup_s": settle, "window_s": window})
+                    _write(args.out, results)  # a run stopped part-way keeps the cells it measured
         finally:
             for proc, _ in servers.values():
                 stop_server(proc)
@@ -461,10 +462,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{results['ratio_c32_to_bare_best']:.2f}; batching on / off = {results['batching_on_over_off_c32']:.2f}"
         )
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
+        _write(args.out, results)
         print(f"wrote {args.out}")
     return 0
+
+
+def _write(out: Path | None, results: dict[str, Any]) -> None:
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
 
 
 def _faster(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
