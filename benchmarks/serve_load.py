@@ -170,8 +170,15 @@ async def _load(
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=600) as client:
-        probe = [_probe(url, measure_from, measure_to)] if with_probe else []
-        outcomes = await asyncio.gather(*(worker(client) for _ in range(concurrency)), *probe)
+        probe = asyncio.ensure_future(_probe(url, measure_from, measure_to)) if with_probe else None
+        workers = [asyncio.ensure_future(worker(client)) for _ in range(concurrency)]
+        # At the window's end the requests still in flight are abandoned, not awaited: they
+        # would not count, and at high concurrency draining them takes longer than the window.
+        await asyncio.wait(workers, timeout=max(0.0, measure_to - time.time()))
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        outcomes = [await probe] if probe is not None else []
     # Rate between the first and the last completion in the window: responses of one batch
     # arrive together, so counting them over a fixed window would be off by up to a batch.
     first, last = (min(finished), max(finished)) if finished else (0.0, 0.0)
