@@ -181,14 +181,18 @@ async def _load(
         outcomes = [await probe] if probe is not None else []
     # Rate between the first and the last completion in the window: responses of one batch
     # arrive together, so counting them over a fixed window would be off by up to a batch.
+    # When those span less than half the window (one or two batches in it: a window too short
+    # for a slow machine) that rate means nothing, and the plain count over the window is used.
     first, last = (min(finished), max(finished)) if finished else (0.0, 0.0)
     after_first = sum(1 for t in finished if t > first)
-    rate = after_first / (last - first) if last > first else float("nan")
+    spanned = last - first >= 0.5 * duration
+    rate = after_first / (last - first) if spanned else len(finished) / duration
     return {
         "concurrency": concurrency,
         "completed": len(latencies),
         "statuses": statuses,
         "img_per_s": rate,
+        "rate_from": "first_to_last_completion" if spanned else "window",
         **_percentiles(latencies, ""),
         **(outcomes[-1] if with_probe else {}),
     }
