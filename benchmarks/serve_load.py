@@ -57,7 +57,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path, help="an ONNX file written by facevib.export")
     source.add_argument("--network", help="export this registry model (random weights), e.g. r100, r50, r18")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[1, 8, 32, 64],
+        help="clients; 0 measures the /health/live probe alone on an idle server",
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="shortest measuring window per cell, seconds")
     parser.add_argument(
         "--rounds",
@@ -174,7 +180,11 @@ async def _load(
         workers = [asyncio.ensure_future(worker(client)) for _ in range(concurrency)]
         # At the window's end the requests still in flight are abandoned, not awaited: they
         # would not count, and at high concurrency draining them takes longer than the window.
-        await asyncio.wait(workers, timeout=max(0.0, measure_to - time.time()))
+        remaining = max(0.0, measure_to - time.time())
+        if workers:
+            await asyncio.wait(workers, timeout=remaining)
+        else:  # concurrency 0: the probe alone, on an idle server (the machine's own delay)
+            await asyncio.sleep(remaining)
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
