@@ -16,7 +16,9 @@ serve
     * ``onnxruntime``: the CUDA execution provider really runs the exported model (a session
       with CPU fallback disabled must build, and the Embedder reports the provider);
     * ``server``: ``benchmarks/serve_load.py`` with batching on and off at 1/32/128 clients
-      against bare ONNX Runtime on the same provider;
+      against bare ONNX Runtime on the same provider, and batching on without the copy/compute
+      overlap (``--pipeline-depth 1``); every server variant must report the provider asked
+      for in ``/v1/info`` (on the GPU: CUDA active, no fallback warning);
     * ``embedding``: IJB-style embedding throughput (image + flip, batch 512) of the torch
       backbone.
 
@@ -67,6 +69,7 @@ FULL = {
     "serve_network": "r100",
     "serve_clients": [1, 32, 128],
     "serve_duration_s": 10.0,
+    "serve_variants": ["no overlap=--pipeline-depth 1"],
     "ort_batches": [32, 128],
     "embed_images": 16384,
     "embed_batch": 512,
@@ -85,6 +88,7 @@ DRY = {
     "serve_network": "r18",
     "serve_clients": [1, 2],
     "serve_duration_s": 2.0,
+    "serve_variants": ["no overlap=--pipeline-depth 1"],
     "ort_batches": [1],
     "embed_images": 16,
     "embed_batch": 8,
@@ -261,8 +265,8 @@ def onnx_provider(plan: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 
 def server(plan: dict[str, Any], model: Path, folder: Path) -> dict[str, Any]:
-    """``benchmarks/serve_load.py`` on ``model``: batching on and off, bare ONNX Runtime as
-    the reference."""
+    """``benchmarks/serve_load.py`` on ``model``: batching on and off (and the plan's other
+    variants), bare ONNX Runtime as the reference; which provider each server really used."""
     out = folder / "serve.json"
     cmd = [
         sys.executable,
@@ -279,6 +283,7 @@ def server(plan: dict[str, Any], model: Path, folder: Path) -> dict[str, Any]:
         *map(str, plan["ort_batches"]),
         "--out",
         str(out),
+        *(arg for variant in plan["serve_variants"] for arg in ("--variant", variant)),
     ]
     if plan["device"] == "cpu":
         cmd += ["--rounds", "1", "--warmup", "0.5"]
@@ -286,13 +291,24 @@ def server(plan: dict[str, Any], model: Path, folder: Path) -> dict[str, Any]:
     if done.returncode != 0:
         return {"error": (done.stdout + done.stderr)[-3000:]}
     results = json.loads(out.read_text())
-    on, off = results["server"].values()
-    off_by_clients = {cell["concurrency"]: cell for cell in off}
-    results["batching_speedup"] = {
-        str(cell["concurrency"]): cell["img_per_s"] / max(off_by_clients[cell["concurrency"]]["img_per_s"], 1e-9)
-        for cell in on
+    on, off, *others = results["server"]
+    results["batching_speedup"] = _speedup(results["server"][on], results["server"][off])
+    if others:  # batching on with the copy/compute overlap against without it
+        results["overlap_speedup"] = _speedup(results["server"][on], results["server"][others[0]])
+    expected = "CUDAExecutionProvider" if plan["device"] == "cuda" else "CPUExecutionProvider"
+    results["providers_ok"] = {
+        name: runtime["providers"][0] == expected
+        and runtime["cuda_active"] == (expected == "CUDAExecutionProvider")
+        and not runtime["warnings"]
+        for name, runtime in results["server_runtime"].items()
     }
     return results
+
+
+def _speedup(faster: list[dict[str, Any]], slower: list[dict[str, Any]]) -> dict[str, float]:
+    """img/s of one server variant over another's, by number of clients."""
+    by_clients = {cell["concurrency"]: cell["img_per_s"] for cell in slower}
+    return {str(cell["concurrency"]): cell["img_per_s"] / max(by_clients[cell["concurrency"]], 1e-9) for cell in faster}
 
 
 def embedding(plan: dict[str, Any]) -> dict[str, Any]:
@@ -356,6 +372,10 @@ def _failures(report: dict[str, Any]) -> list[str]:
         failures.append(f"ONNX Runtime provider: {serve['onnxruntime']}")
     if "error" in serve["server"]:
         failures.append("server benchmark failed")
+    else:
+        wrong = [name for name, ok in serve["server"]["providers_ok"].items() if not ok]
+        if wrong:
+            failures.append(f"server variants not on the expected provider: {wrong}")
     if not serve["embedding"]["finite"]:
         failures.append("non-finite embeddings")
     return failures

@@ -45,6 +45,10 @@ def test_the_dry_run_runs_every_check_and_reports_them(tmp_path):
     assert serve["onnxruntime"]["expected"] == "CPUExecutionProvider" and serve["onnxruntime"]["ok"]
     assert serve["onnxruntime"]["max_abs_diff_vs_torch"] < 1e-3
     server = serve["server"]
-    assert set(server["server"]) == {"batch 32", "batch 1 (off)"} and server["bare_ort"]["best_img_per_s"] > 0
+    assert set(server["server"]) == {"batch 32", "batch 1 (off)", "no overlap"}
+    assert server["bare_ort"]["best_img_per_s"] > 0 and server["bare_ort"]["img_per_s_by_batch"]["1"] > 0
     assert all(cell["completed"] > 0 for cells in server["server"].values() for cell in cells)
+    assert all(cell["live_probes"] > 0 for cells in server["server"].values() for cell in cells)
+    assert server["server_runtime"]["no overlap"]["pipeline_depth"] == 1 and all(server["providers_ok"].values())
+    assert set(server["overlap_speedup"]) == set(server["batching_speedup"]) == {"1", "2"}
     assert serve["embedding"]["finite"] and serve["embedding"]["img_per_s"] > 0

@@ -235,6 +235,91 @@ def test_stop_resolves_every_future_and_leaves_the_loop_running() -> None:
     asyncio.run(main())
 
 
+class Stager:
+    """A staging function that records the batches it staged and the threads it ran in."""
+
+    def __init__(self) -> None:
+        self.batches: list[np.ndarray] = []
+        self.threads: set[int] = set()
+        self.staged = [threading.Event() for _ in range(8)]  # staged[i]: batch i is staged
+
+    def __call__(self, parts: list[np.ndarray]) -> np.ndarray:
+        self.threads.add(threading.get_ident())
+        self.batches.append(np.concatenate(parts))
+        self.staged[len(self.batches) - 1].set()
+        return self.batches[-1]
+
+
+def test_depth_2_stages_the_next_full_batch_while_one_runs() -> None:
+    """With pipeline_depth 2 a full batch is staged (in its own thread) while the one before it
+    is still in the model; a partial one waits for the model to be free, although its max
+    delay (0) has passed, and is taken early once it fills up."""
+    infer, stage = Recorder(block=True), Stager()
+
+    async def test(batcher: Batcher, drops: list) -> None:
+        first = asyncio.ensure_future(batcher.submit(rows(0, 2), timeout_s=30))
+        await asyncio.to_thread(infer.entered.wait, 10)  # batch 0 is in the (blocked) model
+        partial = asyncio.ensure_future(batcher.submit(rows(10, 1), timeout_s=30))
+        await asyncio.sleep(0.05)  # many loop turns: the consumer has seen it
+        assert batcher.queued_faces == 1 and len(stage.batches) == 1  # not taken, not staged
+        filler = asyncio.ensure_future(batcher.submit(rows(20, 1), timeout_s=30))
+        assert await asyncio.to_thread(stage.staged[1].wait, 10)  # now full: staged early
+        assert batcher.queued_faces == 0 and len(infer.batches) == 0 and not first.done()
+        np.testing.assert_array_equal(stage.batches[1], np.concatenate([rows(10, 1), rows(20, 1)]))
+        infer.release.set()
+        results = await asyncio.gather(first, partial, filler)
+        for result, x in zip(results, (rows(0, 2), rows(10, 1), rows(20, 1)), strict=True):
+            np.testing.assert_array_equal(result.outputs[0], x * 2)
+        assert [b[:, 0].tolist() for b in infer.batches] == [[0.0, 1.0], [10.0, 20.0]]
+
+    asyncio.run(with_batcher(infer, test, max_batch=2, max_delay_s=0.0, max_queue=8, stage=stage, pipeline_depth=2))
+    loop_thread = threading.get_ident()
+    assert len(stage.threads) == 1 and len(infer.threads) == 1
+    assert loop_thread not in stage.threads | infer.threads and stage.threads != infer.threads
+
+
+def test_stop_resolves_a_staged_batch_and_the_one_in_the_model() -> None:
+    infer, stage = Recorder(block=True), Stager()
+
+    async def main() -> None:
+        batcher = Batcher(infer, max_batch=2, max_delay_s=0.0, max_queue=8, stage=stage, pipeline_depth=2)
+        await batcher.start()
+        in_model = asyncio.ensure_future(batcher.submit(rows(0, 2), timeout_s=30))
+        await asyncio.to_thread(infer.entered.wait, 10)
+        staged = asyncio.ensure_future(batcher.submit(rows(10, 2), timeout_s=30))
+        assert await asyncio.to_thread(stage.staged[1].wait, 10)
+        stopping = asyncio.ensure_future(batcher.stop(drain_s=30))
+        await asyncio.wait([in_model, staged])  # resolved with the model still blocked
+        infer.release.set()
+        await stopping
+        for future in (in_model, staged):
+            with pytest.raises(DeadlineExceeded, match="shutting down"):
+                future.result()
+        assert len(infer.batches) == 1  # the staged batch never ran
+
+    asyncio.run(main())
+
+
+def test_a_failing_stage_reaches_its_callers_and_the_batcher_keeps_going() -> None:
+    calls = []
+
+    def stage(parts: list[np.ndarray]) -> np.ndarray:
+        calls.append(len(parts))
+        if len(calls) == 1:
+            raise RuntimeError("copy to the device failed")
+        return np.concatenate(parts)
+
+    async def test(batcher: Batcher, drops: list) -> None:
+        with pytest.raises(RuntimeError, match="copy to the device failed"):
+            await batcher.submit(rows(0, 1), timeout_s=30)
+        result = await batcher.submit(rows(5, 1), timeout_s=30)
+        np.testing.assert_array_equal(result.outputs[0], rows(5, 1) * 2)
+
+    asyncio.run(with_batcher(Recorder(), test, max_batch=4, max_delay_s=0.0, max_queue=8, stage=stage))
+
+
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="max_queue >= max_batch"):
         Batcher(Recorder(), max_batch=8, max_delay_s=0.0, max_queue=4)
+    with pytest.raises(ValueError, match="pipeline_depth 1 or 2"):
+        Batcher(Recorder(), max_batch=8, max_delay_s=0.0, max_queue=8, pipeline_depth=3)

@@ -1,4 +1,5 @@
-"""The server's ONNX Runtime wrapper: padding to warmed sizes, the uncertainty output, metadata rules."""
+"""The server's ONNX Runtime wrapper: the IO-bound staged path, padding to warmed sizes, the
+uncertainty output, metadata rules, worker thread priorities."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from serve_support import TINY, aligned_crops, b64, png, serve_models, unit
+from serve_support import TINY, aligned_crops, b64, png, serve_models, torch_embeddings, unit
 
 from facevib.data.transforms import images_to_tensor
 from facevib.export import build_metadata, export_onnx, write_metadata
@@ -17,6 +18,28 @@ from facevib.serve import create_app
 from facevib.serve.images import normalise
 from facevib.serve.runtime import ModelRuntime, pad_sizes
 from facevib.serve.settings import ServeSettings
+
+
+def test_staged_io_bound_batches_equal_session_run_and_pytorch() -> None:
+    """stage() + run() (IO binding, the path CUDA uses with device 'cuda') on the CPU: the rows of
+    several parts staged together equal a plain ``session.run`` of the same file and the PyTorch
+    model, each part in its place."""
+    import onnxruntime as ort
+
+    models = serve_models()
+    runtime = ModelRuntime.load(models.plain, device="cpu", max_batch=8)
+    crops = aligned_crops()
+    batch = normalise(np.concatenate([crops, crops[::-1], crops[:1]]), (127.5,) * 3, (127.5,) * 3)
+    staged = runtime.stage([batch[:2], batch[2:4], batch[4:]])
+    assert staged.count == 5 and staged.value.device_name().lower() == "cpu"
+    (bound,) = runtime.run(staged)
+    plain = ort.InferenceSession(str(models.plain), providers=["CPUExecutionProvider"])
+    (reference,) = plain.run(None, {"data": batch})
+    np.testing.assert_allclose(bound, reference, rtol=1e-5, atol=1e-5)
+    expected = torch_embeddings(models.model, crops)
+    np.testing.assert_allclose(bound[:2], expected, atol=1e-4)
+    np.testing.assert_allclose(bound[2:4], expected[::-1], atol=1e-4)
+    assert runtime.pipeline_depth == 1 and runtime.info()["io_binding"]
 
 
 def test_pad_sizes() -> None:

@@ -17,7 +17,7 @@ Endpoints (their schemas and error responses are in ``/openapi.json``; handlers 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import functools
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -39,6 +39,7 @@ from facevib.serve.gallery_routes import gallery_router
 from facevib.serve.gallery_schemas import EnrollRequest, GalleryRequest, SearchRequest
 from facevib.serve.health import HealthMonitor
 from facevib.serve.images import Detector
+from facevib.serve.liveness import LiveProbe
 from facevib.serve.metrics import ServeMetrics
 from facevib.serve.middleware import LimitsAndMetrics
 from facevib.serve.routes import health_router, router
@@ -47,6 +48,7 @@ from facevib.serve.schemas import EmbedRequest, ErrorResponse, MultipartEmbedReq
 from facevib.serve.service import Service
 from facevib.serve.settings import ServeSettings
 from facevib.serve.state import ServerState
+from facevib.serve.threads import worker_pool
 
 __all__ = ["create_app"]
 
@@ -136,18 +138,30 @@ def create_app(settings: ServeSettings | None = None, *, detector: Detector | No
         return JSONResponse(app.openapi())
 
     app.add_middleware(LimitsAndMetrics, max_body_bytes=settings.max_body_bytes, metrics=state.metrics)
+    app.add_middleware(LiveProbe, started_at=state.started_at)  # added last: outside the metrics
     return app
 
 
 async def _start(state: ServerState) -> None:
     settings = state.settings
-    runtime = await asyncio.to_thread(
-        ModelRuntime.load,
-        settings.model,
-        device=settings.device,
-        intra_op_threads=settings.intra_op_threads,
-        max_batch=settings.max_batch,
-    )
+    nice = settings.worker_nice
+    # Loaded in a thread at the workers' priority: ONNX Runtime's intra-op threads, created
+    # with the session, inherit it (facevib.serve.threads).
+    loader = worker_pool(1, "facevib-load", nice)
+    try:
+        runtime = await asyncio.get_running_loop().run_in_executor(
+            loader,
+            functools.partial(
+                ModelRuntime.load,
+                settings.model,
+                device=settings.device,
+                intra_op_threads=settings.intra_op_threads,
+                max_batch=settings.max_batch,
+                spinning=settings.ort_spinning,
+            ),
+        )
+    finally:
+        loader.shutdown(wait=False)
     for warning in runtime.warnings:
         logger.warning("%s", warning)
     meta = runtime.metadata
@@ -160,7 +174,10 @@ async def _start(state: ServerState) -> None:
     print(message, file=sys.stderr, flush=True)  # also when no logging is configured
     state.metrics.model_info.labels(meta.model_name, runtime.providers[0], str(meta.embedding_dim)).set(1)
     batcher = Batcher(
-        runtime.infer,
+        runtime.run,
+        stage=runtime.stage,
+        pipeline_depth=settings.pipeline_depth or runtime.pipeline_depth,
+        thread_factory=lambda name: worker_pool(1, name, nice),
         max_batch=settings.max_batch,
         max_delay_s=settings.max_delay_ms / 1e3,
         max_queue=settings.max_queue,
@@ -178,8 +195,8 @@ async def _start(state: ServerState) -> None:
             state.detector = await asyncio.to_thread(load_detector, settings.detector.strip(), threads=1)
             logger.info("face detector: %s", state.detector.describe())
         workers = settings.decode_workers or cpu_count()  # decoding and alignment scale with the cores
-        state.pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="facevib-decode")
-        state.health = HealthMonitor(runtime, state.detector, settings.health_interval_s)
+        state.pool = worker_pool(workers, "facevib-decode", nice)
+        state.health = HealthMonitor(runtime, state.detector, settings.health_interval_s, nice=nice)
         await state.health.start()
     except BaseException:
         await _stop(state)

@@ -2,9 +2,14 @@
 
 Requests put arrays of ``n`` faces into one queue that counts faces. A single consumer
 task takes queued items in arrival order and runs a batch as soon as ``max_batch`` faces
-wait, or when the oldest item has waited ``max_delay`` -- whichever comes first. The
-inference function runs in one dedicated thread, never on the event loop (a CUDA session
-runs one stream, so more threads would not run it faster; batching does). The queue is
+wait, or when the oldest item has waited ``max_delay`` -- whichever comes first. A batch
+runs in two steps, each in its own dedicated thread and never on the event loop: ``stage``
+(concatenate the parts; for a GPU session also copy them to the device) and ``infer`` (a
+CUDA session runs one stream, so more inference threads would not run it faster; batching
+does). With ``pipeline_depth`` 2 the next batch is staged while the current one runs, so
+host-to-device copies overlap compute; it is taken early only when it is full (a partial
+batch taken early would be smaller than one taken when the current batch ends, at no gain
+in latency, since it waits for the model either way). The queue is
 bounded (:class:`QueueFull` beyond ``max_queue`` faces; :class:`TooLarge` for an item that
 could never fit), every item carries a deadline (:class:`DeadlineExceeded` once it passes),
 and an item whose caller gave up (timed out, or went away and cancelled its future) leaves
@@ -24,14 +29,21 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-__all__ = ["BatchResult", "Batcher", "BatcherStats", "DeadlineExceeded", "QueueFull", "TooLarge"]
+__all__ = ["BatchResult", "Batcher", "BatcherStats", "DeadlineExceeded", "QueueFull", "TooLarge", "concatenate"]
 
 logger = logging.getLogger("facevib.serve")
 
-InferFn = Callable[[np.ndarray], Sequence[np.ndarray]]
+StageFn = Callable[[list[np.ndarray]], Any]
+InferFn = Callable[[Any], Sequence[np.ndarray]]
+
+
+def concatenate(parts: list[np.ndarray]) -> np.ndarray:
+    """The default ``stage``: the parts as one array."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 class QueueFull(Exception):
@@ -96,12 +108,19 @@ class Batcher:
     """Batches ``infer`` calls across concurrent callers of :meth:`submit`.
 
     Args:
-        infer: ``(B, ...) array -> sequence of arrays with leading dimension B``; called from
-            the batcher's own thread with at most ``max_batch`` rows.
+        infer: ``stage``'s result for a batch of B rows -> sequence of arrays with leading
+            dimension B; called from the batcher's inference thread with at most ``max_batch``
+            rows.
         max_batch: faces per batch (1 runs every face alone).
         max_delay_s: longest time the oldest queued item waits for a fuller batch.
         max_queue: faces allowed to wait (in items not yet taken by a batch).
         stats: metric callbacks.
+        stage: the batch's parts (the items' arrays, in order) -> ``infer``'s input; called
+            from the batcher's staging thread. Default: :func:`concatenate`.
+        pipeline_depth: batches in flight at once (staged or running): 1 runs them one after
+            the other; 2 stages the next (full) batch while the current one runs.
+        thread_factory: makes the two threads' executors from ``(name,)`` (a lower priority,
+            say); default: plain single-thread executors.
 
     Use inside a running event loop: ``await batcher.start()`` ... ``await batcher.stop()``.
     """
@@ -114,23 +133,30 @@ class Batcher:
         max_delay_s: float,
         max_queue: int,
         stats: BatcherStats | None = None,
+        stage: StageFn = concatenate,
+        pipeline_depth: int = 1,
+        thread_factory: Callable[[str], concurrent.futures.ThreadPoolExecutor] | None = None,
     ) -> None:
-        if max_batch < 1 or max_queue < max_batch or max_delay_s < 0:
+        if max_batch < 1 or max_queue < max_batch or max_delay_s < 0 or pipeline_depth not in (1, 2):
             raise ValueError(
-                f"need max_batch >= 1, max_queue >= max_batch, max_delay_s >= 0; got {max_batch}, {max_queue}, "
-                f"{max_delay_s}"
+                "need max_batch >= 1, max_queue >= max_batch, max_delay_s >= 0, pipeline_depth 1 or 2; got "
+                f"{max_batch}, {max_queue}, {max_delay_s}, {pipeline_depth}"
             )
         self.infer = infer
+        self.stage = stage
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
+        self.pipeline_depth = pipeline_depth
         self.stats = stats or BatcherStats()
         self._queue = _Queue()
         self._wakeup: asyncio.Event | None = None
         self._consumer: asyncio.Task | None = None
-        self._in_flight: list[_Item] = []  # the items of the batch now running
-        self._running: concurrent.futures.Future | None = None  # that batch in the inference thread
-        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="facevib-infer")
+        self._batches: set[asyncio.Task] = set()  # batches in flight (staging or running)
+        self._running: set[concurrent.futures.Future] = set()  # their steps in the two threads
+        factory = thread_factory or _single_thread
+        self._stager = factory("facevib-stage")
+        self._thread = factory("facevib-infer")
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -152,17 +178,17 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
             self._consumer = None
-        for item in [*self._in_flight, *self._queue.items]:
-            item.queued = False
-            if not item.future.done():
-                item.future.set_exception(DeadlineExceeded("server shutting down"))
-                item.future.exception()  # retrieved here: a caller that already left is not logged as lost
-        self._in_flight = []
+        batches, self._batches = self._batches, set()
+        for task in batches:  # each fails its callers' futures as it is cancelled
+            task.cancel()
+        await asyncio.gather(*batches, return_exceptions=True)
+        _fail(self._queue.items, DeadlineExceeded("server shutting down"))
         self._queue = _Queue()
+        self._stager.shutdown(wait=False, cancel_futures=True)
         self._thread.shutdown(wait=False, cancel_futures=True)
-        running, self._running = self._running, None
-        if running is not None and not running.done():
-            await asyncio.wait([asyncio.wrap_future(running)], timeout=drain_s)
+        running, self._running = [f for f in self._running if not f.done()], set()
+        if running:
+            await asyncio.wait([asyncio.wrap_future(f) for f in running], timeout=drain_s)
 
     @property
     def queued_faces(self) -> int:
@@ -265,50 +291,68 @@ class Batcher:
         self._queue.faces -= faces
         return batch
 
+    def _next_batch_due(self, now: float) -> tuple[bool, float | None]:
+        """Whether to take a batch now; if not, how long to wait at most (None: until woken)."""
+        if not self._queue.items or len(self._batches) >= self.pipeline_depth:
+            return False, None
+        if self._queue.faces >= self.max_batch:
+            return True, None
+        if self._batches:  # one is in flight: only a full batch is taken early
+            return False, None
+        wait = self._queue.items[0].enqueued + self.max_delay_s - now
+        return wait <= 0, wait
+
     async def _consume(self) -> None:
         assert self._wakeup is not None
         while True:
+            # Woken by a submission or by a batch ending; the event is cleared before the
+            # state is read (all on the loop), so no wake-up is lost in between.
+            self._wakeup.clear()
             self._drop_dead(time.monotonic())
-            if not self._queue.items:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            # Wait for a full batch or until the oldest item has waited max_delay.
-            run_at = self._queue.items[0].enqueued + self.max_delay_s
-            while self._queue.faces < self.max_batch:
-                remaining = run_at - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._wakeup.clear()
+            due, wait = self._next_batch_due(time.monotonic())
+            if not due:
                 try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                    await asyncio.wait_for(self._wakeup.wait(), wait)
                 except asyncio.TimeoutError:
-                    break
-            self._drop_dead(time.monotonic())
+                    pass
+                continue
             batch = self._take_batch()
             self.stats.on_depth(self._queue.faces)
-            if batch:
-                await self._run(batch)
+            task = asyncio.get_running_loop().create_task(self._run(batch), name="facevib-batch")
+            self._batches.add(task)
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task) -> None:
+        self._batches.discard(task)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def _step(self, executor: concurrent.futures.Executor, fn: Callable, *args: Any) -> Any:
+        """``fn(*args)`` in ``executor``. A step still running when its batch is cancelled stays
+        in ``_running``, so that stop() waits for it before the model is closed."""
+        future = executor.submit(fn, *args)
+        self._running.add(future)
+        try:
+            return await asyncio.wrap_future(future)
+        finally:
+            if future.done():
+                self._running.discard(future)
 
     async def _run(self, batch: list[_Item]) -> None:
-        started = time.monotonic()
-        for item in batch:
-            self.stats.on_queue_wait(started - item.enqueued)
         faces = sum(item.size for item in batch)
-        # stop() resolves these if it cancels the consumer while the batch runs.
-        self._in_flight = batch
-        # The batch is concatenated in the inference thread too, not on the event loop.
-        self._running = self._thread.submit(_call, self.infer, [item.inputs for item in batch])
         try:
-            outputs = await asyncio.wrap_future(self._running)
-        except Exception as err:  # the model failed: every caller of this batch learns why
-            self._in_flight = []
-            logger.error("inference failed on a batch of %d", faces, exc_info=err)
+            staged = await self._step(self._stager, self.stage, [item.inputs for item in batch])
+            started = time.monotonic()  # the batch reaches the model (after the one before it)
             for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(err)
+                self.stats.on_queue_wait(started - item.enqueued)
+            outputs = await self._step(self._thread, _call, self.infer, staged, faces)
+        except asyncio.CancelledError:  # stop(): nobody will run this batch
+            _fail(batch, DeadlineExceeded("server shutting down"))
+            raise
+        except Exception as err:  # the model failed: every caller of this batch learns why
+            logger.error("inference failed on a batch of %d", faces, exc_info=err)
+            _fail(batch, err)
             return
-        self._in_flight = []
         seconds = time.monotonic() - started
         self.stats.on_batch(faces, seconds)
         start = 0
@@ -319,10 +363,23 @@ class Batcher:
                 item.future.set_result(BatchResult(rows, started - item.enqueued, seconds, faces))
 
 
-def _call(infer: InferFn, parts: list[np.ndarray]) -> tuple[np.ndarray, ...]:
-    inputs = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    outputs = tuple(infer(inputs))
+def _fail(items: Sequence[_Item], error: BaseException) -> None:
+    """Resolve the items' pending futures with ``error`` (retrieved: a caller that already left
+    is not logged as a lost exception)."""
+    for item in items:
+        item.queued = False
+        if not item.future.done():
+            item.future.set_exception(error)
+            item.future.exception()
+
+
+def _single_thread(name: str) -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+
+def _call(infer: InferFn, staged: Any, rows: int) -> tuple[np.ndarray, ...]:
+    outputs = tuple(infer(staged))
     for out in outputs:
-        if len(out) != len(inputs):
-            raise RuntimeError(f"inference returned {len(out)} rows for {len(inputs)} inputs")
+        if len(out) != rows:
+            raise RuntimeError(f"inference returned {len(out)} rows for {rows} inputs")
     return outputs

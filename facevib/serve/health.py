@@ -15,7 +15,6 @@ it must find nothing in a blank image.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from facevib.serve.runtime import ModelRuntime
+from facevib.serve.threads import worker_pool
 
 __all__ = ["MIN_COSINE", "CheckResult", "HealthMonitor"]
 
@@ -54,9 +54,10 @@ class HealthMonitor:
         runtime: the loaded model (its ``reference_output`` is the probe's expected embedding).
         detector: the face detector, or None.
         interval_s: seconds between checks.
+        nice: nice levels below the event loop of the checking thread (:mod:`facevib.serve.threads`).
     """
 
-    def __init__(self, runtime: ModelRuntime, detector: Any, interval_s: float) -> None:
+    def __init__(self, runtime: ModelRuntime, detector: Any, interval_s: float, *, nice: int = 0) -> None:
         if not interval_s > 0:
             raise ValueError(f"health interval must be > 0 s, got {interval_s}")
         self.runtime = runtime
@@ -65,7 +66,7 @@ class HealthMonitor:
         self.last: CheckResult | None = None
         self._task: asyncio.Task | None = None
         # Its own thread: the check never queues behind the batcher's inference thread.
-        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="facevib-health")
+        self._thread = worker_pool(1, "facevib-health", nice)
 
     def check(self) -> CheckResult:
         """Run the probe on the session and the detector on a blank image, now (blocking)."""

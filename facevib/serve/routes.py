@@ -19,6 +19,7 @@ import facevib
 from facevib.serve.auth import require_api_key
 from facevib.serve.errors import ServeError, error_body
 from facevib.serve.intake import embed_specs, json_body, media_type, until_disconnect
+from facevib.serve.liveness import live_payload
 from facevib.serve.metrics import CONTENT_TYPE_LATEST
 from facevib.serve.runtime import ModelRuntime
 from facevib.serve.schemas import (
@@ -222,9 +223,9 @@ health_router = APIRouter()
 @health_router.get("/health/live", response_model=LiveResponse, summary="Liveness: the process answers")
 async def health_live(request: Request) -> JSONResponse:
     """No inference, no queue, no lock: answers as long as the event loop runs (a Kubernetes
-    liveness probe). Needs no API key."""
-    started_at = server_state(request).started_at
-    return JSONResponse({"status": "ok", "uptime_s": round(time.time() - started_at, 3)})
+    liveness probe). Needs no API key. Served by :class:`facevib.serve.liveness.LiveProbe` in
+    front of the app; this route documents it (and answers if the app is mounted without it)."""
+    return JSONResponse(live_payload(server_state(request).started_at))
 
 
 @health_router.get(

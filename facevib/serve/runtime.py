@@ -10,6 +10,17 @@ in ``/v1/info``.
 On CUDA every new input shape costs a cuDNN algorithm search, so batches are zero-padded
 to a few fixed sizes (powers of two up to ``max_batch``) that are all run once at start-up.
 On the CPU shapes are free and batches run at their own size.
+
+A batch runs in two steps, so that the batcher can overlap them (:mod:`facevib.serve.batcher`):
+:meth:`ModelRuntime.stage` concatenates and pads its parts and copies them to the session's
+device (an ``OrtValue`` on the GPU; on the CPU the array itself), and :meth:`ModelRuntime.run`
+runs the session on the staged input through ONNX Runtime's IO binding and copies the outputs
+back. On CUDA the next batch's host-to-device copy then runs in the staging thread while the
+GPU computes the current one (:attr:`ModelRuntime.pipeline_depth` is 2 there).
+
+ONNX Runtime's intra-op threads spin-wait for work between operators by default; on a machine
+with few cores that spinning takes CPU time from the event loop and the image decoders, so
+the server turns it off unless ``spinning`` is asked for.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ import numpy as np
 from facevib.contract import ALIGNMENT, EMBEDDING_OUTPUT, UNCERTAINTY_OUTPUT, arcface_template
 from facevib.onnx_meta import ModelMetadata, read_metadata
 
-__all__ = ["ModelRuntime", "pad_sizes"]
+__all__ = ["ModelRuntime", "StagedBatch", "pad_sizes"]
 
 logger = logging.getLogger("facevib.serve")
 
@@ -50,9 +61,19 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+@dataclass(frozen=True)
+class StagedBatch:
+    """A batch on the session's device, ready to run: ``count`` real rows of ``value``'s
+    (padding rows follow them); ``value`` is an ``onnxruntime.OrtValue``."""
+
+    count: int
+    value: object
+
+
 @dataclass
 class ModelRuntime:
-    """A loaded model: call :meth:`infer` from one thread at a time (the batcher's)."""
+    """A loaded model. :meth:`stage` may run in one thread while :meth:`run` runs in another;
+    each of them (and :meth:`infer`) from one thread at a time."""
 
     path: Path
     session: object
@@ -64,6 +85,7 @@ class ModelRuntime:
     requested_device: str
     intra_op_threads: int
     padded_sizes: tuple[int, ...] | None
+    spinning: bool = False
     warnings: list[str] = field(default_factory=list)
     reference_output: np.ndarray | None = None
 
@@ -79,11 +101,36 @@ class ModelRuntime:
     def on_cuda(self) -> bool:
         return self.providers[0] == CUDA
 
+    @property
+    def pipeline_depth(self) -> int:
+        """Batches the batcher may have in flight: 2 on CUDA (the next one is copied to the GPU
+        while the current one computes), 1 on the CPU (copying is free there, and a second
+        batch taken early would only be smaller)."""
+        return 2 if self.on_cuda else 1
+
+    @property
+    def _device(self) -> tuple[str, int]:
+        """ONNX Runtime's ``(device_type, device_id)`` of the session's inputs and outputs."""
+        if not self.on_cuda:
+            return "cpu", 0
+        index = self.requested_device.partition(":")[2]
+        return "cuda", int(index or 0)
+
     @classmethod
     def load(
-        cls, path: str | os.PathLike, *, device: str = "auto", intra_op_threads: int = 0, max_batch: int = 32
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str = "auto",
+        intra_op_threads: int = 0,
+        max_batch: int = 32,
+        spinning: bool = False,
     ) -> ModelRuntime:
-        """Open ``path`` with ONNX Runtime and warm it up.
+        """Open ``path`` with ONNX Runtime and warm it up. ``spinning`` keeps ONNX Runtime's
+        spin-waiting intra-op threads (its default); the server turns it off.
+
+        The session's intra-op threads are created in the calling thread and inherit its
+        priority (:mod:`facevib.serve.threads`).
 
         Raises:
             FileNotFoundError: ``path`` does not exist.
@@ -103,6 +150,9 @@ class ModelRuntime:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        flag = "1" if spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", flag)
+        options.add_session_config_entry("session.inter_op.allow_spinning", flag)
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as err:  # onnxruntime raises its own pybind types for bad files
@@ -136,6 +186,7 @@ class ModelRuntime:
             requested_device=device,
             intra_op_threads=threads,
             padded_sizes=pad_sizes(max_batch) if active[0] == CUDA else None,
+            spinning=spinning,
             warnings=warnings,
         )
         runtime._warm_up()
@@ -150,8 +201,8 @@ class ModelRuntime:
     def _warm_up(self) -> None:
         started = time.perf_counter()
         for size in self.padded_sizes or (1,):
-            self._run(np.zeros((size, 3, self.input_size, self.input_size), np.float32))
-        embedding = self._run(self.fixed_input())[0]
+            self.infer(np.zeros((size, 3, self.input_size, self.input_size), np.float32))
+        embedding = self.infer(self.fixed_input())[0]
         if embedding.shape != (1, self.embedding_dim):
             raise ValueError(
                 f"{self.path}: embedding output has shape {embedding.shape[1:]}, metadata says {self.embedding_dim}"
@@ -164,23 +215,45 @@ class ModelRuntime:
             ",".join(map(str, self.padded_sizes or (1,))),
         )
 
-    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
-        names = [self.embedding_output] + ([self.uncertainty_output] if self.uncertainty_output else [])
-        return self.session.run(names, {self.input_name: batch})  # type: ignore[attr-defined]
+    @property
+    def _output_names(self) -> list[str]:
+        return [self.embedding_output] + ([self.uncertainty_output] if self.uncertainty_output else [])
 
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
-        """``(B, 3, S, S)`` float32 -> ``(embeddings (B, D),)`` or ``(embeddings, uncertainty (B,))``."""
-        count = len(batch)
+    def stage(self, parts: list[np.ndarray]) -> StagedBatch:
+        """``(n_i, 3, S, S)`` float32 parts -> one batch on the session's device (padded on CUDA)."""
+        import onnxruntime as ort
+
+        count = sum(len(part) for part in parts)
+        target = count
         if self.padded_sizes is not None:
             target = next((s for s in self.padded_sizes if s >= count), count)
-            if target > count:
-                pad = np.zeros((target - count, *batch.shape[1:]), dtype=batch.dtype)
-                batch = np.concatenate([batch, pad])
-        outputs = self._run(np.ascontiguousarray(batch, dtype=np.float32))
+        if target > count:
+            parts = [*parts, np.zeros((target - count, *parts[0].shape[1:]), dtype=np.float32)]
+        batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        device_type, device_id = self._device
+        return StagedBatch(count, ort.OrtValue.ortvalue_from_numpy(batch, device_type, device_id))
+
+    def run(self, staged: StagedBatch) -> tuple[np.ndarray, ...]:
+        """Run the session on a staged batch (IO binding: input and outputs stay on the device
+        until the outputs are copied back here); the real rows' ``(embeddings (B, D),)`` or
+        ``(embeddings, uncertainty (B,))``."""
+        device_type, device_id = self._device
+        binding = self.session.io_binding()  # type: ignore[attr-defined]
+        binding.bind_ortvalue_input(self.input_name, staged.value)
+        for name in self._output_names:
+            binding.bind_output(name, device_type, device_id)
+        self.session.run_with_iobinding(binding)  # type: ignore[attr-defined]
+        outputs = binding.copy_outputs_to_cpu()
+        count = staged.count
         embeddings = np.asarray(outputs[0], dtype=np.float32)[:count]
         if len(outputs) == 1:
             return (embeddings,)
         return embeddings, np.asarray(outputs[1], dtype=np.float32).reshape(-1)[:count]
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``(B, 3, S, S)`` float32 -> outputs, :meth:`stage` then :meth:`run` in this thread."""
+        return self.run(self.stage([batch]))
 
     def info(self) -> dict:
         """Providers and interface for ``/v1/info``."""
@@ -191,6 +264,9 @@ class ModelRuntime:
             "cuda_active": self.on_cuda,
             "intra_op_threads": self.intra_op_threads,
             "padded_batch_sizes": list(self.padded_sizes) if self.padded_sizes else None,
+            "pipeline_depth": self.pipeline_depth,
+            "io_binding": True,
+            "spinning": self.spinning,
             "input": {"name": self.input_name, "size": self.input_size},
             "outputs": [self.embedding_output] + ([self.uncertainty_output] if self.uncertainty_output else []),
             "warnings": self.warnings,

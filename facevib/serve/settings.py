@@ -54,6 +54,22 @@ class ServeSettings:
         default="mtcnn",
     )
     intra_op_threads: int = _help("ONNX Runtime threads per inference (0: the cores this process may use)", default=0)
+    # Measured in docs/results.md (Serving throughput): on a busy CPU spinning threads and
+    # workers at the loop's priority delay /health/live; neither costs throughput when off.
+    ort_spinning: bool = _help(
+        "let ONNX Runtime's intra-op threads spin-wait between operators (its default; off leaves the CPU "
+        "to the event loop and the decoders)",
+        default=False,
+    )
+    worker_nice: int = _help(
+        "nice levels by which inference, staging, decoding and health-check threads (and ONNX Runtime's) "
+        "run below the event loop, so probes and responses are not kept waiting (Linux; 0: same priority)",
+        default=10,
+    )
+    pipeline_depth: int = _help(
+        "batches in flight at once: 2 copies the next batch to the GPU while one computes (0: 2 on CUDA, 1 on the CPU)",
+        default=0,
+    )
     decode_workers: int = _help(
         "threads decoding and aligning images (0: one per core this process may use)", default=0
     )
@@ -96,6 +112,10 @@ class ServeSettings:
         for name in ("intra_op_threads", "decode_workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.worker_nice <= 19:
+            raise ValueError(f"worker_nice must be in 0..19, got {self.worker_nice}")
+        if self.pipeline_depth not in (0, 1, 2):
+            raise ValueError(f"pipeline_depth must be 0 (auto), 1 or 2, got {self.pipeline_depth}")
         device = self.device.lower()
         if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
@@ -148,9 +168,10 @@ class ServeSettings:
                 continue
             kind = kinds[name]
             try:
-                changes[name] = kind(raw)
+                changes[name] = _parse_bool(raw) if kind is bool else kind(raw)
             except ValueError:
-                raise ValueError(f"{name} must be {kind.__name__}, got {raw!r}") from None
+                expected = "true or false" if kind is bool else kind.__name__
+                raise ValueError(f"{name} must be {expected}, got {raw!r}") from None
         return dataclasses.replace(base or cls(), **changes)
 
     @classmethod
@@ -170,6 +191,16 @@ class ServeSettings:
 
             out["gallery_url"] = redact_url(self.gallery_url)
         return out
+
+
+def _parse_bool(raw: str) -> bool:
+    """``true``/``false`` (also 1/0, yes/no, on/off); ``bool("false")`` would be True."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
 
 
 def env_name(name: str) -> str:
