@@ -6,7 +6,8 @@ aligned face crops with both on ONNX Runtime, once each and without flipping (wh
 ``/v1/embed`` does), and compares them image by image by cosine. The export is refused when the
 smallest cosine is below the bound (:data:`FP16_MIN_COSINE` unless the caller says otherwise) or
 any float16 embedding is not finite (float16 overflows above 65504); otherwise the measured
-:class:`facevib.onnx_meta.Parity` goes into the file's ``facevib.precision`` metadata.
+:class:`facevib.onnx_meta.Parity` goes into the file's ``facevib.precision`` metadata. Only the
+embedding output is compared (an ``uncertainty`` output is not).
 
 What the parity measures depends on the provider, and the metadata says which ran:
 
