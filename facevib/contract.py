@@ -71,6 +71,7 @@ METADATA_KEYS: dict[str, str] = {
         "uncertainty",
         "calibration",
         "identification",
+        "precision",
     )
 }
 

@@ -26,6 +26,10 @@ Keys (all prefixed ``facevib.``; structured values are JSON strings):
 ``facevib.calibration``   JSON object (:class:`Calibration`), absent when not calibrated
 ``facevib.identification`` JSON object (:class:`IdentificationCalibration`): the 1:N open-set
                           threshold at a target FPIR, absent when not calibrated
+``facevib.precision``     JSON object (:class:`Precision`): the graph's arithmetic (``float32`` or
+                          ``float16``), its input/output type (``float32`` either way) and, for
+                          float16, the parity measured against the float32 graph at export;
+                          absent in files written before it existed (read as float32)
 ========================  =====================================================================
 
 A file with no ``facevib.`` key at all (a plain insightface ONNX, say) makes
@@ -55,7 +59,10 @@ __all__ = [
     "Calibration",
     "HeldOut",
     "PROTOCOLS",
+    "PRECISIONS",
     "IdentificationCalibration",
+    "Parity",
+    "Precision",
     "ModelMetadata",
     "default_preprocess",
     "read_metadata",
@@ -262,6 +269,71 @@ class IdentificationCalibration:
         return cls(**{n: data[n] for n in names})
 
 
+PRECISIONS: tuple[str, ...] = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How closely a float16 graph's embeddings follow its float32 graph's, measured at export.
+
+    Both graphs embedded the same ``images`` aligned face crops (``source`` names them) once
+    each, no flip, on ONNX Runtime's ``provider``; ``min_cosine`` and ``mean_cosine`` are over
+    the per-image cosines between the two embeddings. The export is refused when
+    ``min_cosine < bound``. ``note`` says what that provider computes in float16.
+    """
+
+    images: int
+    min_cosine: float
+    mean_cosine: float
+    bound: float
+    provider: str
+    source: str
+    note: str
+
+    def __post_init__(self) -> None:
+        key = PREFIX + "precision.parity"
+        _count(self.images, f"{key}.images", 1)
+        for name in ("min_cosine", "mean_cosine", "bound"):
+            _finite(getattr(self, name), f"{key}.{name}", -1.0, 1.0)
+        for name in ("provider", "source", "note"):
+            if not isinstance(getattr(self, name), str):
+                raise MetadataError(f"{key}.{name}: expected a string, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The arithmetic of the graph: ``weights`` (and activations) ``"float32"`` or ``"float16"``.
+
+    ``io`` is the type of the ``data`` input and of the outputs: ``"float32"`` for both kinds of
+    file (a float16 graph casts at its edges), so clients feed and read it the same way.
+    ``parity`` is the float16 graph's measured agreement with the float32 one (None for float32).
+    """
+
+    weights: str = "float32"
+    io: str = "float32"
+    parity: Parity | None = None
+
+    def __post_init__(self) -> None:
+        key = PREFIX + "precision"
+        for name in ("weights", "io"):
+            if getattr(self, name) not in PRECISIONS:
+                raise MetadataError(
+                    f"{key}.{name}: expected one of {', '.join(PRECISIONS)}, got {getattr(self, name)!r}"
+                )
+        if self.parity is not None and not isinstance(self.parity, Parity):
+            raise MetadataError(f"{key}.parity: expected a Parity, got {type(self.parity).__name__}")
+        if (self.weights == "float16") != (self.parity is not None):
+            raise MetadataError(f"{key}.parity: must be given exactly for float16 weights (weights {self.weights!r})")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Precision:
+        """Build from the JSON object stored under ``facevib.precision``."""
+        fields = _fields_of(cls, data, PREFIX + "precision", optional=("io", "parity"))
+        if fields.get("parity") is not None:
+            fields["parity"] = Parity(**_fields_of(Parity, fields["parity"], PREFIX + "precision.parity"))
+        return cls(**fields)
+
+
 @dataclass(frozen=True)
 class ModelMetadata:
     """Everything a client needs to feed a facevib ONNX file and read its outputs.
@@ -281,6 +353,7 @@ class ModelMetadata:
     uncertainty: dict[str, Any] | None = None
     calibration: Calibration | None = None
     identification: IdentificationCalibration | None = None
+    precision: Precision | None = None
 
     def __post_init__(self) -> None:
         for name in ("facevib_version", "model_name"):
@@ -326,6 +399,13 @@ class ModelMetadata:
                 f"{_KEYS['identification']}: expected an IdentificationCalibration, "
                 f"got {type(self.identification).__name__}"
             )
+        if self.precision is not None and not isinstance(self.precision, Precision):
+            raise MetadataError(f"{_KEYS['precision']}: expected a Precision, got {type(self.precision).__name__}")
+
+    @property
+    def weights_precision(self) -> str:
+        """``"float16"`` or ``"float32"`` (files without ``facevib.precision`` are float32)."""
+        return self.precision.weights if self.precision is not None else "float32"
 
     @classmethod
     def default(
@@ -373,6 +453,8 @@ class ModelMetadata:
             props[_KEYS["calibration"]] = _dumps(asdict(self.calibration))
         if self.identification is not None:
             props[_KEYS["identification"]] = _dumps(asdict(self.identification))
+        if self.precision is not None:
+            props[_KEYS["precision"]] = _dumps(asdict(self.precision))
         return props
 
     @classmethod
@@ -422,6 +504,7 @@ class ModelMetadata:
 
         calibration = structured("calibration", required=False)
         identification = structured("identification", required=False)
+        precision = structured("precision", required=False)
         return cls(
             facevib_version=text("facevib_version"),
             model_name=text("model_name"),
@@ -434,6 +517,7 @@ class ModelMetadata:
             uncertainty=structured("uncertainty", required=False),
             calibration=None if calibration is None else Calibration.from_dict(calibration),
             identification=None if identification is None else IdentificationCalibration.from_dict(identification),
+            precision=None if precision is None else Precision.from_dict(precision),
         )
 
     def as_dict(self) -> dict[str, Any]:

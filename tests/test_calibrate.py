@@ -167,3 +167,86 @@ def test_metadata_without_a_protocol_reads_as_template() -> None:
         Calibration.from_dict(old | {"protocol": "templates"})
     with pytest.raises(MetadataError, match="facevib.calibration.holdout: missing field"):
         Calibration.from_dict(old | {"protocol": "single_image", "holdout": {"fpr": 0.0}})
+
+
+# ---------------------------------------------------------------- IJB without its 1:N files
+
+
+def test_template_pair_identities_are_the_components_of_the_genuine_pairs() -> None:
+    from facevib.data.ijb import IJBFormatError
+    from facevib.export.labelled import template_pair_identities
+
+    # Worked by hand: genuine 1-2, 2-3, 4-5 make {1, 2, 3} and {4, 5}; 6 is in an impostor pair only.
+    pairs = np.array([[1, 2], [2, 3], [5, 4], [1, 4], [6, 1], [3, 4]])
+    labels = np.array([1, 1, 1, 0, 0, 0], bool)
+    derived = template_pair_identities(pairs, labels)
+    assert derived.templates.tolist() == [1, 2, 3, 4, 5, 6]
+    assert derived.identities.tolist() == [1, 1, 1, 4, 4, 6]
+    # Identity pairs {1,4}, {1,6}, {4,6}: impostor labels confirm {1,4} (twice) and {1,6}.
+    assert (derived.components, derived.component_pairs, derived.covered) == (3, 3, 2)
+    with pytest.raises(IJBFormatError, match=r"here: 1 impostor pair\(s\) join .* e.g. templates 3 and 1"):
+        template_pair_identities(np.vstack([pairs, [[3, 1]]]), np.append(labels, False), where="here")
+
+
+@pytest.fixture(scope="module")
+def ijb_without_1n(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic IJB-C folder with its 1:N gallery and probe files removed."""
+    source = synthetic_dir / "IJBC"
+    folder = tmp_path_factory.mktemp("ijb_no_1n") / "IJBC"
+    (folder / "meta").mkdir(parents=True)
+    (folder / "loose_crop").symlink_to(source / "loose_crop")
+    for path in (source / "meta").iterdir():
+        if "_1N_" not in path.name:
+            (folder / "meta" / path.name).symlink_to(path)
+    return folder
+
+
+def _subjects_from_1n_files(ijb: Path) -> dict[int, int]:
+    """template -> subject, read here from the CSV files (TEMPLATE_ID,SUBJECT_ID,...)."""
+    subjects = {}
+    for path in sorted((ijb / "meta").glob("ijbc_1N_*.csv")):
+        for line in path.read_text().splitlines()[1:]:
+            template, subject = line.split(",")[:2]
+            subjects[int(template)] = int(subject)
+    return subjects
+
+
+def test_ijb_without_1n_files_derives_the_subjects_and_their_threshold(
+    model: torch.nn.Module, synthetic_dir: Path, ijb_without_1n: Path
+) -> None:
+    from facevib.export.labelled import read_labelled_images
+
+    full = synthetic_dir / "IJBC"
+    assert not list((ijb_without_1n / "meta").glob("*_1N_*"))
+    # The derived identities partition the images exactly as the 1:N files' subjects do.
+    derived = read_labelled_images(ijb_without_1n)
+    templates = [int(line.split()[1]) for line in (full / "meta" / "ijbc_face_tid_mid.txt").read_text().splitlines()]
+    truth = _subjects_from_1n_files(full)
+    assert len(derived.identities) == len(templates) and derived.unlabelled == 0
+    pairs = set(zip(derived.identities.tolist(), [truth[t] for t in templates], strict=True))
+    assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs}) == len(set(truth.values()))
+    assert "identities derived from the 1:1 pair labels" in derived.source
+
+    # The threshold: the derived one (calibrate, seed 0) against the 1:N one over K other random
+    # identity splits (seeds 1..K, each the threshold of one half's pairs, computed here from
+    # the 1:N subjects). Every one is the same quantile of a random half of the same people, so
+    # they differ by split noise only: the derived one must lie within 4 standard deviations of
+    # the 1:N thresholds' spread, widened by sqrt(1 + 1/K) for the uncertainty of their mean.
+    embedder = Embedder.from_module(model, device="cpu", batch_size=64)
+    target = 0.01
+    without = calibrate(embedder, ijb_without_1n, target, progress=False)
+    assert without.resolved and without.protocol == "single_image" and "no 1:N files" in without.source
+    faces = read_labelled_images(full)
+    assert "subjects from the 1:N files" in faces.source
+    unit = _unit(model, faces.images)
+    with_1n = []
+    for seed in range(1, 9):
+        first, _ = split_halves(np.unique(faces.identities), seed)
+        rows = np.flatnonzero(np.isin(faces.identities, first))
+        scores, same = identity_pair_scores(unit[rows], faces.identities[rows])
+        impostor = np.sort(scores[~same])[::-1]
+        with_1n.append(impostor[math.floor(target * impostor.size)])  # accept iff > threshold
+    with_1n = np.array(with_1n)
+    spread = with_1n.std(ddof=1) * math.sqrt(1 + 1 / len(with_1n))
+    assert spread > 0
+    assert abs(without.threshold - with_1n.mean()) <= 4 * spread, (without.threshold, with_1n.tolist())

@@ -40,6 +40,7 @@ def test_metadata_keys_are_prefixed_and_distinct() -> None:
             "uncertainty",
             "calibration",
             "identification",
+            "precision",
         )
     )
     assert contract.METADATA_KEYS["facevib_version"] == "facevib.version"

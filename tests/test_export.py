@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -443,6 +444,10 @@ def _cli(args: list[str]) -> int:
         (["--triton-repo", "{tmp}/t", "--triton-name", "a b"], "Triton model name must be"),
         (["--triton-repo", "{tmp}/t", "--max-batch", "0"], "Triton max_batch_size must be >= 1"),
         (["--opset", "17"], "the dynamo exporter needs opset >= 18"),
+        (["--parity-data", "{empty}"], "--parity-data needs --fp16"),
+        (["--fp16-min-cosine", "0.9"], "--fp16-min-cosine needs --fp16"),
+        (["--fp16"], "the float16 export is checked against the float32 graph on aligned face crops"),
+        (["--fp16", "--parity-data", "{empty}"], "holds no verification .bin files"),
     ],
 )
 def test_cli_user_mistakes_are_one_line_exit_2(
@@ -455,7 +460,7 @@ def test_cli_user_mistakes_are_one_line_exit_2(
     code = _cli([str(checkpoint[1]), "--out", str(out), *legacy, *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0] and "Traceback" not in err[0], err
-    if "Triton" in message or "needs --" in message or "FPR" in message:
+    if "Triton" in message or "needs --" in message or "FPR" in message or "--fp16" in extra:
         assert not out.exists()  # refused before any work
 
 
@@ -507,3 +512,125 @@ def test_metadata_makes_one_self_contained_file_with_the_exported_permissions(ex
         expected = model.eval()(torch.from_numpy(x)).numpy()
     model.train(was_training)
     assert np.abs(got - expected).max() <= 1e-4
+
+
+# ---------------------------------------------------------------- float16
+
+
+@pytest.fixture(scope="module")
+def parity_bin(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One synthetic .bin set alone: its first 256 images are the parity crops."""
+    folder = tmp_path_factory.mktemp("parity")
+    (folder / "agedb_30.bin").symlink_to(synthetic_dir / "agedb_30.bin")
+    return folder
+
+
+def _float_weights(path: Path) -> list[np.ndarray]:
+    """Every floating-point initializer of rank >= 1, read with onnx's own numpy_helper."""
+    from onnx import numpy_helper
+
+    arrays = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer]
+    return [a for a in arrays if a.ndim >= 1 and np.issubdtype(a.dtype, np.floating)]
+
+
+def _edge_types(path: Path) -> list[int]:
+    graph = onnx.load(str(path)).graph
+    return [v.type.tensor_type.elem_type for v in [*graph.input, *graph.output]]
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_fp16_export_is_checked_for_parity_and_served_as_float16(
+    checkpoint: tuple[nn.Module, Path], parity_bin: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from onnx.reference import ReferenceEvaluator
+
+    from facevib.serve.runtime import ModelRuntime
+
+    model, path = checkpoint
+    out, out32 = tmp_path / "face16.onnx", tmp_path / "face32.onnx"
+    common = ["--legacy-exporter", "--device", "cpu"]
+    assert main([str(path), "--out", str(out), "--fp16", "--parity-data", str(parity_bin), *common]) == 0
+    printed = capsys.readouterr().out
+    assert "float16 graph (float32 input and outputs)" in printed and "note: CPUExecutionProvider" in printed
+    assert main([str(path), "--out", str(out32), "--legacy-exporter"]) == 0
+
+    # The file: float16 weights, float32 edges, still a drop-in. Its weights are the float32
+    # file's to float16's precision: the exporter folds batch norms into the convolutions in
+    # the model's own type, so a folded weight carries a few float16 roundings (unit roundoff
+    # 2^-11 each), and 8 of them bound its relative error.
+    weights16, weights32 = _float_weights(out), _float_weights(out32)
+    assert weights16 and {w.dtype for w in weights16} == {np.dtype(np.float16)}
+    assert {w.dtype for w in weights32} == {np.dtype(np.float32)}
+    assert [w.shape for w in weights16] == [w.shape for w in weights32]
+    for half, full in zip(weights16, weights32, strict=True):
+        assert np.linalg.norm(half.astype(np.float64) - full) <= 8 * 2.0**-11 * np.linalg.norm(full)
+    assert _edge_types(out) == [TensorProto.FLOAT, TensorProto.FLOAT] == _edge_types(out32)
+    assert insightface_problems(out) == []
+
+    # The metadata: the parity on the first (up to 256) crops of the .bin set, on the CPU provider.
+    crops = read_bin(parity_bin / "agedb_30.bin").images[:256]
+    meta, meta32 = _session_metadata(out), _session_metadata(out32)
+    precision, parity = meta.precision, meta.precision.parity
+    assert (precision.weights, precision.io) == ("float16", "float32") and meta.weights_precision == "float16"
+    assert meta32.precision.weights == "float32" and meta32.precision.parity is None
+    assert (parity.images, parity.bound, parity.provider) == (len(crops), 0.999, "CPUExecutionProvider")
+    assert parity.source.startswith(f"the first {len(crops)} images of verification pairs agedb_30.bin")
+    # What the stored figures say, recomputed from the PyTorch float32 model and ONNX Runtime's
+    # float16 file on the same crops (torch and ORT float32 agree to ~1e-6 in cosine).
+    with torch.no_grad():
+        reference = model.eval()(images_to_tensor(crops)).numpy()
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (served,) = session.run(None, {INPUT_NAME: images_to_tensor(crops).numpy()})
+    cosines = _cosines(served, reference)
+    assert parity.min_cosine == pytest.approx(cosines.min(), abs=1e-5) and parity.min_cosine >= 0.999
+    assert parity.mean_cosine == pytest.approx(cosines.mean(), abs=1e-5)
+    # float16 arithmetic, which the CPU provider does not do: onnx's reference evaluator
+    # computes every node in the graph's own types (float16 activations between the casts).
+    (arithmetic,) = ReferenceEvaluator(str(out)).run(None, {INPUT_NAME: images_to_tensor(crops[:8]).numpy()})
+    assert _cosines(arithmetic, reference[:8]).min() >= 0.999
+
+    # The server's runtime reports the precision (/v1/info's "runtime" and "model" entries).
+    runtime = ModelRuntime.load(out, device="cpu", intra_op_threads=1)
+    assert runtime.info()["precision"] == "float16" and runtime.metadata.precision == precision
+    assert ModelRuntime.load(out32, device="cpu", intra_op_threads=1).info()["precision"] == "float32"
+
+
+def test_fp16_export_below_the_bound_is_refused_and_writes_nothing(
+    parity_bin: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    few = tmp_path / "few"  # 8 crops of the .bin set as an image folder (identities do not matter here)
+    for i, crop in enumerate(read_bin(parity_bin / "agedb_30.bin").images[:8]):
+        (few / f"id{i % 4}").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(few / f"id{i % 4}" / f"{i}.png"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+    torch.manual_seed(7)
+    model = create_model("r18", **TINY).eval()
+    with torch.no_grad():
+        model.fc.weight[0, 0] = 1e5  # finite in float32, beyond float16's largest value (65504)
+    path = tmp_path / "big.pt"
+    torch.save({"format": "facevib", "arch": model.arch, "backbone": model.state_dict()}, path)
+    out = tmp_path / "big16.onnx"
+    args = [str(path), "--out", str(out), "--fp16", "--parity-data", str(few), "--legacy-exporter"]
+    assert _cli(args) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "float16 export refused: the smallest cosine between float16 and float32 embeddings" in line
+    assert "-1.000000" in line and "below the bound 0.999" in line  # non-finite embeddings count as -1
+    assert list(tmp_path.glob("big16*")) == []
+
+
+def test_fp16_uncertainty_graph_keeps_float32_edges(tmp_path: Path) -> None:
+    torch.manual_seed(8)
+    model = create_model("cellvib_r18", **TINY).eval()
+    path = export_onnx(model, tmp_path / "u16.onnx", uncertainty=True, fp16=True, dynamo=False)
+    assert _edge_types(path) == [TensorProto.FLOAT] * 3
+    assert {w.dtype for w in _float_weights(path)} == {np.dtype(np.float16)}
+    x = images_to_tensor(aligned_crops()).numpy()
+    embedding, uncertainty = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"data": x})
+    with torch.no_grad():
+        ref_embedding, ref_uncertainty = model.forward_with_uncertainty(torch.from_numpy(x))
+    assert _cosines(embedding, ref_embedding.numpy()).min() >= 0.999
+    # mean log sigma in nats: float16 weights move it by far less than its spread over faces.
+    np.testing.assert_allclose(uncertainty, ref_uncertainty.numpy(), atol=1e-2)

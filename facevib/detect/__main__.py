@@ -22,7 +22,9 @@ def _detect(args: argparse.Namespace) -> int:
     from facevib.data.imagecodec import decode_rgb
     from facevib.detect import load_detector
 
-    detector = load_detector(args.detector)
+    detector = load_detector(args.detector, device=args.device)
+    for warning in detector.describe().get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     for path in args.photos:
         try:
             image = decode_rgb(Path(path).read_bytes())
@@ -52,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--min-face-size", type=float, default=None, help="smallest face in pixels")
     detect.add_argument("--threshold", type=float, default=None, help="smallest face score kept")
     detect.add_argument("--max-faces", type=int, default=None, help="keep at most this many faces, largest first")
+    detect.add_argument(
+        "--device", default="auto", help="auto (CUDA when onnxruntime has it, the default), cpu, cuda or cuda:N"
+    )
     detect.set_defaults(run=_detect)
     convert = sub.add_parser("convert", help="build MTCNN's ONNX files from the facenet-pytorch 2.6.0 wheel")
     convert.add_argument("--wheel", type=Path, required=True, help="facenet_pytorch-2.6.0-py3-none-any.whl")

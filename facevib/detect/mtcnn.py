@@ -37,6 +37,7 @@ import numpy as np
 
 from facevib.detect.base import Face, check_image, check_options, largest_first
 from facevib.detect.boxes import crop_resize, nms, square
+from facevib.detect.providers import session_notes, session_providers
 
 __all__ = ["MTCNN", "MTCNNConfig", "OrtNets", "weights_dir"]
 
@@ -78,13 +79,19 @@ class OrtNets:
     """The three networks as ONNX Runtime sessions (thread-safe: ``InferenceSession.run`` is)."""
 
     def __init__(
-        self, folder: str | Path | None = None, *, providers: list[str] | None = None, threads: int = 0
+        self,
+        folder: str | Path | None = None,
+        *,
+        providers: list[str] | None = None,
+        threads: int = 0,
+        device: str = "cpu",
     ) -> None:
         try:
             import onnxruntime as ort
         except ImportError:  # pragma: no cover - onnxruntime is part of the serve extra
             raise ImportError("face detection needs onnxruntime: pip install 'facevib[serve]'") from None
 
+        choice = session_providers(device, providers)
         folder = Path(folder) if folder is not None else weights_dir()
         options = ort.SessionOptions()
         if threads > 0:
@@ -96,13 +103,13 @@ class OrtNets:
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: MTCNN weight file missing (rebuild with `make detector-weights`)")
             try:
-                self._sessions[net] = ort.InferenceSession(
-                    str(path), options, providers=providers or ["CPUExecutionProvider"]
-                )
+                self._sessions[net] = ort.InferenceSession(str(path), options, providers=choice.providers)
             except Exception as err:  # ORT raises its own exception types for unreadable files
                 raise ValueError(f"{path}: ONNX Runtime cannot load it ({err})") from None
             self.paths[net] = path
         self.providers = self._sessions["pnet"].get_providers()
+        self.device = device
+        self.warnings = session_notes(choice, self.providers, device)
 
     def _run(self, net: str, batch: np.ndarray) -> list[np.ndarray]:
         return self._sessions[net].run(None, {"image": batch})
@@ -142,8 +149,10 @@ class MTCNN:
         config: cascade parameters; ``detect``'s options override ``min_face_size`` and the
             last stage's threshold per call.
         nets: the three networks; default: the committed ONNX files on ONNX Runtime.
-        providers: ONNX Runtime providers for the default nets (default CPU).
+        providers: ONNX Runtime providers for the default nets (default: chosen from ``device``).
         threads: ONNX Runtime intra-op threads (0: its default).
+        device: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``auto``
+            (:func:`facevib.detect.providers.choose_providers`).
     """
 
     name = "mtcnn"
@@ -155,9 +164,10 @@ class MTCNN:
         nets: Any | None = None,
         providers: list[str] | None = None,
         threads: int = 0,
+        device: str = "cpu",
     ) -> None:
         self.config = config or MTCNNConfig()
-        self.nets = nets if nets is not None else OrtNets(providers=providers, threads=threads)
+        self.nets = nets if nets is not None else OrtNets(providers=providers, threads=threads, device=device)
 
     def describe(self) -> dict[str, Any]:
         paths = getattr(self.nets, "paths", {})
@@ -166,6 +176,8 @@ class MTCNN:
             "source": "built-in MTCNN (weights from facenet-pytorch 2.6.0, MIT)",
             "files": {net: str(path) for net, path in paths.items()},
             "providers": list(getattr(self.nets, "providers", [])),
+            "requested_device": getattr(self.nets, "device", None),
+            "warnings": list(getattr(self.nets, "warnings", [])),
             "min_face_size": self.config.min_face_size,
             "threshold": self.config.thresholds[2],
             "stage_thresholds": list(self.config.thresholds),

@@ -30,6 +30,7 @@ import numpy as np
 
 from facevib.detect.base import Face, check_image, check_options, largest_first
 from facevib.detect.boxes import nms
+from facevib.detect.providers import session_notes, session_providers
 
 __all__ = ["SCRFD", "letterbox"]
 
@@ -54,8 +55,10 @@ class SCRFD:
 
     Args:
         path: the ONNX file.
-        providers: ONNX Runtime providers (default CPU).
+        providers: ONNX Runtime providers (default: chosen from ``device``).
         threads: intra-op threads (0: ONNX Runtime's default).
+        device: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``auto``
+            (:func:`facevib.detect.providers.choose_providers`).
         threshold: default score threshold.
         nms_threshold: IoU above which the lower-scoring of two boxes is dropped.
 
@@ -73,6 +76,7 @@ class SCRFD:
         threads: int = 0,
         threshold: float = 0.5,
         nms_threshold: float = 0.4,
+        device: str = "cpu",
     ) -> None:
         try:
             import onnxruntime as ort
@@ -84,16 +88,17 @@ class SCRFD:
         check_options(None, threshold, None)
         self.threshold = float(threshold)
         self.nms_threshold = float(nms_threshold)
+        choice = session_providers(device, providers)
         options = ort.SessionOptions()
         if threads > 0:
             options.intra_op_num_threads = threads
         try:
-            self._session = ort.InferenceSession(
-                str(self.path), options, providers=providers or ["CPUExecutionProvider"]
-            )
+            self._session = ort.InferenceSession(str(self.path), options, providers=choice.providers)
         except Exception as err:  # ORT raises its own exception types for unreadable or invalid files
             raise ValueError(f"{self.path}: not a model ONNX Runtime can load ({err})") from None
         self.providers = self._session.get_providers()
+        self.device = device
+        self.warnings = session_notes(choice, self.providers, device)
         inputs = self._session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             shapes = [tuple(i.shape) for i in inputs]
@@ -137,6 +142,8 @@ class SCRFD:
             "source": f"SCRFD ONNX file {self.path.name}",
             "files": {"model": str(self.path)},
             "providers": list(self.providers),
+            "requested_device": self.device,
+            "warnings": list(self.warnings),
             "input_size": list(self.input_size),
             "threshold": self.threshold,
             "nms_threshold": self.nms_threshold,

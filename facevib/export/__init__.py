@@ -9,6 +9,9 @@
   in the file's ``metadata_props``; the server reads it back without torch.
 * :func:`calibrate` measures the cosine threshold at a target FPR on verification ``.bin``
   files or an IJB folder, with facevib.eval.
+* ``fp16=True`` (``--fp16``) writes a float16 graph with the same float32 interface;
+  :func:`measure_parity` compares it with the float32 graph on face crops
+  (:mod:`facevib.export.precision`), and the export is refused below the bound.
 * :func:`write_triton_repository` writes a Triton model repository for the same file.
 * :func:`export_model` chains them: ``python -m facevib.export MODEL --out model.onnx``.
 """
@@ -17,6 +20,7 @@ from facevib.export.calibrate import calibrate, calibrate_identification, calibr
 from facevib.export.graph import (
     compare_onnx,
     export_onnx,
+    initializer_types,
     insightface_problems,
     onnx_differences,
 )
@@ -28,9 +32,11 @@ from facevib.export.metadata import (
     write_metadata,
 )
 from facevib.export.pipeline import ExportResult, export_model
+from facevib.export.precision import FP16_MIN_COSINE, measure_parity, parity_crops
 from facevib.export.triton import check_triton_settings, triton_config, write_triton_repository
 
 __all__ = [
+    "FP16_MIN_COSINE",
     "ExportResult",
     "build_metadata",
     "calibrate",
@@ -42,8 +48,11 @@ __all__ = [
     "describe_uncertainty",
     "export_model",
     "export_onnx",
+    "initializer_types",
     "insightface_problems",
+    "measure_parity",
     "onnx_differences",
+    "parity_crops",
     "read_onnx_metadata",
     "triton_config",
     "write_metadata",

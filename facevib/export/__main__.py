@@ -5,10 +5,12 @@
     python -m facevib.export runs/cellvib/backbone.pt --out m.onnx --uncertainty \\
         --calibrate /data/faces_emore --target-fpr 1e-4 --triton-repo triton_models
     python -m facevib.export backbone.pt --out m.onnx --calibrate-identification /data/IJBC --target-fpir 1e-2
+    python -m facevib.export backbone.pt --out m16.onnx --fp16 --calibrate /data/IJBC --device cuda
 
 The default file is a drop-in for insightface-style clients: one input ``data`` (N, 3, 112, 112)
 float32 RGB, (pixel - 127.5) / 127.5, dynamic N; one output ``embedding`` (N, D), not
-normalised. --uncertainty adds a second output ``uncertainty`` (N,). Metadata (model,
+normalised. --uncertainty adds a second output ``uncertainty`` (N,). --fp16 writes a float16
+graph with the same float32 interface, checked against the float32 graph on face crops. Metadata (model,
 preprocessing, config digest, calibrated threshold) is stored in the file's metadata_props.
 """
 
@@ -20,6 +22,7 @@ import sys
 
 from facevib.cli import make_parser
 from facevib.export.pipeline import export_model
+from facevib.export.precision import FP16_MIN_COSINE
 from facevib.onnx_meta import PROTOCOLS
 
 
@@ -52,7 +55,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="images sampled from the labelled set, whole identities (default 4000: ~8M pairs)",
     )
     parser.add_argument(
-        "--device", default=None, help="where calibration runs the exported file: auto (default), cpu, cuda, cuda:N"
+        "--device",
+        default=None,
+        help="where calibration and the --fp16 parity check run the exported file: auto (default), cpu, cuda, cuda:N",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar while calibrating")
     parser.add_argument(
@@ -75,7 +80,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (the default exporter needs >= 18)")
     parser.add_argument("--json", action="store_true", help="print the written metadata as JSON")
+    _add_precision_arguments(parser)
     return parser
+
+
+def _add_precision_arguments(parser: argparse.ArgumentParser) -> None:
+    """--fp16 and its parity check (facevib.export.precision)."""
+    parser.add_argument(
+        "--fp16",
+        action="store_true",
+        help="float16 graph (float32 input and outputs), refused unless its embeddings match the float32 graph's",
+    )
+    parser.add_argument(
+        "--parity-data",
+        default=None,
+        metavar="DATA",
+        help="labelled faces for the --fp16 parity check (any --calibrate kind; default: the --calibrate data)",
+    )
+    parser.add_argument(
+        "--fp16-min-cosine",
+        type=float,
+        default=None,
+        help=f"smallest float16-vs-float32 cosine the --fp16 export accepts (default {FP16_MIN_COSINE})",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,13 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
     for flag in ("target_fpr", "calibration_protocol", "calibration_images", "device"):
-        calibrating = args.calibrate is not None or (flag == "device" and args.calibrate_identification is not None)
+        runs_model = args.calibrate_identification is not None or args.fp16  # --device runs these too
+        calibrating = args.calibrate is not None or (flag == "device" and runs_model)
         if getattr(args, flag) is not None and not calibrating:
             parser.error(f"--{flag.replace('_', '-')} needs --calibrate DATA")
     if args.calibration_images is not None and args.calibration_images < 4:
         parser.error(f"--calibration-images must be >= 4, got {args.calibration_images}")
     if args.target_fpir is not None and args.calibrate_identification is None:
         parser.error("--target-fpir needs --calibrate-identification DATA")
+    for flag in ("parity_data", "fp16_min_cosine"):
+        if getattr(args, flag) is not None and not args.fp16:
+            parser.error(f"--{flag.replace('_', '-')} needs --fp16")
     for flag in ("triton_name", "max_batch", "max_delay_us"):
         if args.triton_repo is None and getattr(args, flag) != parser.get_default(flag):
             parser.error(f"--{flag.replace('_', '-')} needs --triton-repo DIR")
@@ -113,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             max_queue_delay_us=args.max_delay_us,
             dynamo=not args.legacy_exporter,
             opset=args.opset,
+            fp16=args.fp16,
+            parity_data=args.parity_data,
+            fp16_min_cosine=FP16_MIN_COSINE if args.fp16_min_cosine is None else args.fp16_min_cosine,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
@@ -124,6 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         f"wrote {result.path}: {meta.model_name}, input data (N, 3, {meta.input_size}, {meta.input_size}), "
         f"outputs {' + '.join(meta.outputs)}, embedding_dim {meta.embedding_dim}"
     )
+    parity = meta.precision.parity if meta.precision is not None else None
+    if parity is not None:
+        print(
+            f"float16 graph (float32 input and outputs): cosine to the float32 graph min {parity.min_cosine:.6f}, "
+            f"mean {parity.mean_cosine:.6f} on {parity.images} crops (bound {parity.bound:g}) on {parity.provider}"
+        )
+        if parity.provider != "CUDAExecutionProvider":
+            print(f"note: {parity.note}")
     if result.insightface_problems:
         print(f"not an insightface drop-in: {'; '.join(result.insightface_problems)}")
     else:

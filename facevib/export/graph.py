@@ -21,6 +21,7 @@ drop-in for insightface-style clients.
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "export_onnx",
+    "initializer_types",
     "onnx_differences",
     "compare_onnx",
     "insightface_problems",
@@ -58,6 +60,45 @@ class _EmbeddingAndUncertainty(nn.Module):
         return self.backbone.forward_with_uncertainty(x)
 
 
+class _Float16(nn.Module):
+    """A float16 copy of ``module`` between casts: float32 ``x`` in, float32 outputs out.
+
+    The casts put the graph's edges in float32, so the file is fed and read like the float32
+    one (servers, Triton configs and insightface-style clients need no change), while every
+    weight and every activation in between is float16.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.inner = copy.deepcopy(module).half()  # the caller's model stays float32
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
+        out = self.inner(x.half())
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+
+
+def initializer_types(model: str | os.PathLike | onnx.ModelProto) -> dict[str, int]:
+    """How many of the graph's floating-point weights are of each type, e.g. ``{"float16": 120}``.
+
+    Weights are the initializers of rank >= 1; integer ones (shapes, axes) and scalar constants
+    (the exporter's thresholds and clip bounds, which keep the type the model code gave them)
+    are not counted."""
+    import onnx
+
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    names = {
+        onnx.TensorProto.FLOAT: "float32",
+        onnx.TensorProto.FLOAT16: "float16",
+        onnx.TensorProto.DOUBLE: "float64",
+        onnx.TensorProto.BFLOAT16: "bfloat16",
+    }
+    counts: dict[str, int] = {}
+    for tensor in proto.graph.initializer:
+        if tensor.data_type in names and len(tensor.dims) >= 1:
+            counts[names[tensor.data_type]] = counts.get(names[tensor.data_type], 0) + 1
+    return counts
+
+
 def _input_size(model: nn.Module, input_size: int | None) -> int:
     if input_size is not None:
         return int(input_size)
@@ -73,6 +114,7 @@ def export_onnx(
     input_size: int | None = None,
     dynamo: bool = True,
     uncertainty: bool = False,
+    fp16: bool = False,
 ) -> Path:
     """Write ``model`` as an ONNX file and check it.
 
@@ -85,6 +127,10 @@ def export_onnx(
         dynamo: use the ``torch.export``-based exporter (see the module docstring).
         uncertainty: add the ``uncertainty`` (N,) output of
             ``model.forward_with_uncertainty`` (cellVIB and Deep VIB models).
+        fp16: a float16 graph (weights and activations) with float32 input and outputs, cast
+            at the edges (:class:`_Float16`); exported from a float16 copy of ``model``. Its
+            agreement with the float32 graph is :func:`facevib.export.precision.measure_parity`'s
+            business.
 
     Returns:
         ``path`` as a Path.
@@ -107,6 +153,8 @@ def export_onnx(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     example = torch.zeros(2, 3, size, size, device=device)  # batch 2: batch 1 would be specialised
     module = _EmbeddingAndUncertainty(model) if uncertainty else model
+    if fp16:
+        module = _Float16(module)
     output_names = [EMBEDDING_OUTPUT, UNCERTAINTY_OUTPUT] if uncertainty else [EMBEDDING_OUTPUT]
     was_training = model.training
     module.eval()  # the backbone, and the wrapper around it
@@ -136,6 +184,10 @@ def export_onnx(
     finally:
         model.train(was_training)
     _check_graph(path, size, int(embedding.shape[1]), uncertainty)
+    weights = initializer_types(path)
+    expected = "float16" if fp16 else "float32"
+    if set(weights) != {expected}:
+        raise ValueError(f"{path}: expected {expected} weights only, the graph holds {weights}")
     return path
 
 

@@ -7,7 +7,8 @@ identities, and :func:`read_labelled_pairs` reads ``.bin`` sets, whose identitie
   nothing about any third image);
 * an IJB-B/C folder: each loose crop aligned from its 5 points, its subject read through its
   template from the 1:N files (gallery G1/G2 and mixed probes); images of templates the 1:N
-  files do not list are left out and counted;
+  files do not list are left out and counted. Without the 1:N files the identities are derived
+  from the 1:1 template pair labels (:func:`template_pair_identities`);
 * a RecordIO set (``train.rec`` + ``train.idx``, identities from the records);
 * an image folder ``root/<identity>/<image>`` of aligned crops.
 
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facevib.data.ijb import IJB_TARGETS, ijb_layout, read_ijb
+from facevib.data.ijb import IJB_TARGETS, IJBFormatError, IJBSet, ijb_layout, read_ijb
 from facevib.eval.verification import list_bin_targets, load_bins
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "read_labelled_images",
     "read_labelled_pairs",
     "sample_identities",
+    "template_pair_identities",
 ]
 
 
@@ -108,23 +110,107 @@ def sample_identities(identities: np.ndarray, max_images: int, max_per_identity:
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
 
 
-def _ijb_images(data: Path, target: str, max_images: int, max_per_identity: int, seed: int) -> LabelledImages:
-    from facevib.eval.ijb import load_aligned
+@dataclass(frozen=True)
+class PairIdentities:
+    """Identities derived from 1:1 template pair labels (:func:`template_pair_identities`).
 
-    ijb = read_ijb(data, target)
-    if ijb.one_to_n is None:
-        raise FileNotFoundError(
-            f"{ijb.layout.root}: single-image calibration reads each image's subject from the 1:N files "
-            f"({', '.join(str(p) for p in ijb.layout.one_to_n)}), which are missing; use --calibration-protocol "
-            "template for the 1:1 template protocol, or another labelled set"
+    ``templates`` ``(T,)`` the templates the pair file names, sorted; ``identities`` ``(T,)`` each
+    one's derived identity (the smallest template id of its connected component);
+    ``components`` how many identities; ``covered`` / ``component_pairs`` how many of the
+    unordered pairs of distinct identities carry at least one impostor label.
+    """
+
+    templates: np.ndarray
+    identities: np.ndarray
+    components: int
+    covered: int
+    component_pairs: int
+
+
+def template_pair_identities(
+    pair_templates: np.ndarray, pair_labels: np.ndarray, where: str = "pairs"
+) -> PairIdentities:
+    """Identities of the templates named in IJB 1:1 pairs, from the labels alone.
+
+    A template is one subject's media, so its images share an identity. A genuine pair puts its
+    two templates in one identity; the identities are the connected components of the graph
+    whose nodes are the templates the pairs name and whose edges are the genuine pairs (a
+    template in impostor pairs only is an identity of its own). An impostor pair says its two
+    templates are different people: one that falls inside a component contradicts the genuine
+    labels and is an error. Two components are taken to be two people even where no impostor
+    label says so (a subject whose templates no genuine pair links would be counted twice);
+    :attr:`PairIdentities.covered` says for how many component pairs a label confirms it.
+
+    Raises:
+        IJBFormatError: an impostor pair inside one component (``where`` names the file).
+    """
+    pairs = np.asarray(pair_templates, np.int64).reshape(-1, 2)
+    labels = np.asarray(pair_labels, bool)
+    templates, index = np.unique(pairs, return_inverse=True)
+    index = index.reshape(-1, 2)
+    parent = np.arange(templates.size)
+
+    def root(node: int) -> int:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]  # path halving keeps the trees shallow
+            node = parent[node]
+        return node
+
+    for a, b in index[labels].tolist():
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)  # the root is the component's smallest template
+    roots = np.array([root(i) for i in range(templates.size)], np.int64)
+    impostors = roots[index[~labels]]
+    inside = np.flatnonzero(impostors[:, 0] == impostors[:, 1])
+    if inside.size:
+        first = pairs[~labels][inside[0]]
+        raise IJBFormatError(
+            f"{where}: {inside.size} impostor pair(s) join templates that genuine pairs link into one identity, "
+            f"e.g. templates {first[0]} and {first[1]}"
         )
+    components = int(np.unique(roots).size)
+    covered = int(np.unique(np.sort(impostors, axis=1), axis=0).shape[0]) if impostors.size else 0
+    return PairIdentities(
+        templates=templates,
+        identities=templates[roots],
+        components=components,
+        covered=covered,
+        component_pairs=components * (components - 1) // 2,
+    )
+
+
+def _one_to_n_subjects(ijb: IJBSet) -> tuple[np.ndarray, str]:
+    """Each image's subject (-1: not listed) from the 1:N files, and how they were found."""
+    assert ijb.one_to_n is not None
     subject_of: dict[int, int] = {}
     for templates, subjects in [
         *ijb.one_to_n.galleries.values(),
         (ijb.one_to_n.probe_templates, ijb.one_to_n.probe_subjects),
     ]:
         subject_of.update(zip(templates.tolist(), subjects.tolist(), strict=True))
-    subjects = np.array([subject_of.get(t, -1) for t in ijb.templates.tolist()], np.int64)
+    return np.array([subject_of.get(t, -1) for t in ijb.templates.tolist()], np.int64), "subjects from the 1:N files"
+
+
+def _pair_label_subjects(ijb: IJBSet) -> tuple[np.ndarray, str]:
+    """Each image's identity (-1: its template is in no pair) derived from the 1:1 pair labels."""
+    derived = template_pair_identities(ijb.pair_templates, ijb.pair_labels, where=str(ijb.layout.pairs))
+    position = np.searchsorted(derived.templates, ijb.templates)
+    found = derived.templates[np.minimum(position, derived.templates.size - 1)] == ijb.templates
+    subjects = np.where(found, derived.identities[np.minimum(position, derived.templates.size - 1)], -1)
+    how = (
+        f"no 1:N files, so identities derived from the 1:1 pair labels: {derived.components} connected components "
+        f"of the genuine template pairs over {derived.templates.size} templates, impostor labels confirming "
+        f"{derived.covered} of the {derived.component_pairs} identity pairs"
+    )
+    return subjects.astype(np.int64), how
+
+
+def _ijb_images(data: Path, target: str, max_images: int, max_per_identity: int, seed: int) -> LabelledImages:
+    from facevib.eval.ijb import load_aligned
+
+    ijb = read_ijb(data, target)
+    subjects, how = _one_to_n_subjects(ijb) if ijb.one_to_n is not None else _pair_label_subjects(ijb)
     labelled = np.flatnonzero(subjects >= 0)
     rows = labelled[sample_identities(subjects[labelled], max_images, max_per_identity, seed)]
     paths = ijb.image_paths()
@@ -133,7 +219,7 @@ def _ijb_images(data: Path, target: str, max_images: int, max_per_identity: int,
     return LabelledImages(
         images=np.stack(crops),
         identities=subjects[rows],
-        source=f"{target} images in {ijb.layout.root}, subjects from the 1:N files",
+        source=f"{target} images in {ijb.layout.root}, {how}",
         available=int(labelled.size),
         unlabelled=int(subjects.size - labelled.size),
     )
@@ -153,7 +239,7 @@ def read_labelled_images(
     """Read (a sample of) the labelled images in ``data`` (an IJB, RecordIO or image folder).
 
     Raises:
-        FileNotFoundError: ``data`` is not such a folder (or an IJB folder lacks its 1:N files).
+        FileNotFoundError: ``data`` is not such a folder.
         ValueError: ``data`` holds ``.bin`` files (use :func:`read_labelled_pairs`), or is malformed
             (the reader names the file).
     """

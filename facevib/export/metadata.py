@@ -25,7 +25,14 @@ from facevib.onnx_meta import (
     default_preprocess,
 )
 
-__all__ = ["config_digest", "describe_uncertainty", "build_metadata", "write_metadata", "read_onnx_metadata"]
+__all__ = [
+    "build_metadata",
+    "config_digest",
+    "describe_uncertainty",
+    "external_data_files",
+    "read_onnx_metadata",
+    "write_metadata",
+]
 
 
 def config_digest(config: Mapping[str, Any] | None) -> str | None:
@@ -119,7 +126,7 @@ def write_metadata(path: str | os.PathLike, metadata: ModelMetadata, out: str | 
 
     path = Path(path)
     target = Path(out) if out is not None else path
-    sidecars = _external_data_files(path)
+    sidecars = external_data_files(path)
     proto = onnx.load(str(path))  # external weights (torch's exporter writes <file>.data) are read in
     names = [o.name for o in proto.graph.output]
     if names != metadata.outputs:
@@ -145,7 +152,7 @@ def write_metadata(path: str | os.PathLike, metadata: ModelMetadata, out: str | 
     return target
 
 
-def _external_data_files(path: Path) -> list[Path]:
+def external_data_files(path: Path) -> list[Path]:
     """The files that hold ``path``'s externally stored tensors (none when all are inline)."""
     import onnx
 

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from torch import nn
 
 from facevib.engine.reader import read_checkpoint
 from facevib.eval.embed import Embedder
 from facevib.export.calibrate import calibrate, calibrate_identification
 from facevib.export.graph import export_onnx, insightface_problems
-from facevib.export.metadata import build_metadata, write_metadata
+from facevib.export.metadata import build_metadata, external_data_files, write_metadata
+from facevib.export.precision import FP16_MIN_COSINE, ParityCrops, measure_parity, parity_crops
 from facevib.export.triton import check_triton_settings, write_triton_repository
 from facevib.models.loading import model_from_checkpoint
-from facevib.onnx_meta import PROTOCOLS, ModelMetadata
+from facevib.onnx_meta import PROTOCOLS, ModelMetadata, Precision
 
 __all__ = ["ExportResult", "export_model"]
 
@@ -61,6 +65,9 @@ def export_model(
     max_queue_delay_us: int = 5000,
     dynamo: bool = True,
     opset: int = 18,
+    fp16: bool = False,
+    parity_data: str | os.PathLike | None = None,
+    fp16_min_cosine: float = FP16_MIN_COSINE,
 ) -> ExportResult:
     """Export the backbone at ``model_path`` to the ONNX file ``out``, with its metadata.
 
@@ -82,6 +89,11 @@ def export_model(
             (default: the stem of ``out``), with ``max_batch_size`` and
             ``max_queue_delay_us`` for its dynamic batcher.
         dynamo, opset: exporter choice (see :mod:`facevib.export.graph`).
+        fp16: write a float16 graph (float32 input and outputs) and check it against the
+            float32 graph on the aligned crops of ``parity_data`` (default: ``calibration_data``)
+            on ``device`` (:mod:`facevib.export.precision`); refused, and nothing written, when
+            the smallest cosine is below ``fp16_min_cosine``. Calibration then measures the
+            float16 file, which is what is served.
 
     Raises:
         FileNotFoundError: the checkpoint or the calibration data is missing.
@@ -99,11 +111,23 @@ def export_model(
         raise ValueError(f"output file must end in .onnx, got {out}")
     if triton_repo is not None:
         check_triton_settings(triton_name or out.stem, max_batch_size, max_queue_delay_us)
+    if parity_data is not None and not fp16:
+        raise ValueError("parity data is only used by the float16 export (fp16)")
+    parity_data = parity_data if parity_data is not None else calibration_data
+    if fp16 and parity_data is None:
+        raise ValueError(
+            "the float16 export is checked against the float32 graph on aligned face crops: give a labelled set "
+            "(--parity-data DATA, or --calibrate DATA)"
+        )
+    crops = parity_crops(parity_data) if fp16 else None  # read first: bad data fails before any export
     checkpoint = read_checkpoint(model_path, what="backbone checkpoint", plain_ok=True)
     model = model_from_checkpoint(checkpoint, name=network)
     config = checkpoint.config
-    export_onnx(model, out, uncertainty=uncertainty, dynamo=dynamo, opset=opset)
-    metadata = build_metadata(model, config=config, uncertainty=uncertainty)
+    export_onnx(model, out, uncertainty=uncertainty, dynamo=dynamo, opset=opset, fp16=fp16)
+    precision = Precision()
+    if crops is not None:
+        precision = _checked_fp16(model, out, crops, uncertainty, dynamo, opset, device, fp16_min_cosine)
+    metadata = dataclasses.replace(build_metadata(model, config=config, uncertainty=uncertainty), precision=precision)
     calibration_backend = None
     if calibration_data is not None:
         embedder = Embedder.from_onnx(out, device=device)
@@ -140,3 +164,33 @@ def export_model(
         triton_dir=triton_dir,
         calibration_backend=calibration_backend,
     )
+
+
+def _checked_fp16(
+    model: nn.Module,
+    out: Path,
+    crops: ParityCrops,
+    uncertainty: bool,
+    dynamo: bool,
+    opset: int,
+    device: str,
+    bound: float,
+) -> Precision:
+    """The float16 file ``out``'s precision, its parity measured against a float32 export of
+    ``model`` written to a temporary folder; ``out`` (and its sidecars) removed when refused.
+
+    Raises:
+        ValueError: the smallest cosine is below ``bound`` (the message gives the figures).
+    """
+    with tempfile.TemporaryDirectory(prefix="facevib-fp32-") as folder:
+        reference = export_onnx(model, Path(folder) / "fp32.onnx", uncertainty=uncertainty, dynamo=dynamo, opset=opset)
+        parity = measure_parity(reference, out, crops, device=device, bound=bound)
+    if parity.min_cosine < bound:
+        for path in [*external_data_files(out), out]:
+            path.unlink(missing_ok=True)
+        raise ValueError(
+            f"float16 export refused: the smallest cosine between float16 and float32 embeddings of {parity.images} "
+            f"crops is {parity.min_cosine:.6f} (mean {parity.mean_cosine:.6f}) on {parity.provider}, below the bound "
+            f"{bound:g}; nothing was written to {out}"
+        )
+    return Precision(weights="float16", io="float32", parity=parity)

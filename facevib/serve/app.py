@@ -192,8 +192,13 @@ async def _start(state: ServerState) -> None:
             from facevib.detect import load_detector
 
             # One ONNX Runtime thread per call: detections run in parallel in the decoding threads.
-            state.detector = await asyncio.to_thread(load_detector, settings.detector.strip(), threads=1)
-            logger.info("face detector: %s", state.detector.describe())
+            state.detector = await asyncio.to_thread(
+                load_detector, settings.detector.strip(), threads=1, device=settings.device
+            )
+            described = state.detector.describe()
+            logger.info("face detector: %s", described)
+            for warning in described.get("warnings", []):
+                logger.warning("%s", warning)
         workers = settings.decode_workers or cpu_count()  # decoding and alignment scale with the cores
         state.pool = worker_pool(workers, "facevib-decode", nice)
         state.health = HealthMonitor(runtime, state.detector, settings.health_interval_s, nice=nice)

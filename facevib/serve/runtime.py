@@ -262,6 +262,7 @@ class ModelRuntime:
             "providers": self.providers,
             "requested_device": self.requested_device,
             "cuda_active": self.on_cuda,
+            "precision": self.metadata.weights_precision,  # the graph's arithmetic; its input is float32 either way
             "intra_op_threads": self.intra_op_threads,
             "padded_batch_sizes": list(self.padded_sizes) if self.padded_sizes else None,
             "pipeline_depth": self.pipeline_depth,
