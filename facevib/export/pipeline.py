@@ -47,6 +47,8 @@ def export_model(
     *,
     network: str | None = None,
     uncertainty: bool = False,
+    quality: str | None = None,
+    quality_file: str | os.PathLike | None = None,
     calibration_data: str | os.PathLike | None = None,
     target_fpr: float = 1e-4,
     calibration_protocol: str = "single_image",
@@ -69,6 +71,9 @@ def export_model(
             arcface_torch's ``backbone.pth`` (then ``network`` names the model, e.g. ``"r100"``).
         out: the ONNX file to write.
         uncertainty: add the ``uncertainty`` output (cellVIB and Deep VIB models).
+        quality, quality_file: add the ``quality`` output, candidate ``quality`` of the heads
+            file ``quality_file`` written by ``benchmarks/quality.py``
+            (:func:`facevib.quality.served.load_quality`); its definition goes into the metadata.
         calibration_data: labelled faces (``.bin`` files, an IJB, RecordIO or image folder);
             the threshold at ``target_fpr`` is measured on the written file and stored
             (:func:`facevib.export.calibrate`, with ``calibration_protocol``, at most
@@ -99,11 +104,18 @@ def export_model(
         raise ValueError(f"output file must end in .onnx, got {out}")
     if triton_repo is not None:
         check_triton_settings(triton_name or out.stem, max_batch_size, max_queue_delay_us)
+    if (quality is None) != (quality_file is None):
+        raise ValueError("a quality output needs both the candidate name and the quality heads file")
     checkpoint = read_checkpoint(model_path, what="backbone checkpoint", plain_ok=True)
     model = model_from_checkpoint(checkpoint, name=network)
     config = checkpoint.config
-    export_onnx(model, out, uncertainty=uncertainty, dynamo=dynamo, opset=opset)
-    metadata = build_metadata(model, config=config, uncertainty=uncertainty)
+    quality_module, quality_definition = None, None
+    if quality is not None:
+        from facevib.quality.served import load_quality
+
+        quality_module, quality_definition = load_quality(quality_file, quality, int(model.embedding_dim))
+    export_onnx(model, out, uncertainty=uncertainty, quality=quality_module, dynamo=dynamo, opset=opset)
+    metadata = build_metadata(model, config=config, uncertainty=uncertainty, quality=quality_definition)
     calibration_backend = None
     if calibration_data is not None:
         embedder = Embedder.from_onnx(out, device=device)
@@ -122,7 +134,7 @@ def export_model(
         metadata = dataclasses.replace(metadata, identification=open_set)
     write_metadata(out, metadata)
     problems = insightface_problems(out)
-    if not uncertainty and problems:  # the default file's contract; a failure here is a bug
+    if not uncertainty and quality is None and problems:  # the default file's contract; a failure here is a bug
         raise AssertionError(f"{out}: the default export is not an insightface drop-in: {problems}")
     triton_dir = None
     if triton_repo is not None:

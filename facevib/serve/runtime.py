@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facevib.contract import ALIGNMENT, EMBEDDING_OUTPUT, UNCERTAINTY_OUTPUT, arcface_template
+from facevib.contract import ALIGNMENT, EMBEDDING_OUTPUT, QUALITY_OUTPUT, UNCERTAINTY_OUTPUT, arcface_template
 from facevib.onnx_meta import ModelMetadata, read_metadata
 
 __all__ = ["ModelRuntime", "pad_sizes"]
@@ -66,6 +66,13 @@ class ModelRuntime:
     padded_sizes: tuple[int, ...] | None
     warnings: list[str] = field(default_factory=list)
     reference_output: np.ndarray | None = None
+    quality_output: str | None = None
+
+    @property
+    def output_names(self) -> list[str]:
+        """The outputs :meth:`infer` returns, in order: the embedding, then uncertainty and quality if present."""
+        extras = [name for name in (self.uncertainty_output, self.quality_output) if name]
+        return [self.embedding_output, *extras]
 
     @property
     def input_size(self) -> int:
@@ -125,6 +132,7 @@ class ModelRuntime:
         names = [o.name for o in outputs]
         embedding = EMBEDDING_OUTPUT if EMBEDDING_OUTPUT in names else names[0]
         uncertainty = UNCERTAINTY_OUTPUT if UNCERTAINTY_OUTPUT in names else None
+        quality = QUALITY_OUTPUT if QUALITY_OUTPUT in names else None
         runtime = cls(
             path=path,
             session=session,
@@ -132,6 +140,7 @@ class ModelRuntime:
             input_name=inputs[0].name,
             embedding_output=embedding,
             uncertainty_output=uncertainty,
+            quality_output=quality,
             providers=active,
             requested_device=device,
             intra_op_threads=threads,
@@ -165,11 +174,10 @@ class ModelRuntime:
         )
 
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
-        names = [self.embedding_output] + ([self.uncertainty_output] if self.uncertainty_output else [])
-        return self.session.run(names, {self.input_name: batch})  # type: ignore[attr-defined]
+        return self.session.run(self.output_names, {self.input_name: batch})  # type: ignore[attr-defined]
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
-        """``(B, 3, S, S)`` float32 -> ``(embeddings (B, D),)`` or ``(embeddings, uncertainty (B,))``."""
+        """``(B, 3, S, S)`` float32 -> ``(embeddings (B, D), *per-face outputs (B,))`` in :attr:`output_names` order."""
         count = len(batch)
         if self.padded_sizes is not None:
             target = next((s for s in self.padded_sizes if s >= count), count)
@@ -178,9 +186,8 @@ class ModelRuntime:
                 batch = np.concatenate([batch, pad])
         outputs = self._run(np.ascontiguousarray(batch, dtype=np.float32))
         embeddings = np.asarray(outputs[0], dtype=np.float32)[:count]
-        if len(outputs) == 1:
-            return (embeddings,)
-        return embeddings, np.asarray(outputs[1], dtype=np.float32).reshape(-1)[:count]
+        extras = (np.asarray(out, dtype=np.float32).reshape(-1)[:count] for out in outputs[1:])
+        return (embeddings, *extras)
 
     def info(self) -> dict:
         """Providers and interface for ``/v1/info``."""
@@ -192,7 +199,7 @@ class ModelRuntime:
             "intra_op_threads": self.intra_op_threads,
             "padded_batch_sizes": list(self.padded_sizes) if self.padded_sizes else None,
             "input": {"name": self.input_name, "size": self.input_size},
-            "outputs": [self.embedding_output] + ([self.uncertainty_output] if self.uncertainty_output else []),
+            "outputs": self.output_names,
             "warnings": self.warnings,
         }
 
