@@ -50,10 +50,10 @@ from facevib.quality.testset import render_test_set, score_pairs
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "synthetic_r18_cellvib.py"
 HEADS_FILE = "quality_heads.pt"
-# (train identities, images each, steps, test identities, bootstrap resamples, model overrides)
+# (train identities, images each, steps, test identities, bootstrap resamples, head epochs, model overrides)
 SIZES = {
-    "full": (200, 16, 300, 200, 200, ()),
-    "tiny": (16, 6, 12, 14, 30, ("model.kwargs.layers=(1, 1, 1, 1)", "model.kwargs.widths=(8, 8, 16, 16)")),
+    "full": (200, 16, 160, 200, 200, 30, ()),
+    "tiny": (10, 4, 6, 8, 20, 3, ("model.kwargs.layers=(1, 1, 1, 1)", "model.kwargs.widths=(8, 8, 16, 16)")),
 }
 
 
@@ -62,7 +62,7 @@ def train_model(work: Path, size: str, seed: int) -> Path:
     from facevib.synth import write_synthetic_dataset
     from facevib.train import main as train_main
 
-    identities, per_identity, steps, _, _, model = SIZES[size]
+    identities, per_identity, steps, _, _, _, model = SIZES[size]
     data, run = work / "train", work / "run"
     write_synthetic_dataset(
         data,
@@ -78,7 +78,7 @@ def train_model(work: Path, size: str, seed: int) -> Path:
     overrides = [
         f"data.rec={data}",
         "data.val_targets=[]",
-        "data.num_workers=1",
+        "data.num_workers=0",
         "run.epochs=0",
         f"run.total_steps={steps}",
         f"run.output={run}",
@@ -106,7 +106,9 @@ def class_centres(run: Path) -> np.ndarray:
         return torch.load(Path(tmp) / "pfc.pt")["weight"].float().numpy()
 
 
-def fit_heads(model, train_data: Path, centres: np.ndarray, seed: int) -> tuple[dict, dict, np.ndarray, Any]:
+def fit_heads(
+    model, train_data: Path, centres: np.ndarray, seed: int, epochs: int
+) -> tuple[dict, dict, np.ndarray, Any]:
     """Heads fitted on 80% of the training identities, their own objective on the other 20%, and
     the training faces' features (the calibration set of the [0, 1] scale)."""
     dataset = MXFaceDataset(train_data, train=False)
@@ -117,7 +119,7 @@ def fit_heads(model, train_data: Path, centres: np.ndarray, seed: int) -> tuple[
     x, y, w = torch.from_numpy(features.embedding), torch.from_numpy(labels), torch.from_numpy(centres)
     heads, checks = {}, {}
     for name in ("pfe", "cr_fiqa"):
-        head = train_head(name, features.embedding[fit], labels[fit], centres=centres, seed=seed)
+        head = train_head(name, features.embedding[fit], labels[fit], centres=centres, seed=seed, epochs=epochs)
         losses = objective(head, x[check], y[check], w)
         baseline = constant_objective(name, (x[fit], y[fit]), (x[check], y[check]), w)
         gain, se = improvement(losses, baseline)
@@ -179,12 +181,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-data", type=Path, default=None, help="the training set of --checkpoint (train.rec)")
     parser.add_argument("--tiny", action="store_true", help="a seconds-long run for the test suite")
     parser.add_argument("--identities", type=int, default=None, help="held-out test identities (default by size)")
-    parser.add_argument("--clean-photos", type=int, default=3, help="clean photos per test identity")
+    parser.add_argument("--clean-photos", type=int, default=None, help="clean photos per test identity (3; tiny 2)")
     parser.add_argument("--fmr", type=float, default=1e-3, help="FMR of the fixed threshold")
     parser.add_argument("--sigmas", type=float, default=4.0, help="standard errors a winner must beat random by")
     parser.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default by size)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     if (args.checkpoint is None) != (args.train_data is None):
         parser.error("--checkpoint and --train-data go together (the heads train on the checkpoint's training set)")
@@ -195,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     size = "tiny" if args.tiny else "full"
-    _, _, _, test_identities, resamples, _ = SIZES[size]
+    _, _, _, test_identities, resamples, head_epochs, _ = SIZES[size]
     test_identities = args.identities or test_identities
     resamples = args.resamples or resamples
     started = time.perf_counter()
@@ -208,12 +210,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"quality.py: error: {err}", file=sys.stderr)
         return 2
-    heads, head_checks, _, train_features = fit_heads(model, train_data, centres, args.seed)
+    heads, head_checks, _, train_features = fit_heads(model, train_data, centres, args.seed, head_epochs)
     betas = model.betas.double().numpy()
     train_scores = candidate_scores(train_features, betas, heads, args.seed)
     knots = {name: quantile_knots(values) for name, values in train_scores.items()}
 
-    test = render_test_set(args.seed, test_identities, args.clean_photos)
+    test = render_test_set(args.seed, test_identities, args.clean_photos or (2 if args.tiny else 3))
     features = embed_faces(model, test.images)
     scores = candidate_scores(features, betas, heads, args.seed + 1)
     pairs, genuine, impostor = score_pairs(l2_normalize(features.embedding), test.identity)
