@@ -10,7 +10,7 @@ onnx nor numpy-based alignment code on the import path of the metadata reader.
 * Crops: faces warped so their 5 landmarks land on the ArcFace template
   (:func:`arcface_template`), defined for S a multiple of 112 or of 128.
 * Outputs: :data:`EMBEDDING_OUTPUT` ``(N, D)`` (not normalised), and optionally
-  :data:`UNCERTAINTY_OUTPUT` ``(N,)``.
+  :data:`UNCERTAINTY_OUTPUT` ``(N,)`` and :data:`QUALITY_OUTPUT` ``(N,)`` in [0, 1], in that order.
 * Metadata: string key/value pairs under :data:`METADATA_PREFIX` (:data:`METADATA_KEYS`).
 """
 
@@ -28,6 +28,7 @@ __all__ = [
     "METADATA_PREFIX",
     "SCHEMA_VERSION",
     "STD",
+    "QUALITY_OUTPUT",
     "UNCERTAINTY_OUTPUT",
     "arcface_template",
 ]
@@ -53,6 +54,7 @@ LAYOUT = "NCHW"
 INPUT_NAME = "data"
 EMBEDDING_OUTPUT = "embedding"
 UNCERTAINTY_OUTPUT = "uncertainty"
+QUALITY_OUTPUT = "quality"
 
 METADATA_PREFIX = "facevib."
 SCHEMA_VERSION = "1"
@@ -69,6 +71,7 @@ METADATA_KEYS: dict[str, str] = {
         "config_digest",
         "outputs",
         "uncertainty",
+        "quality",
         "calibration",
         "identification",
         "precision",

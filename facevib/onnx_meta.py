@@ -23,6 +23,8 @@ Keys (all prefixed ``facevib.``; structured values are JSON strings):
 ``facevib.outputs``       JSON list of output names in graph order: ``["embedding"]`` or
                           ``["embedding", "uncertainty"]``
 ``facevib.uncertainty``   JSON object saying what the ``uncertainty`` output is (absent without it)
+``facevib.quality``       JSON object saying what the ``quality`` output is: the score, its [0, 1]
+                          scale and the calibration quantiles of that scale (absent without it)
 ``facevib.calibration``   JSON object (:class:`Calibration`), absent when not calibrated
 ``facevib.identification`` JSON object (:class:`IdentificationCalibration`): the 1:N open-set
                           threshold at a target FPIR, absent when not calibrated
@@ -49,7 +51,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from facevib import contract
-from facevib.contract import EMBEDDING_OUTPUT, SCHEMA_VERSION, UNCERTAINTY_OUTPUT
+from facevib.contract import EMBEDDING_OUTPUT, QUALITY_OUTPUT, SCHEMA_VERSION, UNCERTAINTY_OUTPUT
 from facevib.contract import METADATA_KEYS as _KEYS
 from facevib.contract import METADATA_PREFIX as PREFIX
 
@@ -339,7 +341,8 @@ class ModelMetadata:
     """Everything a client needs to feed a facevib ONNX file and read its outputs.
 
     ``outputs`` are the graph's output names in order; the first is the (not normalised)
-    embedding. ``uncertainty`` says what the ``uncertainty`` output measures (None without it).
+    embedding. ``uncertainty`` says what the ``uncertainty`` output measures (None without it),
+    ``quality`` what the ``quality`` output measures and how it is scaled to [0, 1] (None without it).
     """
 
     facevib_version: str
@@ -354,6 +357,7 @@ class ModelMetadata:
     calibration: Calibration | None = None
     identification: IdentificationCalibration | None = None
     precision: Precision | None = None
+    quality: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name in ("facevib_version", "model_name"):
@@ -383,13 +387,17 @@ class ModelMetadata:
         has_uncertainty = UNCERTAINTY_OUTPUT in outputs
         if has_uncertainty and outputs.index(UNCERTAINTY_OUTPUT) == 0:
             raise MetadataError(f"{_KEYS['outputs']}: the first output must be the embedding, got {outputs!r}")
-        if has_uncertainty != (self.uncertainty is not None):
-            raise MetadataError(
-                f"{_KEYS['uncertainty']}: must be given exactly when {UNCERTAINTY_OUTPUT!r} is an output "
-                f"(outputs {outputs!r}, uncertainty {'set' if self.uncertainty is not None else 'absent'})"
-            )
-        if self.uncertainty is not None and not isinstance(self.uncertainty, dict):
-            raise MetadataError(f"{_KEYS['uncertainty']}: expected a JSON object, got {self.uncertainty!r}")
+        for name, output in (("uncertainty", UNCERTAINTY_OUTPUT), ("quality", QUALITY_OUTPUT)):
+            value = getattr(self, name)
+            if (output in outputs) != (value is not None):
+                raise MetadataError(
+                    f"{_KEYS[name]}: must be given exactly when {output!r} is an output "
+                    f"(outputs {outputs!r}, {name} {'set' if value is not None else 'absent'})"
+                )
+            if value is not None and not isinstance(value, dict):
+                raise MetadataError(f"{_KEYS[name]}: expected a JSON object, got {value!r}")
+        if QUALITY_OUTPUT in outputs and outputs.index(QUALITY_OUTPUT) == 0:
+            raise MetadataError(f"{_KEYS['outputs']}: the first output must be the embedding, got {outputs!r}")
         if self.calibration is not None and not isinstance(self.calibration, Calibration):
             raise MetadataError(
                 f"{_KEYS['calibration']}: expected a Calibration, got {type(self.calibration).__name__}"
@@ -449,6 +457,8 @@ class ModelMetadata:
             props[_KEYS["config_digest"]] = self.config_digest
         if self.uncertainty is not None:
             props[_KEYS["uncertainty"]] = _dumps(self.uncertainty)
+        if self.quality is not None:
+            props[_KEYS["quality"]] = _dumps(self.quality)
         if self.calibration is not None:
             props[_KEYS["calibration"]] = _dumps(asdict(self.calibration))
         if self.identification is not None:
@@ -515,6 +525,7 @@ class ModelMetadata:
             config_digest=text("config_digest", required=False),
             outputs=structured("outputs"),
             uncertainty=structured("uncertainty", required=False),
+            quality=structured("quality", required=False),
             calibration=None if calibration is None else Calibration.from_dict(calibration),
             identification=None if identification is None else IdentificationCalibration.from_dict(identification),
             precision=None if precision is None else Precision.from_dict(precision),

@@ -38,6 +38,7 @@ def test_metadata_keys_are_prefixed_and_distinct() -> None:
             "config_digest",
             "outputs",
             "uncertainty",
+            "quality",
             "calibration",
             "identification",
             "precision",

@@ -9,9 +9,10 @@
 
 The default file is a drop-in for insightface-style clients: one input ``data`` (N, 3, 112, 112)
 float32 RGB, (pixel - 127.5) / 127.5, dynamic N; one output ``embedding`` (N, D), not
-normalised. --uncertainty adds a second output ``uncertainty`` (N,). --fp16 writes a float16
-graph with the same float32 interface, checked against the float32 graph on face crops. Metadata (model,
-preprocessing, config digest, calibrated threshold) is stored in the file's metadata_props.
+normalised. --uncertainty adds an output ``uncertainty`` (N,), --quality one named ``quality`` (N,).
+--fp16 writes a float16 graph with the same float32 interface, checked against the float32 graph on
+face crops. Metadata (model, preprocessing, config digest, calibrated threshold) is stored in
+the file's metadata_props.
 """
 
 from __future__ import annotations
@@ -33,6 +34,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--network", default=None, help="model name for a plain state dict, e.g. r100")
     parser.add_argument(
         "--uncertainty", action="store_true", help="add the per-image 'uncertainty' output (cellvib_/deepvib_ models)"
+    )
+    parser.add_argument(
+        "--quality",
+        default=None,
+        metavar="NAME",
+        help="add a per-face 'quality' output in [0, 1]: norm, pfe or cr_fiqa (docs/quality.md says which won)",
+    )
+    parser.add_argument(
+        "--quality-file",
+        default=None,
+        metavar="FILE",
+        help="the quality_heads.pt written by benchmarks/quality.py (head weights and the [0, 1] scale)",
     )
     parser.add_argument(
         "--calibrate",
@@ -116,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{flag.replace('_', '-')} needs --calibrate DATA")
     if args.calibration_images is not None and args.calibration_images < 4:
         parser.error(f"--calibration-images must be >= 4, got {args.calibration_images}")
+    if (args.quality is None) != (args.quality_file is None):
+        parser.error("--quality NAME and --quality-file FILE go together")
     if args.target_fpir is not None and args.calibrate_identification is None:
         parser.error("--target-fpir needs --calibrate-identification DATA")
     for flag in ("parity_data", "fp16_min_cosine"):
@@ -130,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             network=args.network,
             uncertainty=args.uncertainty,
+            quality=args.quality,
+            quality_file=args.quality_file,
             calibration_data=args.calibrate,
             target_fpr=1e-4 if args.target_fpr is None else args.target_fpr,
             calibration_protocol=args.calibration_protocol or "single_image",

@@ -1,5 +1,6 @@
 """The ONNX graph of a backbone: input ``data`` (N, 3, S, S) with dynamic N, the embedding output,
-and optionally a per-image ``uncertainty`` output from the same pass.
+and optionally a per-image ``uncertainty`` output and a per-image ``quality`` output (a module
+after the embedding, :mod:`facevib.quality.served`) from the same pass.
 
 The model is exported in eval mode, where VIB cells return their mean: the sigma branches do
 not contribute to the embedding, so the default graph holds the deterministic-mean model only
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from facevib.contract import EMBEDDING_OUTPUT, INPUT_NAME, UNCERTAINTY_OUTPUT
+from facevib.contract import EMBEDDING_OUTPUT, INPUT_NAME, QUALITY_OUTPUT, UNCERTAINTY_OUTPUT
 
 if TYPE_CHECKING:
     import onnx
@@ -49,15 +50,27 @@ __all__ = [
 _INSIGHTFACE_SCANNED_NODES = 8
 
 
-class _EmbeddingAndUncertainty(nn.Module):
-    """``x -> (embedding, uncertainty)`` of a backbone, for tracing both outputs."""
+class _EmbeddingAndExtras(nn.Module):
+    """``x -> (embedding[, uncertainty][, quality])`` of a backbone, for tracing every output."""
 
-    def __init__(self, backbone: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, uncertainty: bool, quality: nn.Module | None) -> None:
         super().__init__()
         self.backbone = backbone
+        self.uncertainty = uncertainty
+        self.quality = quality
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.backbone.forward_with_uncertainty(x)
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        if self.uncertainty:
+            embedding, uncertainty = self.backbone.forward_with_uncertainty(x)
+            outputs = (embedding, uncertainty)
+        else:
+            embedding = self.backbone(x)
+            outputs = (embedding,)
+        return outputs if self.quality is None else (*outputs, self.quality(embedding))
+
+
+def _output_names(uncertainty: bool, quality: bool) -> list[str]:
+    return [EMBEDDING_OUTPUT] + [UNCERTAINTY_OUTPUT] * uncertainty + [QUALITY_OUTPUT] * quality
 
 
 class _Float16(nn.Module):
@@ -115,6 +128,7 @@ def export_onnx(
     dynamo: bool = True,
     uncertainty: bool = False,
     fp16: bool = False,
+    quality: nn.Module | None = None,
 ) -> Path:
     """Write ``model`` as an ONNX file and check it.
 
@@ -131,6 +145,8 @@ def export_onnx(
             at the edges (:class:`_Float16`); exported from a float16 copy of ``model``. Its
             agreement with the float32 graph is :func:`facevib.export.precision.measure_parity`'s
             business.
+        quality: a module ``embedding (N, D) -> (N,)`` whose result becomes the ``quality``
+            output (:func:`facevib.quality.served.load_quality`).
 
     Returns:
         ``path`` as a Path.
@@ -152,16 +168,17 @@ def export_onnx(
     size = _input_size(model, input_size)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     example = torch.zeros(2, 3, size, size, device=device)  # batch 2: batch 1 would be specialised
-    module = _EmbeddingAndUncertainty(model) if uncertainty else model
+    extras = uncertainty or quality is not None
+    module = _EmbeddingAndExtras(model, uncertainty, quality) if extras else model
     if fp16:
         module = _Float16(module)
-    output_names = [EMBEDDING_OUTPUT, UNCERTAINTY_OUTPUT] if uncertainty else [EMBEDDING_OUTPUT]
+    output_names = _output_names(uncertainty, quality is not None)
     was_training = model.training
     module.eval()  # the backbone, and the wrapper around it
     try:
         with torch.no_grad():
             out = module(example)
-        embedding = out[0] if uncertainty else out
+        embedding = out[0] if extras else out
         if not isinstance(embedding, torch.Tensor) or embedding.dim() != 2 or embedding.shape[0] != 2:
             got = tuple(embedding.shape) if isinstance(embedding, torch.Tensor) else type(embedding).__name__
             raise ValueError(f"model must map (N, 3, {size}, {size}) to one (N, D) tensor, got {got}")
@@ -183,7 +200,7 @@ def export_onnx(
                 torch.onnx.export(module, (example,), str(path), dynamic_axes=axes, dynamo=False, **common)
     finally:
         model.train(was_training)
-    _check_graph(path, size, int(embedding.shape[1]), uncertainty)
+    _check_graph(path, size, int(embedding.shape[1]), uncertainty, quality is not None)
     weights = initializer_types(path)
     expected = "float16" if fp16 else "float32"
     if set(weights) != {expected}:
@@ -195,8 +212,8 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
     return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
 
 
-def _check_graph(path: Path, size: int, embedding_dim: int, uncertainty: bool) -> None:
-    """onnx.checker plus the serving interface: one ``data`` input, ``(N, D)`` [+ ``(N,)``] outputs."""
+def _check_graph(path: Path, size: int, embedding_dim: int, uncertainty: bool, quality: bool = False) -> None:
+    """onnx.checker plus the serving interface: one ``data`` input, ``(N, D)`` [+ ``(N,)`` ...] outputs."""
     import onnx
 
     try:
@@ -210,11 +227,10 @@ def _check_graph(path: Path, size: int, embedding_dim: int, uncertainty: bool) -
         raise ValueError(f"{path}: expected one input {INPUT_NAME!r} (N, 3, {size}, {size}), got {inputs}")
     if isinstance(inputs[0][1][0], int) and inputs[0][1][0] > 0:
         raise ValueError(f"{path}: the batch dimension of {INPUT_NAME!r} is fixed to {inputs[0][1][0]}")
-    expected = [(EMBEDDING_OUTPUT, 2)] + ([(UNCERTAINTY_OUTPUT, 1)] if uncertainty else [])
+    names = _output_names(uncertainty, quality)
+    expected = [(name, 2 if name == EMBEDDING_OUTPUT else 1) for name in names]
     if [(name, len(dims)) for name, dims in outputs] != expected or outputs[0][1][1] != embedding_dim:
-        want = f"({EMBEDDING_OUTPUT!r} (N, {embedding_dim})" + (
-            f", {UNCERTAINTY_OUTPUT!r} (N,))" if uncertainty else ")"
-        )
+        want = f"({EMBEDDING_OUTPUT!r} (N, {embedding_dim})" + "".join(f", {n!r} (N,)" for n in names[1:]) + ")"
         raise ValueError(f"{path}: expected outputs {want}, got {outputs}")
 
 
@@ -298,17 +314,20 @@ def onnx_differences(
     seed: int = 0,
     input_size: int | None = None,
     inputs: np.ndarray | None = None,
+    quality: nn.Module | None = None,
 ) -> dict[str, float]:
     """Largest absolute difference per output between ONNX Runtime (CPU) and the eval-mode model.
 
-    Every output of the file is compared: ``embedding`` against ``model(x)``, and
-    ``uncertainty`` (when present) against ``model.forward_with_uncertainty(x)[1]``.
+    Every output of the file is compared: ``embedding`` against ``model(x)``,
+    ``uncertainty`` (when present) against ``model.forward_with_uncertainty(x)[1]``, and
+    ``quality`` (when present) against ``quality(model(x))``.
 
     Args:
         batch_sizes: one batch per size.
         inputs: normalised ``(K, 3, S, S)`` images (e.g. aligned crops through
             :func:`facevib.data.transforms.images_to_tensor`), cycled to fill each batch;
             default uniform noise in [-1, 1] (the normalised pixel range).
+        quality: the module exported as the ``quality`` output (needed when the file has one).
     """
     import onnxruntime as ort
 
@@ -318,12 +337,15 @@ def onnx_differences(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
+    if QUALITY_OUTPUT in names and quality is None:
+        raise ValueError(f"{path} has a {QUALITY_OUTPUT!r} output: pass the quality module it was exported with")
+    reference = _EmbeddingAndExtras(model, UNCERTAINTY_OUTPUT in names, quality if QUALITY_OUTPUT in names else None)
     worst = dict.fromkeys(names, 0.0)
     try:
         for x in _batches(batch_sizes, size, seed, inputs):
             with torch.no_grad():
                 tensor = torch.from_numpy(x).to(device)
-                expected = model.forward_with_uncertainty(tensor) if UNCERTAINTY_OUTPUT in names else (model(tensor),)
+                expected = reference(tensor)
             got = session.run(names, {INPUT_NAME: x})
             for name, ours, theirs in zip(names, got, expected, strict=True):
                 theirs = theirs.float().cpu().numpy()
@@ -345,6 +367,10 @@ def compare_onnx(
     seed: int = 0,
     input_size: int | None = None,
     inputs: np.ndarray | None = None,
+    quality: nn.Module | None = None,
 ) -> float:
     """The largest of :func:`onnx_differences` over all outputs."""
-    return max(onnx_differences(model, path, batch_sizes, seed=seed, input_size=input_size, inputs=inputs).values())
+    differences = onnx_differences(
+        model, path, batch_sizes, seed=seed, input_size=input_size, inputs=inputs, quality=quality
+    )
+    return max(differences.values())

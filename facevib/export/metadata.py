@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 import facevib
-from facevib.contract import EMBEDDING_OUTPUT, METADATA_PREFIX, UNCERTAINTY_OUTPUT
+from facevib.contract import EMBEDDING_OUTPUT, METADATA_PREFIX, QUALITY_OUTPUT, UNCERTAINTY_OUTPUT
 from facevib.onnx_meta import (
     Calibration,
     ModelMetadata,
@@ -82,6 +82,7 @@ def build_metadata(
     uncertainty: bool = False,
     calibration: Calibration | None = None,
     input_size: int | None = None,
+    quality: dict[str, Any] | None = None,
 ) -> ModelMetadata:
     """The metadata of ``model`` exported by :func:`facevib.export.export_onnx`.
 
@@ -91,6 +92,7 @@ def build_metadata(
         uncertainty: the file has the ``uncertainty`` output.
         calibration: a measured threshold (:func:`facevib.export.calibrate`).
         input_size: crop side; default ``model.config.input_size`` or 112.
+        quality: the definition of the file's ``quality`` output (None: no such output).
     """
     arch = getattr(model, "arch", None)
     if not isinstance(arch, Mapping) or not isinstance(arch.get("name"), str):
@@ -107,9 +109,10 @@ def build_metadata(
         input_size=size,
         preprocess=default_preprocess(size),
         config_digest=config_digest(config),
-        outputs=[EMBEDDING_OUTPUT, UNCERTAINTY_OUTPUT] if uncertainty else [EMBEDDING_OUTPUT],
+        outputs=[EMBEDDING_OUTPUT] + [UNCERTAINTY_OUTPUT] * uncertainty + [QUALITY_OUTPUT] * (quality is not None),
         uncertainty=describe_uncertainty(model) if uncertainty else None,
         calibration=calibration,
+        quality=quality,
     )
 
 

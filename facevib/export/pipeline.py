@@ -51,6 +51,8 @@ def export_model(
     *,
     network: str | None = None,
     uncertainty: bool = False,
+    quality: str | None = None,
+    quality_file: str | os.PathLike | None = None,
     calibration_data: str | os.PathLike | None = None,
     target_fpr: float = 1e-4,
     calibration_protocol: str = "single_image",
@@ -76,6 +78,9 @@ def export_model(
             arcface_torch's ``backbone.pth`` (then ``network`` names the model, e.g. ``"r100"``).
         out: the ONNX file to write.
         uncertainty: add the ``uncertainty`` output (cellVIB and Deep VIB models).
+        quality, quality_file: add the ``quality`` output, candidate ``quality`` of the heads
+            file ``quality_file`` written by ``benchmarks/quality.py``
+            (:func:`facevib.quality.served.load_quality`); its definition goes into the metadata.
         calibration_data: labelled faces (``.bin`` files, an IJB, RecordIO or image folder);
             the threshold at ``target_fpr`` is measured on the written file and stored
             (:func:`facevib.export.calibrate`, with ``calibration_protocol``, at most
@@ -113,6 +118,8 @@ def export_model(
         check_triton_settings(triton_name or out.stem, max_batch_size, max_queue_delay_us)
     if parity_data is not None and not fp16:
         raise ValueError("parity data is only used by the float16 export (fp16)")
+    if (quality is None) != (quality_file is None):
+        raise ValueError("a quality output needs both the candidate name and the quality heads file")
     parity_data = parity_data if parity_data is not None else calibration_data
     if fp16 and parity_data is None:
         raise ValueError(
@@ -123,11 +130,18 @@ def export_model(
     checkpoint = read_checkpoint(model_path, what="backbone checkpoint", plain_ok=True)
     model = model_from_checkpoint(checkpoint, name=network)
     config = checkpoint.config
-    export_onnx(model, out, uncertainty=uncertainty, dynamo=dynamo, opset=opset, fp16=fp16)
+    quality_module, quality_definition = None, None
+    if quality is not None:
+        from facevib.quality.served import load_quality
+
+        quality_module, quality_definition = load_quality(quality_file, quality, int(model.embedding_dim))
+    export_onnx(model, out, uncertainty=uncertainty, quality=quality_module, dynamo=dynamo, opset=opset, fp16=fp16)
     precision = Precision()
     if crops is not None:
         precision = _checked_fp16(model, out, crops, uncertainty, dynamo, opset, device, fp16_min_cosine)
-    metadata = dataclasses.replace(build_metadata(model, config=config, uncertainty=uncertainty), precision=precision)
+    metadata = dataclasses.replace(
+        build_metadata(model, config=config, uncertainty=uncertainty, quality=quality_definition), precision=precision
+    )
     calibration_backend = None
     if calibration_data is not None:
         embedder = Embedder.from_onnx(out, device=device)
@@ -146,7 +160,7 @@ def export_model(
         metadata = dataclasses.replace(metadata, identification=open_set)
     write_metadata(out, metadata)
     problems = insightface_problems(out)
-    if not uncertainty and problems:  # the default file's contract; a failure here is a bug
+    if not uncertainty and quality is None and problems:  # the default file's contract; a failure here is a bug
         raise AssertionError(f"{out}: the default export is not an insightface drop-in: {problems}")
     triton_dir = None
     if triton_repo is not None:

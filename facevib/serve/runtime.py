@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facevib.contract import ALIGNMENT, EMBEDDING_OUTPUT, UNCERTAINTY_OUTPUT, arcface_template
+from facevib.contract import ALIGNMENT, EMBEDDING_OUTPUT, QUALITY_OUTPUT, UNCERTAINTY_OUTPUT, arcface_template
 from facevib.onnx_meta import ModelMetadata, read_metadata
 
 __all__ = ["ModelRuntime", "StagedBatch", "pad_sizes"]
@@ -88,6 +88,7 @@ class ModelRuntime:
     spinning: bool = False
     warnings: list[str] = field(default_factory=list)
     reference_output: np.ndarray | None = None
+    quality_output: str | None = None
 
     @property
     def input_size(self) -> int:
@@ -175,6 +176,7 @@ class ModelRuntime:
         names = [o.name for o in outputs]
         embedding = EMBEDDING_OUTPUT if EMBEDDING_OUTPUT in names else names[0]
         uncertainty = UNCERTAINTY_OUTPUT if UNCERTAINTY_OUTPUT in names else None
+        quality = QUALITY_OUTPUT if QUALITY_OUTPUT in names else None
         runtime = cls(
             path=path,
             session=session,
@@ -182,6 +184,7 @@ class ModelRuntime:
             input_name=inputs[0].name,
             embedding_output=embedding,
             uncertainty_output=uncertainty,
+            quality_output=quality,
             providers=active,
             requested_device=device,
             intra_op_threads=threads,
@@ -216,8 +219,10 @@ class ModelRuntime:
         )
 
     @property
-    def _output_names(self) -> list[str]:
-        return [self.embedding_output] + ([self.uncertainty_output] if self.uncertainty_output else [])
+    def output_names(self) -> list[str]:
+        """The outputs :meth:`run` returns, in order: the embedding, then uncertainty and quality if present."""
+        extras = [name for name in (self.uncertainty_output, self.quality_output) if name]
+        return [self.embedding_output, *extras]
 
     def stage(self, parts: list[np.ndarray]) -> StagedBatch:
         """``(n_i, 3, S, S)`` float32 parts -> one batch on the session's device (padded on CUDA)."""
@@ -236,20 +241,19 @@ class ModelRuntime:
 
     def run(self, staged: StagedBatch) -> tuple[np.ndarray, ...]:
         """Run the session on a staged batch (IO binding: input and outputs stay on the device
-        until the outputs are copied back here); the real rows' ``(embeddings (B, D),)`` or
-        ``(embeddings, uncertainty (B,))``."""
+        until the outputs are copied back here); the real rows' ``(embeddings (B, D), *per-face
+        outputs (B,))`` in :attr:`output_names` order."""
         device_type, device_id = self._device
         binding = self.session.io_binding()  # type: ignore[attr-defined]
         binding.bind_ortvalue_input(self.input_name, staged.value)
-        for name in self._output_names:
+        for name in self.output_names:
             binding.bind_output(name, device_type, device_id)
         self.session.run_with_iobinding(binding)  # type: ignore[attr-defined]
         outputs = binding.copy_outputs_to_cpu()
         count = staged.count
         embeddings = np.asarray(outputs[0], dtype=np.float32)[:count]
-        if len(outputs) == 1:
-            return (embeddings,)
-        return embeddings, np.asarray(outputs[1], dtype=np.float32).reshape(-1)[:count]
+        extras = (np.asarray(out, dtype=np.float32).reshape(-1)[:count] for out in outputs[1:])
+        return (embeddings, *extras)
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         """``(B, 3, S, S)`` float32 -> outputs, :meth:`stage` then :meth:`run` in this thread."""
@@ -269,7 +273,7 @@ class ModelRuntime:
             "io_binding": True,
             "spinning": self.spinning,
             "input": {"name": self.input_name, "size": self.input_size},
-            "outputs": [self.embedding_output] + ([self.uncertainty_output] if self.uncertainty_output else []),
+            "outputs": self.output_names,
             "warnings": self.warnings,
         }
 

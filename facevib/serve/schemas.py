@@ -136,6 +136,10 @@ class FaceResult(BaseModel):
     embedding: list[float] = Field(description="L2-normalised embedding.")
     norm: float = Field(description="Norm of the raw embedding (a quality signal).")
     uncertainty: float | None = Field(description="The model's uncertainty output, when it has one.")
+    quality: float | None = Field(
+        description="Face quality in [0, 1] (higher = fewer false non-matches), when the model has a quality "
+        "output; its definition and scale are in /v1/info's model.quality (docs/quality.md)."
+    )
     bbox: list[float] | None = Field(description="x1, y1, x2, y2 of the detected face (detection mode).")
     landmarks: list[list[float]] | None = Field(description="The 5 points the face was aligned from.")
     det_score: float | None = Field(description="Detector score (detection mode).")

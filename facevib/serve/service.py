@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from facevib.contract import QUALITY_OUTPUT, UNCERTAINTY_OUTPUT
 from facevib.serve.batcher import Batcher, DeadlineExceeded, QueueFull, TooLarge
 from facevib.serve.errors import ServeError, validation_error
 from facevib.serve.images import DetectOptions, Detector, FaceCrop, ImageSpec, normalise, prepare_faces
@@ -162,7 +163,8 @@ class Service:
                 results.append(item)
                 continue
             try:
-                results.append([_face_result(face, outputs, row + i) for i, face in enumerate(item.faces)])
+                names = self.runtime.output_names
+                results.append([_face_result(face, outputs, names, row + i) for i, face in enumerate(item.faces)])
                 self._count_faces(item.mode, len(item.faces))
             except ServeError as err:
                 assert isinstance(spec, ImageSpec)
@@ -195,17 +197,25 @@ class Service:
         return vectors
 
 
-def _face_result(face: FaceCrop, outputs: tuple[np.ndarray, ...], row: int) -> dict[str, Any]:
+def _per_face(outputs: tuple[np.ndarray, ...], names: list[str], name: str, row: int) -> float | None:
+    """Output ``name`` of face ``row`` as a float; None when the model has no such output or gave NaN/inf."""
+    if name not in names:
+        return None
+    value = float(outputs[names.index(name)][row])
+    return value if math.isfinite(value) else None
+
+
+def _face_result(face: FaceCrop, outputs: tuple[np.ndarray, ...], names: list[str], row: int) -> dict[str, Any]:
     raw = outputs[0][row].astype(np.float64)
     norm = float(np.linalg.norm(raw))
     if not math.isfinite(norm) or norm == 0.0:
         # The model, not the client, produced this: say so without failing the other images.
         raise ServeError("internal_error", f"the model produced an embedding of norm {norm}")
-    uncertainty = float(outputs[1][row]) if len(outputs) > 1 else None
     return {
         "embedding": (raw / norm).astype(np.float32),  # float32 array: encoded at its own precision
         "norm": norm,
-        "uncertainty": uncertainty if uncertainty is None or math.isfinite(uncertainty) else None,
+        "uncertainty": _per_face(outputs, names, UNCERTAINTY_OUTPUT, row),
+        "quality": _per_face(outputs, names, QUALITY_OUTPUT, row),
         "bbox": face.bbox,
         "landmarks": face.landmarks,
         "det_score": face.det_score,

@@ -35,7 +35,7 @@ from facevib.synth.render import noisy_landmarks, render_face
 __all__ = ["SPLITS", "stream", "identity_for", "AlignedJob", "IJBJob", "run_job", "init_worker", "worker_main"]
 
 # Split codes: disjoint seed streams, hence disjoint identities.
-SPLITS = {"train": 0, "lfw": 1, "cfp_fp": 2, "agedb_30": 3, "ijbc": 4}
+SPLITS = {"train": 0, "lfw": 1, "cfp_fp": 2, "agedb_30": 3, "ijbc": 4, "quality": 5}
 IDENTITY, PHOTO, LAYOUT, MEDIA, FRAME, PAIRS = range(6)
 
 
