@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,7 +35,7 @@ class Galleries:
     Args:
         store: where faces live (:class:`~facevib.gallery.sqlite_store.SQLiteStore` or
             :class:`~facevib.gallery.postgres_store.PostgresStore`); closed by :meth:`stop`.
-        exact_limit: the size from which a gallery's index is HNSW (:class:`FaceIndex`).
+        exact_limit: the size from which a gallery's index searches sign codes (:class:`FaceIndex`).
         poll_s: period of the follower thread; None: no thread (only this process writes).
     """
 
@@ -56,6 +57,7 @@ class Galleries:
 
     def start(self) -> None:
         """Load every face from the store into the indexes, then start following its log."""
+        started = time.perf_counter()
         with self._sync_lock:
             seq, infos, faces = self.store.snapshot()
             with self._lock:
@@ -69,7 +71,13 @@ class Galleries:
                         [f.id for f in rows], [f.subject for f in rows], np.stack([f.embedding for f in rows])
                     )
                 self._seq = seq
-        logger.info("galleries: %d faces in %d galleries from %s", len(faces), len(infos), self.store.describe())
+        logger.info(
+            "galleries: %d faces in %d galleries from %s, loaded and indexed in %.1f s",
+            len(faces),
+            len(infos),
+            self.store.describe(),
+            time.perf_counter() - started,
+        )
         if self.poll_s is not None:
             self._stop.clear()
             self._thread = threading.Thread(target=self._follow, name="facevib-gallery-follow", daemon=True)

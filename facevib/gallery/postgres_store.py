@@ -16,23 +16,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from facevib.gallery.sql_store import SQLStore
+from facevib.gallery.sql_store import SQLStore, schema
 
 __all__ = ["PostgresStore", "redact_url"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS galleries (
-    name TEXT PRIMARY KEY, embedding_dim INTEGER NOT NULL, metadata TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS faces (
-    id TEXT PRIMARY KEY,
-    gallery TEXT NOT NULL REFERENCES galleries(name) ON DELETE CASCADE,
-    subject TEXT NOT NULL,
-    embedding BYTEA NOT NULL,
-    metadata TEXT);
-CREATE INDEX IF NOT EXISTS faces_by_subject ON faces (gallery, subject);
-CREATE TABLE IF NOT EXISTS changes (
-    seq BIGSERIAL PRIMARY KEY, op TEXT NOT NULL, gallery TEXT NOT NULL, face_id TEXT);
-"""
+_SCHEMA = schema(blob="BYTEA", seq_key="BIGSERIAL PRIMARY KEY")
 
 # Any constant: the key of the advisory lock every writer holds until its commit.
 _WRITE_LOCK = 0x66616365  # "face"

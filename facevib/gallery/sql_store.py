@@ -30,7 +30,7 @@ from facevib.gallery.store import (
     embedding_from_bytes,
 )
 
-__all__ = ["SQLStore", "dumps"]
+__all__ = ["SQLStore", "dumps", "schema"]
 
 # Ids per ``IN (...)`` list: below SQLite's default limit of 32,766 variables and PostgreSQL's 65,535.
 _IN_CHUNK = 10_000
@@ -39,6 +39,23 @@ _IN_CHUNK = 10_000
 def dumps(value: Any) -> str:
     """Metadata as stored: compact JSON, keys sorted (so equal settings compare equal as text)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def schema(*, blob: str, seq_key: str) -> str:
+    """The tables, in a dialect's column types: ``blob`` for bytes, ``seq_key`` for the log's increasing key."""
+    return f"""
+CREATE TABLE IF NOT EXISTS galleries (
+    name TEXT PRIMARY KEY, embedding_dim INTEGER NOT NULL, metadata TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS faces (
+    id TEXT PRIMARY KEY,
+    gallery TEXT NOT NULL REFERENCES galleries(name) ON DELETE CASCADE,
+    subject TEXT NOT NULL,
+    embedding {blob} NOT NULL,
+    metadata TEXT);
+CREATE INDEX IF NOT EXISTS faces_by_subject ON faces (gallery, subject);
+CREATE TABLE IF NOT EXISTS changes (
+    seq {seq_key}, op TEXT NOT NULL, gallery TEXT NOT NULL, face_id TEXT);
+"""
 
 
 def _marks(count: int) -> str:

@@ -16,24 +16,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from facevib.gallery.sql_store import SQLStore
+from facevib.gallery.sql_store import SQLStore, schema
 
 __all__ = ["SQLiteStore"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS facevib_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS galleries (
-    name TEXT PRIMARY KEY, embedding_dim INTEGER NOT NULL, metadata TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS faces (
-    id TEXT PRIMARY KEY,
-    gallery TEXT NOT NULL REFERENCES galleries(name) ON DELETE CASCADE,
-    subject TEXT NOT NULL,
-    embedding BLOB NOT NULL,
-    metadata TEXT);
-CREATE INDEX IF NOT EXISTS faces_by_subject ON faces (gallery, subject);
-CREATE TABLE IF NOT EXISTS changes (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, gallery TEXT NOT NULL, face_id TEXT);
-"""
+_SCHEMA = "CREATE TABLE IF NOT EXISTS facevib_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);" + schema(
+    blob="BLOB", seq_key="INTEGER PRIMARY KEY AUTOINCREMENT"
+)
 
 
 class SQLiteStore(SQLStore):
