@@ -290,3 +290,20 @@ def test_hamming_churn_of_removals_and_additions_keeps_every_live_face_findable(
     assert index.kind == "hamming" and len(index) == len(live)
     for face_id, vector in live.items():
         assert index.search(vector, 1)[0].face_id == face_id
+
+
+@pytest.mark.skipif(not ann_available(), reason="faiss (extra gallery-ann) is not installed")
+def test_removing_a_subject_from_a_hamming_index_removes_all_its_faces_at_once(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    galleries = Galleries(open_store(db=str(tmp_path / "faces.db")), exact_limit=1, poll_s=None)
+    galleries.start()
+    galleries.create("g", 32)
+    vectors = unit(rng.standard_normal((40, 32)))
+    ids = galleries.enroll("g", [NewFace(f"s{i % 4}", v) for i, v in enumerate(vectors)])
+    assert galleries.describe("g")["index"] == "hamming"
+    removed = galleries.remove_subject("g", "s1")
+    assert sorted(removed) == sorted(ids[1::4]) and galleries.describe("g")["faces"] == 30
+    for i, vector in enumerate(vectors):  # removed faces are gone; every other face is still its own best match
+        best = galleries.search("g", vector, 1)[0]
+        assert best.subject != "s1" and (i % 4 == 1 or best.face_id == ids[i])
+    galleries.stop()

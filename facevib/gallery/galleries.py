@@ -50,6 +50,7 @@ class Galleries:
         self._indexes: dict[str, FaceIndex] = {}
         self._infos: dict[str, GalleryInfo] = {}
         self._seq = 0
+        self._pending: tuple[str, list[str]] | None = None  # removals held back by sync (one gallery's)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -119,9 +120,29 @@ class Galleries:
                     return applied
                 with self._lock:
                     for change in changes:
-                        self._apply(change)
+                        if not self._removal_batched(change):
+                            self._apply(change)
                         self._seq = change.seq
+                    self._flush_removals()
                 applied += len(changes)
+
+    def _removal_batched(self, change: Change) -> bool:
+        """Hold back a run of removals from one gallery, so its index compacts once for all of them."""
+        if change.op != "remove" or change.face_id is None:
+            self._flush_removals()
+            return False
+        if self._pending and self._pending[0] != change.gallery:
+            self._flush_removals()
+        self._pending = (change.gallery, [*self._pending[1], change.face_id] if self._pending else [change.face_id])
+        return True
+
+    def _flush_removals(self) -> None:
+        if self._pending:
+            gallery, face_ids = self._pending
+            index = self._indexes.get(gallery)
+            if index is not None:
+                index.remove_many(face_ids)
+            self._pending = None
 
     def _apply(self, change: Change) -> None:
         if change.op == "create":

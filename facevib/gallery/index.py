@@ -189,24 +189,31 @@ class FaceIndex:
 
     def remove(self, face_id: str) -> bool:
         """Remove one face (False when absent). The last row moves into its place."""
-        row = self._row_of.pop(face_id, None)
-        if row is None:
-            return False
-        label = int(self._labels[row])
-        last = len(self) - 1
-        if row != last:
-            self._rows[row] = self._rows[last]
-            self._labels[row] = self._labels[last]
-            self._ids[row] = self._ids[last]
-            self._subjects[row] = self._subjects[last]
-            self._row_of[self._ids[row]] = row
-            self._row_of_label[int(self._labels[row])] = row
-        self._ids.pop()
-        self._subjects.pop()
-        del self._row_of_label[label]
-        if self._codes is not None:
-            self._codes.remove(np.array([label]))
-        return True
+        return self.remove_many([face_id]) == 1
+
+    def remove_many(self, face_ids: list[str]) -> int:
+        """Remove faces (absent ids are skipped); how many were removed. Codes compact once."""
+        labels = []
+        for face_id in face_ids:
+            row = self._row_of.pop(face_id, None)
+            if row is None:
+                continue
+            label = int(self._labels[row])
+            last = len(self) - 1
+            if row != last:
+                self._rows[row] = self._rows[last]
+                self._labels[row] = self._labels[last]
+                self._ids[row] = self._ids[last]
+                self._subjects[row] = self._subjects[last]
+                self._row_of[self._ids[row]] = row
+                self._row_of_label[int(self._labels[row])] = row
+            self._ids.pop()
+            self._subjects.pop()
+            del self._row_of_label[label]
+            labels.append(label)
+        if self._codes is not None and labels:
+            self._codes.remove(np.array(labels))
+        return len(labels)
 
     def _build_codes(self) -> None:
         if not ann_available():
