@@ -61,20 +61,24 @@ class Galleries:
         started = time.perf_counter()
         with self._sync_lock:
             seq, infos, faces = self.store.snapshot()
+            count = len(faces)
             with self._lock:
                 self._infos = {info.name: info for info in infos}
                 self._indexes = {info.name: self._new_index(info) for info in infos}
                 by_gallery: dict[str, list[Any]] = {}
                 for face in faces:
                     by_gallery.setdefault(face.gallery, []).append(face)
-                for name, rows in by_gallery.items():
+                del faces  # from here the records live in by_gallery only, and go gallery by gallery
+                for name in list(by_gallery):
+                    rows = by_gallery.pop(name)
                     self._indexes[name].add(
                         [f.id for f in rows], [f.subject for f in rows], np.stack([f.embedding for f in rows])
                     )
+                    del rows
                 self._seq = seq
         logger.info(
             "galleries: %d faces in %d galleries from %s, loaded and indexed in %.1f s",
-            len(faces),
+            count,
             len(infos),
             self.store.describe(),
             time.perf_counter() - started,

@@ -165,7 +165,9 @@ class FaceIndex:
             raise ValueError("duplicate face ids in one addition")
         if not keep:
             return
-        vectors = np.asarray(vectors, np.float32)[keep]
+        vectors = np.asarray(vectors, np.float32)
+        if len(keep) < len(ids):  # (a copy: at start-up the whole gallery passes here at once)
+            vectors = vectors[keep]
         if vectors.shape[1:] != (self.dim,):
             raise ValueError(f"embeddings are {vectors.shape[1:]}, the gallery's are ({self.dim},)")
         start, end = len(self), len(self) + len(keep)
