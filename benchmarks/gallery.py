@@ -37,8 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -52,16 +50,6 @@ from facevib.serve.launch import free_port, wait_healthy  # noqa: E402
 
 PATHS = ("exact", "ann", "postgres")
 BULK_BATCH = 10_000  # faces per store transaction when filling it directly
-
-
-def call(url: str, method: str, path: str, body: object = None, timeout: float = 300.0) -> tuple[int, dict]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url + path, data=data, method=method, headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def rss_bytes(pid: int) -> int:
@@ -140,15 +128,20 @@ def equality(model: Path, folder: Path, identities: int, fpirs: list[float]) -> 
     probes = templates[template_rows(ids, protocol.probe_templates)]
     rows = []
     with server(model, "--gallery-db", str(folder / "ijb.db")) as (url, _):
+        client = Client(url)
         for name, (gallery_templates, subjects) in protocol.galleries.items():
-            call(url, "PUT", f"/v1/galleries/{name}")
+            client.call("PUT", f"/v1/galleries/{name}")
             enrolled = templates[template_rows(ids, gallery_templates)]
             faces = [{"subject": str(s), "embedding": r.tolist()} for s, r in zip(subjects, enrolled, strict=True)]
             for start in range(0, len(faces), 256):
-                assert call(url, "POST", f"/v1/galleries/{name}/faces", {"faces": faces[start : start + 256]})[0] == 200
+                assert (
+                    client.call("POST", f"/v1/galleries/{name}/faces", {"faces": faces[start : start + 256]})[0] == 200
+                )
             top_subject, top_score = [], []
             for probe in probes:
-                match = call(url, "POST", f"/v1/galleries/{name}/search", {"embedding": probe.tolist(), "top_k": 1})[1]
+                match = client.call("POST", f"/v1/galleries/{name}/search", {"embedding": probe.tolist(), "top_k": 1})[
+                    1
+                ]
                 top_subject.append(match["matches"][0]["subject"])
                 top_score.append(match["matches"][0]["score"])
             top_score = np.asarray(top_score)
