@@ -197,8 +197,15 @@ class Client:
 
     def call(self, method: str, path: str, body: object = None) -> tuple[int, dict]:
         data = None if body is None else json.dumps(body).encode()
-        self.connection.request(method, path, body=data, headers={"content-type": "application/json"})
-        response = self.connection.getresponse()
+        try:
+            self.connection.request(method, path, body=data, headers={"content-type": "application/json"})
+            response = self.connection.getresponse()
+        except (BrokenPipeError, http.client.RemoteDisconnected):
+            # The server closed the idle connection (uvicorn's keep-alive timeout) before reading
+            # the request: open a new one and send it again.
+            self.connection.close()
+            self.connection.request(method, path, body=data, headers={"content-type": "application/json"})
+            response = self.connection.getresponse()
         return response.status, json.loads(response.read())
 
     def close(self) -> None:
@@ -215,6 +222,9 @@ def scale_row(path: str, model: Path, folder: Path, n: int, args: argparse.Names
     else:
         store_args = ("--gallery-db", str(folder / f"{path}-{n}.db"))
         extra = ("--gallery-exact-limit", "1" if path == "ann" else str(10 * n))
+    # Exact truth over every face that will be enrolled (the bulk rows, then the sample's),
+    # computed before the servers start so that it neither competes with them nor idles a connection.
+    truth = np.argmax(np.concatenate([query @ data.T, query @ sample.T], axis=1), axis=1)
     ids, fill_rate = bulk_fill(store_args, gallery, data)
     started = time.perf_counter()
     with server(model, *store_args, *extra) as (writer_url, writer):
@@ -245,10 +255,6 @@ def scale_row(path: str, model: Path, folder: Path, n: int, args: argparse.Names
                     time.sleep(0.02)
                 catch_up = time.perf_counter() - waited
             index = read.call("GET", f"/v1/galleries/{gallery}")[1]["index"]
-            # Exact truth over every enrolled face (the bulk rows, then the sample's).
-            scores = np.concatenate([query @ data.T, query @ sample.T], axis=1)
-            truth = np.argmax(scores, axis=1)
-            del scores
             for q in query[:5]:  # warm-up
                 read.call("POST", f"/v1/galleries/{gallery}/search", {"embedding": np.round(q, 6).tolist(), "top_k": 1})
             latencies, hits = [], 0
