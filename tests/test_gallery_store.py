@@ -171,24 +171,44 @@ def test_removal_moves_rows_and_search_never_returns_removed_faces() -> None:
         assert index.search(rows[i], 1)[0].face_id == f"f{i}"
 
 
-@pytest.mark.skipif(not ann_available(), reason="hnswlib (extra gallery-ann) is not installed")
-def test_hnsw_above_the_exact_limit_finds_planted_mates_and_honours_removals() -> None:
+@pytest.mark.skipif(not ann_available(), reason="faiss (extra gallery-ann) is not installed")
+def test_hamming_codes_above_the_exact_limit_find_planted_mates_and_honour_removals() -> None:
     rng = np.random.default_rng(4)
     n, dim = 3000, 64
     rows = unit(rng.standard_normal((n, dim)))
-    index = FaceIndex(dim, exact_limit=1000, m=16, ef_construction=100, ef=64)
+    index = FaceIndex(dim, exact_limit=1000, shortlist=32)
     index.add([f"f{i}" for i in range(n)], [f"s{i}" for i in range(n)], rows)
-    assert index.kind == "hnsw"
+    assert index.kind == "hamming"
     mates = rng.choice(n, 200, replace=False)
     queries = unit(rows[mates] + 0.8 * unit(rng.standard_normal((200, dim))))  # cosine ~0.78 to the mate
     found = [index.search(q, 1)[0].face_id for q in queries]
     assert found == [f"f{m}" for m in mates]
+    for match in index.search(queries[0], 5):  # scores are exact cosines, whatever proposed the face
+        assert match.score == pytest.approx(float(rows[int(match.face_id[1:])] @ queries[0]), abs=1e-5)
     for m in mates[:50]:
         index.remove(f"f{m}")
     for q, m in zip(queries[:50], mates[:50], strict=True):
         assert index.search(q, 1)[0].face_id != f"f{m}"
-    index.add(["new"], ["s-new"], queries[:1])  # a deleted slot is reused
+    index.add(["new"], ["s-new"], queries[:1])
     assert index.search(queries[0], 1)[0].face_id == "new"
+
+
+@pytest.mark.skipif(not ann_available(), reason="faiss (extra gallery-ann) is not installed")
+def test_sign_code_hamming_distance_estimates_the_angle_over_pi() -> None:
+    """Charikar's SimHash: each random hyperplane separates two vectors with probability theta / pi."""
+    from facevib.gallery.index import _SignCodes
+
+    rng = np.random.default_rng(7)
+    dim, bits, pairs = 512, 512, 200
+    a = unit(rng.standard_normal((pairs, dim)))
+    b = unit(a + 1.33 * unit(rng.standard_normal((pairs, dim))))  # angles near 53 degrees
+    theta = np.arccos(np.clip(np.sum(a * b, axis=1), -1, 1))
+    codes = _SignCodes(dim, bits, seed=1)
+    differing = np.unpackbits(codes.encode(a) ^ codes.encode(b), axis=1).sum(axis=1)
+    expected = bits * theta / np.pi
+    # Orthonormal directions make the bits at most as variable as independent ones: bound by the binomial.
+    standard_error = np.sqrt(np.sum(bits * (theta / np.pi) * (1 - theta / np.pi))) / pairs
+    assert abs(np.mean(differing - expected)) < 4 * standard_error
 
 
 def test_concurrent_enroll_remove_search_keeps_index_and_store_equal(tmp_path: Path) -> None:
@@ -251,14 +271,14 @@ def test_an_unwritable_database_is_named(tmp_path: Path) -> None:
         open_store()
 
 
-@pytest.mark.skipif(not ann_available(), reason="hnswlib (extra gallery-ann) is not installed")
-def test_hnsw_churn_of_removals_and_additions_keeps_every_live_face_findable() -> None:
+@pytest.mark.skipif(not ann_available(), reason="faiss (extra gallery-ann) is not installed")
+def test_hamming_churn_of_removals_and_additions_keeps_every_live_face_findable() -> None:
     rng = np.random.default_rng(6)
     dim = 32
-    index = FaceIndex(dim, exact_limit=50, m=16, ef_construction=100, ef=64)
+    index = FaceIndex(dim, exact_limit=50, shortlist=16)
     live: dict[str, np.ndarray] = {}
     counter = 0
-    for _ in range(6):  # add 40, remove 25 at random, repeatedly: deleted slots get reused
+    for _ in range(6):  # add 40, remove 25 at random, repeatedly: codes are compacted
         vectors = unit(rng.standard_normal((40, dim)))
         ids = [f"f{counter + i}" for i in range(40)]
         counter += 40
@@ -267,6 +287,23 @@ def test_hnsw_churn_of_removals_and_additions_keeps_every_live_face_findable() -
         for face_id in rng.choice(sorted(live), 25, replace=False):
             assert index.remove(str(face_id))
             del live[str(face_id)]
-    assert index.kind == "hnsw" and len(index) == len(live)
+    assert index.kind == "hamming" and len(index) == len(live)
     for face_id, vector in live.items():
         assert index.search(vector, 1)[0].face_id == face_id
+
+
+@pytest.mark.skipif(not ann_available(), reason="faiss (extra gallery-ann) is not installed")
+def test_removing_a_subject_from_a_hamming_index_removes_all_its_faces_at_once(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    galleries = Galleries(open_store(db=str(tmp_path / "faces.db")), exact_limit=1, poll_s=None)
+    galleries.start()
+    galleries.create("g", 32)
+    vectors = unit(rng.standard_normal((40, 32)))
+    ids = galleries.enroll("g", [NewFace(f"s{i % 4}", v) for i, v in enumerate(vectors)])
+    assert galleries.describe("g")["index"] == "hamming"
+    removed = galleries.remove_subject("g", "s1")
+    assert sorted(removed) == sorted(ids[1::4]) and galleries.describe("g")["faces"] == 30
+    for i, vector in enumerate(vectors):  # removed faces are gone; every other face is still its own best match
+        best = galleries.search("g", vector, 1)[0]
+        assert best.subject != "s1" and (i % 4 == 1 or best.face_id == ids[i])
+    galleries.stop()

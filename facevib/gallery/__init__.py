@@ -1,12 +1,13 @@
 """Galleries of enrolled faces for 1:N identification: durable stores and in-memory indexes.
 
 * :mod:`facevib.gallery.store`: the store contract, its change log and errors;
+* :mod:`facevib.gallery.sql_store`: the SQL of both stores, written once;
 * :mod:`facevib.gallery.sqlite_store`: the embedded default (one SQLite file);
 * :mod:`facevib.gallery.postgres_store`: PostgreSQL, shared by several server replicas;
-* :mod:`facevib.gallery.index`: one gallery's search index (exact numpy, HNSW when large);
+* :mod:`facevib.gallery.index`: one gallery's search index (exact numpy; Hamming sign codes when large);
 * :mod:`facevib.gallery.galleries`: the component a server holds (store + indexes + follower).
 
-Numpy and the standard library only; hnswlib and psycopg are optional extras, imported
+Numpy and the standard library only; faiss and psycopg are optional extras, imported
 when used. The HTTP routes live in :mod:`facevib.serve.gallery_routes`.
 """
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,7 +35,7 @@ class Galleries:
     Args:
         store: where faces live (:class:`~facevib.gallery.sqlite_store.SQLiteStore` or
             :class:`~facevib.gallery.postgres_store.PostgresStore`); closed by :meth:`stop`.
-        exact_limit: the size from which a gallery's index is HNSW (:class:`FaceIndex`).
+        exact_limit: the size from which a gallery's index searches sign codes (:class:`FaceIndex`).
         poll_s: period of the follower thread; None: no thread (only this process writes).
     """
 
@@ -49,6 +50,7 @@ class Galleries:
         self._indexes: dict[str, FaceIndex] = {}
         self._infos: dict[str, GalleryInfo] = {}
         self._seq = 0
+        self._pending: tuple[str, list[str]] | None = None  # removals held back by sync (one gallery's)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -56,20 +58,31 @@ class Galleries:
 
     def start(self) -> None:
         """Load every face from the store into the indexes, then start following its log."""
+        started = time.perf_counter()
         with self._sync_lock:
             seq, infos, faces = self.store.snapshot()
+            count = len(faces)
             with self._lock:
                 self._infos = {info.name: info for info in infos}
                 self._indexes = {info.name: self._new_index(info) for info in infos}
                 by_gallery: dict[str, list[Any]] = {}
                 for face in faces:
                     by_gallery.setdefault(face.gallery, []).append(face)
-                for name, rows in by_gallery.items():
+                del faces  # from here the records live in by_gallery only, and go gallery by gallery
+                for name in list(by_gallery):
+                    rows = by_gallery.pop(name)
                     self._indexes[name].add(
                         [f.id for f in rows], [f.subject for f in rows], np.stack([f.embedding for f in rows])
                     )
+                    del rows
                 self._seq = seq
-        logger.info("galleries: %d faces in %d galleries from %s", len(faces), len(infos), self.store.describe())
+        logger.info(
+            "galleries: %d faces in %d galleries from %s, loaded and indexed in %.1f s",
+            count,
+            len(infos),
+            self.store.describe(),
+            time.perf_counter() - started,
+        )
         if self.poll_s is not None:
             self._stop.clear()
             self._thread = threading.Thread(target=self._follow, name="facevib-gallery-follow", daemon=True)
@@ -111,9 +124,29 @@ class Galleries:
                     return applied
                 with self._lock:
                     for change in changes:
-                        self._apply(change)
+                        if not self._removal_batched(change):
+                            self._apply(change)
                         self._seq = change.seq
+                    self._flush_removals()
                 applied += len(changes)
+
+    def _removal_batched(self, change: Change) -> bool:
+        """Hold back a run of removals from one gallery, so its index compacts once for all of them."""
+        if change.op != "remove" or change.face_id is None:
+            self._flush_removals()
+            return False
+        if self._pending and self._pending[0] != change.gallery:
+            self._flush_removals()
+        self._pending = (change.gallery, [*self._pending[1], change.face_id] if self._pending else [change.face_id])
+        return True
+
+    def _flush_removals(self) -> None:
+        if self._pending:
+            gallery, face_ids = self._pending
+            index = self._indexes.get(gallery)
+            if index is not None:
+                index.remove_many(face_ids)
+            self._pending = None
 
     def _apply(self, change: Change) -> None:
         if change.op == "create":

@@ -1,10 +1,22 @@
-"""The in-memory search index of one gallery: exact (numpy) while small, HNSW above a size.
+"""The in-memory search index of one gallery: exact (numpy) while small, Hamming codes above a size.
 
 Rows are unit-norm float32 embeddings, so cosine similarity is a dot product. Below
-``exact_limit`` faces a query is one matrix-vector product over all rows; at or above it an
-HNSW graph (hnswlib, the optional ``gallery-ann`` extra; the choice and the limit come from
-``benchmarks/ann_choice.py``, see ``docs/results.md``) proposes candidates and their scores are
-recomputed exactly from the stored rows, so a score never depends on the index kind.
+``exact_limit`` faces a query is one matrix-vector product over all rows. At or above it each
+face also gets a **sign code**: the signs of its projections on ``bits`` random orthonormal
+directions (SimHash; Charikar, "Similarity estimation techniques from rounding algorithms",
+STOC 2002), so the fraction of differing bits of two codes estimates their angle over pi. A
+query scans every code by Hamming distance (faiss's ``IndexBinaryFlat``: 32 bytes a face at
+the default 256 bits, the optional ``gallery-ann`` extra), takes the ``shortlist`` nearest and rescores
+them exactly from the stored rows, so a score never depends on the index kind.
+
+Why this and not a graph or a clustering (``benchmarks/ann_choice.py``, docs/results.md): on
+embeddings without cluster structure (the benchmark's random unit vectors) IVF lists and HNSW
+graphs give a search no direction until it stumbles on the mate, and their recall of planted
+mates collapses at 100k faces; a genuine mate at cosine 0.6 differs from the query in ~30%
+of its bits against ~50% for every other face, so it is in a short Hamming shortlist. Codes
+need no training: no retrain or rebalance as the gallery grows or changes. Adding a face
+costs one projection; removing faces compacts the codes (one pass over all of them per batch of
+removals: 65-85 ms at 1M faces on the loaded 2-core machine).
 
 A subject's score is the **maximum** over its faces' cosines (not a template mean): a new
 face never lowers a subject's best match, and a subject with one face (IJB's templates)
@@ -23,14 +35,17 @@ __all__ = ["DEFAULT_EXACT_LIMIT", "FaceIndex", "SubjectMatch", "ann_available"]
 logger = logging.getLogger("facevib.gallery")
 
 # Measured (docs/results.md, "Gallery index"): below this many faces exact search is fast
-# enough on 2 cores and an HNSW graph is not worth its build time and memory.
+# enough on 2 cores, and exact is exact.
 DEFAULT_EXACT_LIMIT = 50_000
+
+# Rows projected at a time when encoding: bounds the temporary float32 block to 64 MiB at 512-d.
+_ENCODE_CHUNK = 32_768
 
 
 def ann_available() -> bool:
-    """Whether hnswlib is installed (``pip install facevib[gallery-ann]``)."""
+    """Whether faiss is installed (``pip install facevib[gallery-ann]``)."""
     try:
-        import hnswlib  # noqa: F401
+        import faiss  # noqa: F401
     except ImportError:
         return False
     return True
@@ -45,40 +60,45 @@ class SubjectMatch:
     score: float
 
 
-class _Hnsw:
-    """hnswlib's graph over integer labels; deleted slots are reused by later additions.
+class _SignCodes:
+    """Sign codes of the faces under integer labels, in faiss's exhaustive Hamming index.
 
-    Labels are never reused: hnswlib moves a label onto a deleted element's slot when it
-    replaces it, and a label still held by another deleted slot would later be unmapped.
+    ``bits`` is a multiple of 8; the directions are orthonormal when ``bits <= dim`` (a random
+    rotation, whose first ``bits`` coordinates are kept), else independent Gaussian.
     """
 
-    def __init__(self, dim: int, capacity: int, *, m: int, ef_construction: int, ef: int, threads: int) -> None:
-        import hnswlib
+    def __init__(self, dim: int, bits: int, seed: int) -> None:
+        import faiss
 
-        self.index = hnswlib.Index(space="ip", dim=dim)
-        self.index.init_index(
-            max_elements=max(capacity, 1024), ef_construction=ef_construction, M=m, allow_replace_deleted=True
-        )
-        self.ef = ef
-        self.threads = threads
-        self.live = 0
+        self._faiss = faiss
+        # One query at a time holds the gallery lock, and an OpenMP team on shared cores spins:
+        # measured 9-18x slower per query with 2 threads than with 1 on the 2 loaded cores here.
+        faiss.omp_set_num_threads(1)
+        gaussian = np.random.default_rng(seed).standard_normal((dim, bits))
+        directions = np.linalg.qr(gaussian)[0] if bits <= dim else gaussian
+        self.directions = np.ascontiguousarray(directions, np.float32)
+        self.index = faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(bits))
+
+    def encode(self, vectors: np.ndarray) -> np.ndarray:
+        codes = [
+            np.packbits(vectors[start : start + _ENCODE_CHUNK] @ self.directions > 0, axis=1)
+            for start in range(0, len(vectors), _ENCODE_CHUNK)
+        ]
+        return np.concatenate(codes) if codes else np.empty((0, self.directions.shape[1] // 8), np.uint8)
 
     def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
-        needed = self.index.get_current_count() + len(labels)  # deleted slots included: an upper bound
-        if needed > self.index.get_max_elements():
-            self.index.resize_index(max(needed, 2 * self.index.get_max_elements()))
-        self.index.add_items(vectors, labels, num_threads=self.threads, replace_deleted=True)
-        self.live += len(labels)
+        self.index.add_with_ids(self.encode(vectors), np.ascontiguousarray(labels, np.int64))
 
-    def remove(self, label: int) -> None:
-        self.index.mark_deleted(int(label))
-        self.live -= 1
+    def remove(self, labels: np.ndarray) -> None:
+        self.index.remove_ids(self._faiss.IDSelectorBatch(np.ascontiguousarray(labels, np.int64)))
 
     def query(self, vector: np.ndarray, k: int) -> np.ndarray:
-        k = min(k, self.live)
-        self.index.set_ef(max(self.ef, k))
-        labels, _ = self.index.knn_query(vector[None], k=k, num_threads=1)
-        return labels[0].astype(np.int64)
+        """Labels of the ``k`` faces nearest in Hamming distance (fewer when fewer are stored)."""
+        _, labels = self.index.search(self.encode(vector[None]), k)
+        return labels[0][labels[0] >= 0]
+
+    def nbytes(self) -> int:
+        return int(self.index.ntotal) * (self.directions.shape[1] // 8 + 8)  # code + faiss's int64 label
 
 
 class FaceIndex:
@@ -86,9 +106,12 @@ class FaceIndex:
 
     Args:
         dim: embedding size.
-        exact_limit: from this many faces on, search runs on an HNSW graph (when hnswlib is
+        exact_limit: from this many faces on, search runs on sign codes (when faiss is
             installed; otherwise exact search continues, with one warning).
-        m, ef_construction, ef: HNSW settings (graph degree, build and search beam widths).
+        bits: code length (a multiple of 8): the bytes scanned per face are ``bits / 8``.
+        shortlist: faces taken by Hamming distance before the exact rescoring (the defaults
+            are measured in docs/results.md: recall of planted mates at 1M faces).
+        seed: of the random directions (fixed, so a rebuilt index answers as before).
     """
 
     def __init__(
@@ -96,23 +119,25 @@ class FaceIndex:
         dim: int,
         *,
         exact_limit: int = DEFAULT_EXACT_LIMIT,
-        m: int = 32,
-        ef_construction: int = 200,
-        ef: int = 128,
-        build_threads: int = 2,
+        bits: int = 256,
+        shortlist: int = 256,
+        seed: int = 0,
     ) -> None:
+        if bits < 8 or bits % 8:
+            raise ValueError(f"bits must be a positive multiple of 8, got {bits}")
+        if shortlist < 1:
+            raise ValueError(f"shortlist must be >= 1, got {shortlist}")
         self.dim = dim
         self.exact_limit = exact_limit
-        self._hnsw_settings = {"m": m, "ef_construction": ef_construction, "ef": ef, "threads": build_threads}
+        self.bits, self.shortlist, self.seed = bits, shortlist, seed
         self._rows = np.empty((16, dim), np.float32)
-        self._labels = np.empty(16, np.int64)  # row -> label (stable per face, an HNSW key)
+        self._labels = np.empty(16, np.int64)  # row -> label (stable per face, the codes' key)
         self._ids: list[str] = []
         self._subjects: list[str] = []
         self._row_of: dict[str, int] = {}
         self._row_of_label: dict[int, int] = {}
         self._next_label = 0
-        self._hnsw: _Hnsw | None = None
-        self._hnsw_failures = 0  # queries the graph could not answer (then answered exactly)
+        self._codes: _SignCodes | None = None
         self._warned = False
 
     def __len__(self) -> int:
@@ -123,16 +148,16 @@ class FaceIndex:
 
     @property
     def kind(self) -> str:
-        """``exact`` or ``hnsw``: how a query runs now."""
-        return "hnsw" if self._hnsw is not None else "exact"
+        """``exact`` or ``hamming``: how a query runs now."""
+        return "hamming" if self._codes is not None else "exact"
 
     @property
     def subjects(self) -> int:
         return len(set(self._subjects))
 
     def nbytes(self) -> int:
-        """Bytes of the stored rows (the HNSW graph, when built, comes on top)."""
-        return int(len(self) * self.dim * 4)
+        """Bytes of the stored rows and, when built, the codes."""
+        return int(len(self) * self.dim * 4) + (self._codes.nbytes() if self._codes is not None else 0)
 
     def add(self, ids: list[str], subjects: list[str], vectors: np.ndarray) -> None:
         """Add faces; ids already present are skipped (so replaying a change is harmless)."""
@@ -141,7 +166,9 @@ class FaceIndex:
             raise ValueError("duplicate face ids in one addition")
         if not keep:
             return
-        vectors = np.asarray(vectors, np.float32)[keep]
+        vectors = np.asarray(vectors, np.float32)
+        if len(keep) < len(ids):  # (a copy: at start-up the whole gallery passes here at once)
+            vectors = vectors[keep]
         if vectors.shape[1:] != (self.dim,):
             raise ValueError(f"embeddings are {vectors.shape[1:]}, the gallery's are ({self.dim},)")
         start, end = len(self), len(self) + len(keep)
@@ -158,65 +185,66 @@ class FaceIndex:
             self._row_of_label[int(labels[offset])] = start + offset
             self._ids.append(ids[i])
             self._subjects.append(subjects[i])
-        if self._hnsw is not None:
-            self._hnsw.add(labels, vectors)
+        if self._codes is not None:
+            self._codes.add(labels, vectors)
         elif end >= self.exact_limit:
-            self._build_hnsw()
+            self._build_codes()
 
     def remove(self, face_id: str) -> bool:
         """Remove one face (False when absent). The last row moves into its place."""
-        row = self._row_of.pop(face_id, None)
-        if row is None:
-            return False
-        label = int(self._labels[row])
-        last = len(self) - 1
-        if row != last:
-            self._rows[row] = self._rows[last]
-            self._labels[row] = self._labels[last]
-            self._ids[row] = self._ids[last]
-            self._subjects[row] = self._subjects[last]
-            self._row_of[self._ids[row]] = row
-            self._row_of_label[int(self._labels[row])] = row
-        self._ids.pop()
-        self._subjects.pop()
-        del self._row_of_label[label]
-        if self._hnsw is not None:
-            self._hnsw.remove(label)
-        return True
+        return self.remove_many([face_id]) == 1
 
-    def _build_hnsw(self) -> None:
+    def remove_many(self, face_ids: list[str]) -> int:
+        """Remove faces (absent ids are skipped); how many were removed. Codes compact once."""
+        labels = []
+        for face_id in face_ids:
+            row = self._row_of.pop(face_id, None)
+            if row is None:
+                continue
+            label = int(self._labels[row])
+            last = len(self) - 1
+            if row != last:
+                self._rows[row] = self._rows[last]
+                self._labels[row] = self._labels[last]
+                self._ids[row] = self._ids[last]
+                self._subjects[row] = self._subjects[last]
+                self._row_of[self._ids[row]] = row
+                self._row_of_label[int(self._labels[row])] = row
+            self._ids.pop()
+            self._subjects.pop()
+            del self._row_of_label[label]
+            labels.append(label)
+        if self._codes is not None and labels:
+            self._codes.remove(np.array(labels))
+        return len(labels)
+
+    def _build_codes(self) -> None:
         if not ann_available():
             if not self._warned:
                 logger.warning(
-                    "gallery of %d faces searched exactly: install facevib[gallery-ann] (hnswlib) for HNSW search",
+                    "gallery of %d faces searched exactly: install facevib[gallery-ann] (faiss) for Hamming search",
                     len(self),
                 )
                 self._warned = True
             return
-        graph = _Hnsw(self.dim, 2 * len(self), **self._hnsw_settings)
-        graph.add(self._labels[: len(self)].copy(), self._rows[: len(self)])
-        self._hnsw = graph
-
-    def _exact_top(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        n = len(self)
-        scores = self._rows[:n] @ vector
-        rows = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
-        return rows, scores[rows]
+        codes = _SignCodes(self.dim, self.bits, self.seed)
+        codes.add(self._labels[: len(self)], self._rows[: len(self)])
+        self._codes = codes
 
     def _candidates(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows of (about) the ``k`` best faces and their exact scores, best first."""
-        k = min(k, len(self))
-        if self._hnsw is None:
-            rows, picked = self._exact_top(vector, k)
+        n = len(self)
+        k = min(k, n)
+        if self._codes is None:
+            scores = self._rows[:n] @ vector
+            rows = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
+            picked = scores[rows]
         else:
-            try:
-                labels = self._hnsw.query(vector, k)
-            except RuntimeError:  # fewer than k live faces reachable in the graph: score them all
-                self._hnsw_failures += 1
-                rows, picked = self._exact_top(vector, k)
-            else:
-                rows = np.array([self._row_of_label[int(label)] for label in labels], np.int64)
-                picked = self._rows[rows] @ vector
+            labels = self._codes.query(vector, min(n, max(self.shortlist, 2 * k)))
+            rows = np.array([self._row_of_label[int(label)] for label in labels], np.int64)
+            picked = self._rows[rows] @ vector
+            keep = np.argpartition(-picked, k - 1)[:k] if k < len(rows) else np.arange(len(rows))
+            rows, picked = rows[keep], picked[keep]
         order = np.lexsort((rows, -picked))  # best score first; ties by row, so results are stable
         return rows[order], picked[order]
 

@@ -46,7 +46,9 @@ class GalleryResponse(BaseModel):
     faces: int = Field(description="Faces enrolled.")
     subjects: int = Field(description="Distinct subjects among them.")
     embedding_dim: int
-    index: Literal["exact", "hnsw"] = Field(description="How searches run now (HNSW from the server's size limit).")
+    index: Literal["exact", "hamming"] = Field(
+        description="How searches run now: exact, or a Hamming shortlist rescored exactly (from the size limit)."
+    )
     metadata: dict[str, Any]
 
 

@@ -88,7 +88,7 @@ class ServeSettings:
         default=0.25,
     )
     gallery_exact_limit: int = _help(
-        "gallery size from which search uses an HNSW index (facevib[gallery-ann]) instead of exact search",
+        "gallery size from which search scans Hamming sign codes (facevib[gallery-ann]) instead of exact search",
         default=50_000,
     )
 
