@@ -423,24 +423,41 @@ class VIBCell(nn.Module):
         """
         if self.training:
             sigma_in, sigma_norm = self._sigma_until_norm(x)
-            fuse_mean = mean_norm is not None and _fusable_norm(mean_norm)
-            if mean_norm is not None and not fuse_mean:
-                mu, mean_norm = mean_norm(mu), None
-            sample, kl = vib_sample(
-                mu,
-                sigma_in,
-                self.bias,
-                channel_dim=self.channel_dim,
-                return_kl=return_kl,
-                mean_norm=mean_norm,
-                sigma_norm=sigma_norm,
-            )
-            return (sample, kl) if return_kl else sample
+            return self.sample(mu, sigma_in, return_kl, mean_norm, sigma_norm)
         if mean_norm is not None:
             mu = mean_norm(mu)
         if not return_kl:
             return mu
         return mu, gaussian_kl(mu, self.log_sigma(x))
+
+    def sample(
+        self,
+        mu: Tensor,
+        sigma_in: Tensor,
+        return_kl: bool = False,
+        mean_norm: nn.Module | None = None,
+        sigma_norm: nn.Module | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """The training-mode sample given ``mu`` and F_sigma's output, each before its final
+        norm (``mean_norm`` / ``sigma_norm``, applied here; ``None`` when already applied).
+
+        For owners that compute F_sigma themselves (the iResNet blocks run both branches'
+        first layers as one); :meth:`forward_with_mean` is this after running F_sigma.
+        """
+        if mean_norm is not None and not _fusable_norm(mean_norm):
+            mu, mean_norm = mean_norm(mu), None
+        if sigma_norm is not None and not _fusable_norm(sigma_norm):
+            sigma_in, sigma_norm = sigma_norm(sigma_in), None
+        sample, kl = vib_sample(
+            mu,
+            sigma_in,
+            self.bias,
+            channel_dim=self.channel_dim,
+            return_kl=return_kl,
+            mean_norm=mean_norm,
+            sigma_norm=sigma_norm,
+        )
+        return (sample, kl) if return_kl else sample
 
     def _sigma_until_norm(self, x: Tensor) -> tuple[Tensor, nn.Module | None]:
         """``(input of F_sigma's final BatchNorm, that norm)`` when F_sigma is a Sequential
