@@ -16,8 +16,8 @@ convolution is linear, so
 
 where conv(b_i, W_i) is the convolution of the constant image b_i with the same zero
 padding: constant inside, different on the one-pixel frame a 3x3 kernel overlaps with
-the padding. It does not depend on the batch, so it is computed once on a 3x3 image and
-broadcast. The BatchNorms' running statistics are updated exactly as each module would
+the padding. It does not depend on the batch, so it is computed once, from the kernel's
+taps, and broadcast. The BatchNorms' running statistics are updated exactly as each module would
 update them itself (its momentum, or the cumulative average when momentum is None).
 """
 
@@ -29,6 +29,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from facevib.models.norm_stats import batch_norm_moments, update_running_stats
 
 __all__ = ["BranchHead", "can_merge", "merged_branch_heads"]
 
@@ -96,30 +98,26 @@ def merged_branch_heads(x: Tensor, heads: Sequence[BranchHead]) -> list[Tensor]:
 def _bias_image(heads: Sequence[BranchHead], size: torch.Size, dtype: torch.dtype) -> Tensor:
     """conv(b_i, W_i) (+ the conv's own bias) for every head, stacked: shape (1, sum C_out, H, W).
 
-    On an H x W image a 3x3 zero-padded convolution of a constant is constant except on the
-    one-pixel frame, so it is computed on a (min(H, 3), min(W, 3)) image and its middle
-    row and column are repeated.
+    Output pixel (h, w) of a 3x3 convolution with zero padding 1 sees the taps (k, l) with
+    0 <= h + k - 1 < H and 0 <= w + l - 1 < W; on a constant image b it is the sum of those
+    taps of sum_i W[:, i] * b_i.
     """
     height, width = size
-    small = (min(height, 3), min(width, 3))
     parts = []
     for head in heads:
-        constant = head.norm_in.bias.view(1, -1, 1, 1).expand(1, -1, *small)
-        parts.append(F.conv2d(constant.to(dtype), head.conv.weight.to(dtype), head.conv.bias, padding=1))
-    image = torch.cat(parts, dim=1)
-    rows = _frame_index(height, image.device)
-    cols = _frame_index(width, image.device)
-    return image.index_select(2, rows).index_select(3, cols)
+        taps = torch.einsum("oikl,i->okl", head.conv.weight.to(dtype), head.norm_in.bias.to(dtype))
+        image = torch.einsum("hk,okl,wl->ohw", _taps_seen(height, taps), taps, _taps_seen(width, taps))
+        if head.conv.bias is not None:
+            image = image + head.conv.bias.to(dtype).view(-1, 1, 1)
+        parts.append(image)
+    return torch.cat(parts).unsqueeze(0)
 
 
-def _frame_index(length: int, device: torch.device) -> Tensor:
-    """Indices into a (<= 3)-long axis that rebuild a ``length``-long one: 0, 1, ..., 1, 2."""
-    if length <= 3:
-        return torch.arange(length, device=device)
-    index = torch.ones(length, dtype=torch.long, device=device)
-    index[0] = 0
-    index[-1] = 2
-    return index
+def _taps_seen(length: int, like: Tensor) -> Tensor:
+    """(length, 3) 0/1 matrix: which of a 3-tap kernel's taps land inside a zero-padded axis."""
+    position = torch.arange(length, device=like.device).view(-1, 1)
+    tap = torch.arange(3, device=like.device).view(1, -1)
+    return ((position + tap - 1 >= 0) & (position + tap - 1 < length)).to(like.dtype)
 
 
 def _batch_normalise(
@@ -128,34 +126,15 @@ def _batch_normalise(
     """Batch-normalise ``x`` once and replay each norm's running-statistics update.
 
     ``shared``: every norm covers all channels of ``x`` (each gets the same update);
-    otherwise they cover consecutive channel blocks. The batch mean and unbiased variance
-    come out of ``F.batch_norm`` itself, run with momentum 1 on scratch buffers.
+    otherwise they cover consecutive channel blocks.
     """
-    channels = x.shape[1]
-    stats_dtype = torch.promote_types(x.dtype, torch.float32)
-    mean = torch.zeros(channels, dtype=stats_dtype, device=x.device)
-    var = torch.ones(channels, dtype=stats_dtype, device=x.device)
-    out = F.batch_norm(x, mean, var, weight, bias, training=True, momentum=1.0, eps=norms[0].eps)
+    out, mean, var = batch_norm_moments(x, weight, bias, norms[0].eps)
     offset = 0
     for norm in norms:
-        width = norm.num_features
         if shared:
-            _update_running_stats(norm, mean, var)
+            update_running_stats(norm, mean, var)
         else:
-            _update_running_stats(norm, mean[offset : offset + width], var[offset : offset + width])
+            width = norm.num_features
+            update_running_stats(norm, mean[offset : offset + width], var[offset : offset + width])
             offset += width
     return out
-
-
-@torch.no_grad()
-def _update_running_stats(norm: nn.BatchNorm2d, mean: Tensor, var: Tensor) -> None:
-    """What ``norm(x)`` does to its buffers in training, given x's batch mean and unbiased var."""
-    if not norm.track_running_stats or norm.running_mean is None or norm.running_var is None:
-        return
-    factor = norm.momentum
-    if norm.num_batches_tracked is not None:
-        norm.num_batches_tracked.add_(1)
-        if factor is None:
-            factor = 1.0 / float(norm.num_batches_tracked)
-    norm.running_mean.mul_(1.0 - factor).add_(mean.to(norm.running_mean.dtype), alpha=factor)
-    norm.running_var.mul_(1.0 - factor).add_(var.to(norm.running_var.dtype), alpha=factor)
