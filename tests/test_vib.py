@@ -386,3 +386,67 @@ def test_compiled_cell_samples_the_same_as_the_fused_node():
     for got, expected in zip(compiled[2], eager[2], strict=True):
         # A conv bias before a BatchNorm has gradient 0 up to rounding: relative to the largest.
         assert ((got - expected).abs() <= 1e-5 * expected.abs().max() + 1e-5).all()
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5])
+def test_merged_branch_heads_equal_the_layers_run_one_by_one(size):
+    """One normalisation, one convolution and one BN2 for two branches equal the separate
+    layers (float64): outputs, every gradient, and each BatchNorm's running statistics,
+    on maps small enough that every pixel touches the zero padding, with a conv bias and a
+    cumulative-average (momentum None) BatchNorm."""
+    import copy
+
+    from facevib.models.shared_input import BranchHead, can_merge, merged_branch_heads
+
+    torch.manual_seed(0)
+
+    def head(out_channels: int, conv_bias: bool, momentum: float | None) -> BranchHead:
+        layers = BranchHead(
+            nn.BatchNorm2d(6, momentum=momentum),
+            nn.Conv2d(6, out_channels, 3, padding=1, bias=conv_bias),
+            nn.BatchNorm2d(out_channels),
+            nn.PReLU(out_channels),
+        )
+        for norm in (layers.norm_in, layers.norm_out):
+            nn.init.uniform_(norm.weight, 0.5, 1.5)
+            nn.init.uniform_(norm.bias, -0.5, 0.5)
+            norm.double().train()
+        layers.conv.double()
+        layers.act.double()
+        return layers
+
+    heads = [head(8, False, 0.1), head(2, True, None)]
+    reference = copy.deepcopy(heads)
+    assert can_merge(heads)
+    x = torch.randn(4, 6, size, size, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    merged = merged_branch_heads(x, heads)
+    separate = [h.act(h.norm_out(h.conv(h.norm_in(x_ref)))) for h in reference]
+    grads_out = [torch.randn_like(out) for out in separate]
+    sum((out * g).sum() for out, g in zip(merged, grads_out, strict=True)).backward()
+    sum((out * g).sum() for out, g in zip(separate, grads_out, strict=True)).backward()
+    for out, ref in zip(merged, separate, strict=True):
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-10)
+    for layers, ref_layers in zip(heads, reference, strict=True):
+        for module, ref_module in zip(layers, ref_layers, strict=True):
+            for (name, param), ref in zip(module.named_parameters(), ref_module.parameters(), strict=True):
+                torch.testing.assert_close(param.grad, ref.grad, rtol=1e-10, atol=1e-10, msg=name)
+            for (name, buffer), ref in zip(module.named_buffers(), ref_module.buffers(), strict=True):
+                torch.testing.assert_close(buffer, ref, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_branch_heads_merge_only_when_the_result_is_the_same():
+    from facevib.models.shared_input import BranchHead, can_merge
+
+    def head(stride: int = 1, eps: float = 1e-5) -> BranchHead:
+        return BranchHead(
+            nn.BatchNorm2d(4, eps=eps), nn.Conv2d(4, 4, 3, stride, padding=1), nn.BatchNorm2d(4), nn.PReLU(4)
+        )
+
+    assert can_merge([head(), head()])
+    assert not can_merge([head(), head(stride=2)])  # the bias image assumes stride 1
+    assert not can_merge([head(), head(eps=1e-3)])  # one normalisation for both
+    evaluating = head()
+    evaluating.norm_in.eval()  # running statistics, not the batch's
+    assert not can_merge([head(), evaluating])
