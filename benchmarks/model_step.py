@@ -2,12 +2,16 @@
 
 One step = zero_grad, forward with ``return_kl=True``, a proxy loss (mean squared
 embedding + sum_i beta_i KL_i), backward; no optimizer. Variants of one depth run
-round-robin in one process: the baseline, ``cellvib_composed`` (the VIB cell written as
-separate autograd ops, softplus -> log -> randn -> addcmul -> KL, as before the fused node),
-``cellvib`` (the fused node of :func:`facevib.models.vib.vib_sample`) and Deep VIB.
-Reported: median (and minimum, the least disturbed step on a shared machine) over
-``--steps`` timed steps after ``--warmup`` untimed ones, images/s, the ratio to the
-baseline, and the activation bytes autograd saves for backward (unique storages seen by
+round-robin in one process: the baseline, ``cellvib_composed`` (each cell block written as
+separate autograd ops: both branches in full, softplus -> log -> randn -> addcmul -> KL),
+``cellvib_separate`` (the fused node of :func:`facevib.models.vib.vib_sample`, the
+branches' first layers run one by one), ``cellvib`` (what training runs: the fused node
+and the branches' BN-conv-BN-PReLU merged, :mod:`facevib.models.shared_input`) and Deep
+VIB (``--variants`` picks). Reported: median (and minimum, the least disturbed step on a
+shared machine) wall time over ``--steps`` timed steps after ``--warmup`` untimed ones,
+images/s, the ratio to the baseline, the median process CPU time per step and its ratio
+(steadier than wall time when other processes share the cores, with ``--threads 1``), and
+the activation bytes autograd saves for backward (unique storages seen by
 ``torch.autograd.graph.saved_tensors_hooks``, parameters excluded).
 
 A model is ``DEPTH[:BATCH]``; ``demo_r18`` is the demo's narrow r18 (widths 16-32-64-128,
