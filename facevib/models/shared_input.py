@@ -86,13 +86,49 @@ def merged_branch_heads(x: Tensor, heads: Sequence[BranchHead]) -> list[Tensor]:
     make itself.
     """
     normalised = _batch_normalise(x, [head.norm_in for head in heads], None, None, shared=True)
-    weight = torch.cat([head.conv.weight * head.norm_in.weight.view(1, -1, 1, 1) for head in heads])
-    features = F.conv2d(normalised, weight, padding=1) + _bias_image(heads, x.shape[-2:], normalised.dtype)
+    params = [t for head in heads for t in (head.conv.weight, head.norm_in.weight)]
+    features = _StackedConv.apply(normalised, *params) + _bias_image(heads, x.shape[-2:], normalised.dtype)
     out_weight = torch.cat([head.norm_out.weight for head in heads])
     out_bias = torch.cat([head.norm_out.bias for head in heads])
     features = _batch_normalise(features, [head.norm_out for head in heads], out_weight, out_bias, shared=False)
     widths = [head.conv.out_channels for head in heads]
     return [F.prelu(part, head.act.weight) for part, head in zip(features.split(widths, dim=1), heads, strict=True)]
+
+
+def _stacked_weight(params: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
+    """cat_i(W_i * g_i), g_i scaling W_i's input channels; ``params`` = (W_1, g_1, W_2, g_2, ...)."""
+    pairs = zip(params[0::2], params[1::2], strict=True)
+    return torch.cat([weight.to(dtype) * scale.to(dtype).view(1, -1, 1, 1) for weight, scale in pairs])
+
+
+class _StackedConv(torch.autograd.Function):
+    """conv3x3(x, cat_i(W_i * g_i)), padding 1, keeping x and the parameters for backward.
+
+    Autograd through the product would keep the stacked kernel, a weight-sized tensor per
+    block (80 MB over cellVIB-r50, as much as its batch-8 noise); backward rebuilds it.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, *params: Tensor) -> Tensor:
+        ctx.save_for_backward(x, *params)
+        return F.conv2d(x, _stacked_weight(params, x.dtype), padding=1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, *params = ctx.saved_tensors
+        weight = _stacked_weight(params, grad.dtype)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.nn.grad.conv2d_input(x.shape, weight, grad, padding=1).to(x.dtype)
+        grad_weight = torch.nn.grad.conv2d_weight(x.to(grad.dtype), weight.shape, grad, padding=1)
+        grads = []
+        offset = 0
+        for kernel, scale in zip(params[0::2], params[1::2], strict=True):
+            part = grad_weight[offset : offset + kernel.shape[0]]
+            offset += kernel.shape[0]
+            grads.append((part * scale.to(part.dtype).view(1, -1, 1, 1)).to(kernel.dtype))
+            grads.append((part * kernel.to(part.dtype)).sum(dim=(0, 2, 3)).to(scale.dtype))
+        return grad_x, *grads
 
 
 def _bias_image(heads: Sequence[BranchHead], size: torch.Size, dtype: torch.dtype) -> Tensor:
