@@ -141,7 +141,9 @@ def _bias_image(heads: Sequence[BranchHead], size: torch.Size, dtype: torch.dtyp
     height, width = size
     parts = []
     for head in heads:
-        taps = torch.einsum("oikl,i->okl", head.conv.weight.to(dtype), head.norm_in.bias.to(dtype))
+        # A product and a sum, not an einsum: einsum would keep a reshaped copy of the kernel
+        # for backward, a weight-sized tensor per block.
+        taps = (head.conv.weight.to(dtype) * head.norm_in.bias.to(dtype).view(1, -1, 1, 1)).sum(dim=1)
         image = torch.einsum("hk,okl,wl->ohw", _taps_seen(height, taps), taps, _taps_seen(width, taps))
         if head.conv.bias is not None:
             image = image + head.conv.bias.to(dtype).view(-1, 1, 1)
