@@ -2,12 +2,16 @@
 
 One step = zero_grad, forward with ``return_kl=True``, a proxy loss (mean squared
 embedding + sum_i beta_i KL_i), backward; no optimizer. Variants of one depth run
-round-robin in one process: the baseline, ``cellvib_composed`` (the VIB cell written as
-separate autograd ops, softplus -> log -> randn -> addcmul -> KL, as before the fused node),
-``cellvib`` (the fused node of :func:`facevib.models.vib.vib_sample`) and Deep VIB.
-Reported: median (and minimum, the least disturbed step on a shared machine) over
-``--steps`` timed steps after ``--warmup`` untimed ones, images/s, the ratio to the
-baseline, and the activation bytes autograd saves for backward (unique storages seen by
+round-robin in one process: the baseline, ``cellvib_composed`` (each cell block written as
+separate autograd ops: both branches in full, softplus -> log -> randn -> addcmul -> KL),
+``cellvib_separate`` (the fused node of :func:`facevib.models.vib.vib_sample`, the
+branches' first layers run one by one), ``cellvib`` (what training runs: the fused node
+and the branches' BN-conv-BN-PReLU merged, :mod:`facevib.models.shared_input`) and Deep
+VIB (``--variants`` picks). Reported: median (and minimum, the least disturbed step on a
+shared machine) wall time over ``--steps`` timed steps after ``--warmup`` untimed ones,
+images/s, the ratio to the baseline, the median process CPU time per step and its ratio
+(steadier than wall time when other processes share the cores, with ``--threads 1``), and
+the activation bytes autograd saves for backward (unique storages seen by
 ``torch.autograd.graph.saved_tensors_hooks``, parameters excluded).
 
 A model is ``DEPTH[:BATCH]``; ``demo_r18`` is the demo's narrow r18 (widths 16-32-64-128,
@@ -31,11 +35,19 @@ from typing import Any
 
 import torch
 
-from facevib.models import VIBCell, create_model, gaussian_kl, reparameterize, softplus_sigma
+from facevib.models import IBasicBlock, create_model, gaussian_kl, reparameterize, softplus_sigma
 from facevib.models.iresnet import IRESNET_LAYERS
 
-# (variant, registered-name prefix); cellvib_composed is cellvib with its cells swapped.
-VARIANTS = (("baseline", ""), ("cellvib_composed", "cellvib_"), ("cellvib", "cellvib_"), ("deepvib", "deepvib_"))
+# variant -> registered-name prefix; cellvib_composed and cellvib_separate are cellvib
+# models with their cell blocks switched to an older formulation (see _PREPARE).
+VARIANTS = {
+    "baseline": "",
+    "cellvib_composed": "cellvib_",
+    "cellvib_separate": "cellvib_",
+    "cellvib": "cellvib_",
+    "deepvib": "deepvib_",
+}
+DEFAULT_VARIANTS = ("baseline", "cellvib_composed", "cellvib", "deepvib")
 # Named model shapes beyond the registered depths: name -> (depth, create_model overrides).
 SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
     "demo_r18": ("r18", {"widths": (16, 32, 64, 128), "embedding_dim": 128}),
@@ -54,6 +66,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=["r50:8", "demo_r18:32"],
         type=_model_spec,
         help=f"DEPTH[:BATCH], DEPTH one of {', '.join([*IRESNET_LAYERS, *SHAPES])}",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(DEFAULT_VARIANTS),
+        help="what to time beside the baseline (always run first): cellvib_separate is the fused node "
+        "with the branches' first layers run one by one",
     )
     parser.add_argument("--batch", type=int, default=None, help="images per step without :BATCH (cpu 4, cuda 128)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (cpu 5, cuda 20)")
@@ -99,23 +119,36 @@ def _model_spec(text: str) -> tuple[str, int | None]:
     return name, int(batch) if batch else None
 
 
-def _composed_forward_with_mean(
-    cell: VIBCell, x: torch.Tensor, mu: torch.Tensor, return_kl: bool = False, mean_norm: torch.nn.Module | None = None
-):
-    """The VIB cell as separate autograd ops (the formulation before the fused node)."""
-    if mean_norm is not None:
-        mu = mean_norm(mu)
-    sigma, log_sigma = softplus_sigma(cell.pre_sigma(x))
-    out = reparameterize(mu, sigma.to(mu.dtype))
+def _composed_block_forward(block: IBasicBlock, x: torch.Tensor, return_kl: bool = False):
+    """A cell block as separate autograd ops: both branches in full, softplus -> log ->
+    randn -> addcmul -> KL (the formulation before the fused node)."""
+    identity = x if block.downsample is None else block.downsample(x)
+    mu = block.residual(x)
+    sigma, log_sigma = softplus_sigma(block.vib.pre_sigma(x))
+    out = reparameterize(mu, sigma.to(mu.dtype)) + identity
     return (out, gaussian_kl(mu, log_sigma)) if return_kl else out
 
 
 def use_composed_cells(model: torch.nn.Module) -> torch.nn.Module:
-    """Make every training-mode VIB cell of ``model`` run the composed formulation."""
-    for module in model.modules():
-        if isinstance(module, VIBCell):
-            module.forward_with_mean = types.MethodType(_composed_forward_with_mean, module)
+    """Make every VIB cell block of ``model`` run as separate autograd ops."""
+    for block in model.modules():
+        if isinstance(block, IBasicBlock) and block.vib is not None:
+            block.forward = types.MethodType(_composed_block_forward, block)
     return model
+
+
+def use_separate_branches(model: torch.nn.Module) -> torch.nn.Module:
+    """Keep the fused sampling node but run the mean and sigma branches one by one."""
+    for block in model.modules():
+        if isinstance(block, IBasicBlock):
+            block.merge_heads = False
+    return model
+
+
+_PREPARE: dict[str, Callable[[torch.nn.Module], torch.nn.Module]] = {
+    "cellvib_composed": use_composed_cells,
+    "cellvib_separate": use_separate_branches,
+}
 
 
 def saved_activation_bytes(step: Callable[[], None], model: torch.nn.Module) -> int:
@@ -165,16 +198,17 @@ def time_interleaved(
     for step in steps_by_name.values():
         for _ in range(warmup):
             step()
-    stats: dict[str, dict[str, Any]] = {name: {"times": [], "peak": 0} for name in steps_by_name}
+    stats: dict[str, dict[str, Any]] = {name: {"times": [], "cpu_times": [], "peak": 0} for name in steps_by_name}
     for _ in range(steps):
         for name, step in steps_by_name.items():
             _synchronize(device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             step()
             _synchronize(device)
             stats[name]["times"].append(time.perf_counter() - start)
+            stats[name]["cpu_times"].append(time.process_time() - start_cpu)
             if device.type == "cuda":
                 stats[name]["peak"] = max(stats[name]["peak"], torch.cuda.max_memory_allocated(device))
     return stats
@@ -184,7 +218,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """Fixed-width table of the results."""
     header = (
         f"{'model':<14}{'variant':<18}{'params M':>10}{'median ms':>11}{'min ms':>10}{'img/s':>8}"
-        f"{'x base':>8}{'x base min':>12}{'saved MiB':>11}{'x base':>8}{'peak GiB':>10}"
+        f"{'x base':>8}{'x base min':>12}{'cpu ms':>9}{'x base':>8}{'saved MiB':>11}{'x base':>8}{'peak GiB':>10}"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
@@ -192,7 +226,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"{row['model']:<14}{row['variant']:<18}{row['params_m']:>10.2f}{row['median_ms']:>11.1f}"
             f"{row['min_ms']:>10.1f}{row['images_per_s']:>8.1f}{row['ratio_to_baseline']:>8.3f}"
-            f"{row['min_ratio_to_baseline']:>12.3f}{row['saved_bytes'] / 2**20:>11.1f}"
+            f"{row['min_ratio_to_baseline']:>12.3f}{row['cpu_median_ms']:>9.1f}{row['cpu_ratio_to_baseline']:>8.3f}"
+            f"{row['saved_bytes'] / 2**20:>11.1f}"
             f"{row['saved_ratio_to_baseline']:>8.3f}{peak:>10}"
         )
     return "\n".join(lines)
@@ -214,15 +249,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    variants = ["baseline", *(v for v in dict.fromkeys(args.variants) if v != "baseline")]
     rows: list[dict[str, Any]] = []
     for shape, model_batch in args.models:
         depth, overrides = SHAPES.get(shape, (shape, {}))
         model_batch = model_batch or batch
         images = (torch.rand(model_batch, 3, 112, 112, device=device) * 2 - 1).contiguous(memory_format=memory_format)
         models = {}
-        for variant, prefix in VARIANTS:
-            model = create_model(prefix + depth, **overrides)
-            models[variant] = use_composed_cells(model) if variant == "cellvib_composed" else model
+        for variant in variants:
+            model = create_model(VARIANTS[variant] + depth, **overrides)
+            models[variant] = _PREPARE.get(variant, lambda m: m)(model)
         steps_by_name = {}
         saved = {}
         for variant, model in models.items():
@@ -233,9 +269,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         stats = time_interleaved(steps_by_name, device, warmup, steps)
         baseline_ms = statistics.median(stats["baseline"]["times"]) * 1e3
         baseline_min_ms = min(stats["baseline"]["times"]) * 1e3
-        for variant, prefix in VARIANTS:
+        baseline_cpu_ms = statistics.median(stats["baseline"]["cpu_times"]) * 1e3
+        for variant in variants:
+            prefix = VARIANTS[variant]
             median_ms = statistics.median(stats[variant]["times"]) * 1e3
             min_ms = min(stats[variant]["times"]) * 1e3
+            cpu_ms = statistics.median(stats[variant]["cpu_times"]) * 1e3
             rows.append(
                 {
                     "model": shape,
@@ -253,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     "images_per_s": model_batch / (median_ms / 1e3),
                     "ratio_to_baseline": median_ms / baseline_ms,
                     "min_ratio_to_baseline": min_ms / baseline_min_ms,
+                    "cpu_median_ms": cpu_ms,
+                    "step_cpu_ms": [t * 1e3 for t in stats[variant]["cpu_times"]],
+                    "cpu_ratio_to_baseline": cpu_ms / baseline_cpu_ms,
                     "saved_bytes": saved[variant],
                     "saved_ratio_to_baseline": saved[variant] / saved["baseline"],
                     "peak_memory_gib": stats[variant]["peak"] / 2**30 if device.type == "cuda" else None,

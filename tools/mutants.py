@@ -76,8 +76,8 @@ MUTANTS = (
     Mutant(
         "fused-kl-gradient",
         "facevib/models/vib.py",
-        "grad_z.add_(sigma.mul_(slope).sub_(dlog_sigma).mul_(per_sample))",
-        "grad_z.add_(sigma.mul_(slope).add_(dlog_sigma).mul_(per_sample))",
+        "grad_z.addcmul_(dlog_sigma, per_sample, value=-1.0)",
+        "grad_z.addcmul_(dlog_sigma, per_sample, value=1.0)",
         ("tests/test_vib.py",),
         "the fused node's hand-written KL gradient with a sign flipped",
     ),

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from facevib.models.beta import BETA_MAX, BETA_MIN, BetaSpec, beta_schedule
+from facevib.models.shared_input import BranchHead, can_merge, merged_branch_heads
 from facevib.models.vib import SIGMA_BIAS_INIT, VIBCell
 
 __all__ = [
@@ -216,6 +217,10 @@ class IBasicBlock(nn.Module):
         sigma_bias_init: initial softplus bias b of the cell.
     """
 
+    # Training-mode cell blocks run both branches' BN-conv-BN-PReLU as one (same result,
+    # less time and memory); False runs them one by one (benchmarks/model_step.py compares).
+    merge_heads: bool = True
+
     def __init__(
         self,
         inplanes: int,
@@ -253,12 +258,32 @@ class IBasicBlock(nn.Module):
             if return_kl:
                 raise ValueError("return_kl=True on a block that is not a VIB cell")
             return self.residual(x) + identity
+        if self.training and self.merge_heads and can_merge(self._heads()):
+            return self._train_cell(x, identity, return_kl)
         # bn3 goes to the cell, which fuses it into its sampling node in training.
         mu_before_norm = self._residual_until_bn3(x)
         if return_kl:
             sample, kl = self.vib.forward_with_mean(x, mu_before_norm, return_kl=True, mean_norm=self.bn3)
             return sample + identity, kl
         return self.vib.forward_with_mean(x, mu_before_norm, mean_norm=self.bn3) + identity
+
+    def _heads(self) -> tuple[BranchHead, BranchHead]:
+        sigma = self.vib.sigma
+        return (
+            BranchHead(self.bn1, self.conv1, self.bn2, self.prelu),
+            BranchHead(sigma.bn1, sigma.conv1, sigma.bn2, sigma.prelu),
+        )
+
+    def _train_cell(self, x: Tensor, identity: Tensor, return_kl: bool) -> Tensor | tuple[Tensor, Tensor]:
+        """Training forward of a cell block: both branches' BN-conv-BN-PReLU as one (see
+        :mod:`facevib.models.shared_input`), each branch's conv2, then the fused sample,
+        which applies both bn3."""
+        sigma = self.vib.sigma
+        mean_head, sigma_head = merged_branch_heads(x, self._heads())
+        out = self.vib.sample(
+            self.conv2(mean_head), sigma.conv2(sigma_head), return_kl, mean_norm=self.bn3, sigma_norm=sigma.bn3
+        )
+        return (out[0] + identity, out[1]) if return_kl else out + identity
 
 
 def _sigma_head(channels: int, embedding_dim: int) -> nn.Sequential:

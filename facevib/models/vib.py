@@ -26,10 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from facevib.models.norm_stats import BatchStats, batch_norm_backward, batch_norm_train, channel_view
+
 __all__ = [
     "SIGMA_BIAS_INIT",
     "VIBCell",
     "gaussian_kl",
+    "keeps_noise",
     "reparameterize",
     "softplus_sigma",
     "vib_sample",
@@ -126,14 +129,19 @@ def _channel_shape(ndim: int, channel_dim: int) -> list[int]:
     return shape
 
 
-def _sigma_of(pre: Tensor, bias: Tensor, channel_dim: int, wide: torch.dtype) -> tuple[Tensor, Tensor]:
-    """z = pre + b and sigma = softplus(z), in ``wide``."""
-    z = pre.to(wide) + bias.to(wide).view(_channel_shape(pre.dim(), channel_dim))
-    return z, F.softplus(z)
-
-
 def _draw_noise(like: Tensor, dtype: torch.dtype, generator: torch.Generator) -> Tensor:
     return torch.randn(like.shape, dtype=dtype, device=like.device, generator=generator)
+
+
+def keeps_noise(device: torch.device) -> bool:
+    """Whether the fused node keeps eps for backward on ``device`` (else it redraws it).
+
+    On the CPU a standard normal costs ~10 ns per element (torch's mt19937 generator is
+    serial): redrawing it in backward made it the largest single cost of a cell, while 4
+    bytes per element stay within the saved-memory budget there. On CUDA the Philox
+    generator redraws for almost nothing and the saved bytes decide the batch size.
+    """
+    return device.type == "cpu"
 
 
 class _FusedVIBSample(torch.autograd.Function):
@@ -142,9 +150,10 @@ class _FusedVIBSample(torch.autograd.Function):
     Composed from autograd ops, a cell keeps about five activation-sized float32 tensors
     for backward (softplus' input, log's input, the noise, sigma, mu^2's input, exp's
     output). This node keeps the sigma pre-activation (the output of F_sigma, before the
-    bias), ``mu`` when the KL needs its gradient, and the generator state the noise was
-    drawn from; backward redraws eps from that state, as fused dropout regenerates its
-    mask, and applies the closed-form derivatives (z = pre + b, s = sigmoid(z)):
+    bias), ``mu`` when the KL needs its gradient, and either eps (on the CPU) or the
+    generator state it was drawn from, from which backward redraws it, as fused dropout
+    regenerates its mask (see :func:`keeps_noise`). Backward applies the closed-form
+    derivatives (z = pre + b, s = sigmoid(z)):
 
         dx~/dmu = 1,  dx~/dz = eps * s,
         dKL/dmu = mu / B,  dKL/dz = (sigma * s - dlog sigma/dz) / B,
@@ -153,17 +162,19 @@ class _FusedVIBSample(torch.autograd.Function):
     When both transforms end in a BatchNorm (the iResNet blocks: ``bn3`` of each branch),
     the node takes the BatchNorms' *inputs* and runs them itself: a BatchNorm keeps its
     input for backward anyway, so keeping its output (mu, pre) too would hold two copies
-    of each branch's last activation. Backward recomputes the two normalisations from the
-    kept inputs (batch statistics, no running-stat update) and differentiates them with
-    autograd; the running statistics are updated once, in forward.
+    of each branch's last activation. It keeps their batch statistics (two numbers per
+    channel); backward rebuilds each output in one pass and differentiates the
+    normalisations in closed form (:mod:`facevib.models.norm_stats`). The softplus bias b
+    is added inside the sigma BatchNorm's shift, which saves a pass.
 
     log sigma is log(softplus(z)), except where softplus underflows float32 (z < -87):
     there it is z, its limit (log(softplus(z)) = z - e^z/2 + ...). ``min(log(max(sigma,
     tiny)), z)`` picks between them without a branch, because log(softplus(z)) < z.
 
-    The sample and the KL are formed in float32 (or float64) whatever the inputs' dtype:
-    under bfloat16 autocast, mu + eps * sigma rounded to bfloat16 would lose a noise of
-    sigma ~ 0.0067 on most |mu| >= 1 (half a bfloat16 ulp is 0.0039 on [1, 2)).
+    The BatchNorms, the sample and the KL are computed in float32 (or float64) whatever
+    the inputs' dtype: under bfloat16 autocast, mu + eps * sigma rounded to bfloat16 would
+    lose a noise of sigma ~ 0.0067 on most |mu| >= 1 (half a bfloat16 ulp is 0.0039 on
+    [1, 2)).
     """
 
     @staticmethod
@@ -180,68 +191,87 @@ class _FusedVIBSample(torch.autograd.Function):
         channel_dim: int,
         generator: torch.Generator,
         want_kl: bool,
+        keep_noise: bool,
     ) -> tuple[Tensor, Tensor]:
         mean_norm, sigma_norm = norms
-        mu = mu_in if mean_norm is None else mean_norm(mu_in)  # updates its running stats
-        pre = pre_in if sigma_norm is None else sigma_norm(pre_in)
-        wide = _wide_dtype(mu.dtype, pre.dtype)
-        state = generator.get_state()
-        z, sigma = _sigma_of(pre, bias, channel_dim, wide)
-        sample = torch.addcmul(mu.to(wide), _draw_noise(mu, wide, generator), sigma)
-        if want_kl:
-            log_sigma = sigma.clamp_min(torch.finfo(wide).tiny).log_()
-            log_sigma = torch.minimum(log_sigma, z, out=log_sigma)
-            # KL = 0.5 / B * (sum mu^2 + sum (sigma^2 - 2 log sigma - 1)); both sums add
-            # non-negative terms, so neither cancels when sigma -> 1 and mu -> 0.
-            excess = log_sigma.mul_(-2.0).addcmul_(sigma, sigma).sub_(1.0)
-            kl = (torch.linalg.vector_norm(mu, dtype=wide).square() + excess.sum()) * (0.5 / mu.shape[0])
-        else:
-            kl = sample.new_zeros(())
+        wide = _wide_dtype(mu_in.dtype, pre_in.dtype)
+        with torch.autocast(mu_in.device.type, enabled=False):
+            mu, mean_stats = _normalise(mu_in.to(wide), mean_norm, mean_norm_weight, mean_norm_bias, None, 0)
+            z, sigma_stats = _normalise(
+                pre_in.to(wide), sigma_norm, sigma_norm_weight, sigma_norm_bias, bias.to(wide), channel_dim
+            )
+            sigma = F.softplus(z)
+            state = None if keep_noise else generator.get_state()
+            noise = _draw_noise(mu, wide, generator)
+            sample = torch.addcmul(mu, noise, sigma)
+            if want_kl:
+                log_sigma = sigma.clamp_min(torch.finfo(wide).tiny).log_()
+                log_sigma = torch.minimum(log_sigma, z, out=log_sigma)
+                # KL = 0.5 / B * (sum mu^2 + sum (sigma^2 - 2 log sigma - 1)); both sums add
+                # non-negative terms, so neither cancels when sigma -> 1 and mu -> 0.
+                excess = log_sigma.mul_(-2.0).addcmul_(sigma, sigma).sub_(1.0)
+                kl = (torch.linalg.vector_norm(mu).square() + excess.sum()) * (0.5 / mu.shape[0])
+            else:
+                kl = sample.new_zeros(())
         # mu is needed only for the KL's gradient, or to differentiate its BatchNorm.
         keep_mu = want_kl or mean_norm is not None
-        ctx.save_for_backward(pre_in, bias, mu_in if keep_mu else None)
-        ctx.norms = norms
+        ctx.save_for_backward(
+            pre_in,
+            bias,
+            mu_in if keep_mu else None,
+            noise if keep_noise else None,
+            mean_norm_weight,
+            mean_norm_bias,
+            sigma_norm_weight,
+            sigma_norm_bias,
+        )
+        ctx.stats = (mean_stats, sigma_stats)
         ctx.channel_dim = channel_dim
         ctx.want_kl = want_kl
+        ctx.mu_dtype = mu_in.dtype
         ctx.generator_device = generator.device
         ctx.generator_state = state
-        ctx.mu_dtype = mu.dtype
-        ctx.pre_dtype = pre.dtype
-        device_type = mu_in.device.type
-        ctx.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
         return sample, kl
 
     @staticmethod
     def backward(ctx, grad_sample: Tensor, grad_kl: Tensor):
-        pre_in, bias, mu_in = ctx.saved_tensors
-        mean_norm, sigma_norm = ctx.norms
-        pre, sigma_recompute = _renormalise(sigma_norm, pre_in, ctx.autocast)
-        mu, mean_recompute = _renormalise(mean_norm, mu_in, ctx.autocast)
-        wide = _wide_dtype(ctx.mu_dtype, ctx.pre_dtype)
-        z, sigma = _sigma_of(pre, bias, ctx.channel_dim, wide)
+        pre_in, bias, mu_in, noise, mean_weight, mean_bias, sigma_weight, sigma_bias = ctx.saved_tensors
+        mean_stats, sigma_stats = ctx.stats
+        wide = grad_sample.dtype
+        pre = pre_in.to(wide)
+        z = _rebuild(pre, sigma_stats, sigma_weight, sigma_bias, bias.to(wide), ctx.channel_dim)
         slope = torch.sigmoid(z)  # d sigma / dz
-        generator = torch.Generator(device=ctx.generator_device)
-        generator.set_state(ctx.generator_state)
-        grad_z = _draw_noise(pre, wide, generator).mul_(grad_sample).mul_(slope)
+        if noise is None:
+            generator = torch.Generator(device=ctx.generator_device)
+            generator.set_state(ctx.generator_state)
+            noise = _draw_noise(pre, wide, generator)
+        grad_z = noise * grad_sample
+        mu = None if mu_in is None else mu_in.to(wide)
         grad_mu = grad_sample
         if ctx.want_kl:
             per_sample = grad_kl.to(wide) / pre.shape[0]
+            sigma = F.softplus(z)
+            # s * (eps * g + c * sigma) - c * dlog sigma / dz, with c = dL/dKL / B.
+            grad_z.addcmul_(sigma, per_sample).mul_(slope)
             # Below float32's smallest normal sigma the forward took log sigma = z: slope 1.
-            dlog_sigma = torch.where(sigma >= torch.finfo(wide).tiny, slope / sigma, 1.0)
-            grad_z.add_(sigma.mul_(slope).sub_(dlog_sigma).mul_(per_sample))
-            grad_mu = torch.addcmul(grad_sample.to(wide), mu.to(wide), per_sample)
+            dlog_sigma = slope.div_(sigma).masked_fill_(sigma < torch.finfo(wide).tiny, 1.0)
+            grad_z.addcmul_(dlog_sigma, per_sample, value=-1.0)
+            grad_mu = _add_scaled_mean(grad_sample, mu, mean_stats, mean_weight, mean_bias, per_sample)
+        else:
+            grad_z.mul_(slope)
         reduce_dims = [d for d in range(pre.dim()) if d != ctx.channel_dim % pre.dim()]
-        grad_bias = grad_z.sum(dim=reduce_dims).to(bias.dtype) if ctx.needs_input_grad[2] else None
-        grad_pre_in, grad_sigma_w, grad_sigma_b = _through_norm(sigma_recompute, pre, grad_z.to(ctx.pre_dtype))
-        grad_mu_in, grad_mean_w, grad_mean_b = _through_norm(mean_recompute, mu, grad_mu.to(ctx.mu_dtype))
+        grad_bias = grad_z.sum(dim=reduce_dims)
+        grad_pre_in, grad_sigma_w, grad_sigma_b = _through_norm(grad_z, pre, sigma_weight, sigma_stats, grad_bias)
+        grad_mu_in, grad_mean_w, grad_mean_b = _through_norm(grad_mu, mu, mean_weight, mean_stats, None)
         return (
-            grad_mu_in if ctx.needs_input_grad[0] else None,
-            grad_pre_in if ctx.needs_input_grad[1] else None,
-            grad_bias,
-            grad_mean_w,
-            grad_mean_b,
-            grad_sigma_w,
-            grad_sigma_b,
+            grad_mu_in.to(ctx.mu_dtype) if ctx.needs_input_grad[0] else None,
+            grad_pre_in.to(pre_in.dtype) if ctx.needs_input_grad[1] else None,
+            grad_bias.to(bias.dtype) if ctx.needs_input_grad[2] else None,
+            _cast_like(grad_mean_w, mean_weight),
+            _cast_like(grad_mean_b, mean_bias),
+            _cast_like(grad_sigma_w, sigma_weight),
+            _cast_like(grad_sigma_b, sigma_bias),
+            None,
             None,
             None,
             None,
@@ -249,29 +279,60 @@ class _FusedVIBSample(torch.autograd.Function):
         )
 
 
-def _renormalise(
-    norm: nn.Module | None, kept: Tensor, autocast: tuple[str, bool, torch.dtype]
-) -> tuple[Tensor, tuple[Tensor, ...] | None]:
-    """The BatchNorm output the forward saw, recomputed from its input with batch statistics
-    (running statistics untouched), as an autograd graph; ``(kept, None)`` without a norm."""
+def _normalise(
+    x: Tensor,
+    norm: nn.Module | None,
+    weight: Tensor | None,
+    norm_bias: Tensor | None,
+    extra_bias: Tensor | None,
+    channel_dim: int,
+) -> tuple[Tensor, BatchStats | None]:
+    """``norm(x) + extra_bias`` (per channel) and the norm's batch statistics; ``x`` (+ bias) without a norm."""
     if norm is None:
-        return kept, None
-    leaves = tuple(t.detach().requires_grad_(True) for t in (kept, norm.weight, norm.bias))
-    device_type, enabled, dtype = autocast
-    with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
-        out = F.batch_norm(leaves[0], None, None, leaves[1], leaves[2], training=True, eps=norm.eps)
-    return out.detach(), (out, *leaves)
+        if extra_bias is None:
+            return x, None
+        return x + extra_bias.view(_channel_shape(x.dim(), channel_dim)), None
+    shift = norm_bias.to(x.dtype) if extra_bias is None else norm_bias.to(x.dtype) + extra_bias
+    return batch_norm_train(x, norm, weight.to(x.dtype), shift)
+
+
+def _rebuild(
+    x: Tensor,
+    stats: BatchStats | None,
+    weight: Tensor | None,
+    norm_bias: Tensor | None,
+    extra_bias: Tensor,
+    channel_dim: int,
+) -> Tensor:
+    """:func:`_normalise`'s output again, in one pass, from the kept input and statistics."""
+    if stats is None:
+        return x + extra_bias.view(_channel_shape(x.dim(), channel_dim))
+    scale, shift = stats.affine(weight.to(x.dtype), norm_bias.to(x.dtype) + extra_bias)
+    return torch.addcmul(channel_view(shift, x.dim()), x, channel_view(scale, x.dim()))
+
+
+def _add_scaled_mean(
+    grad: Tensor, mu: Tensor, stats: BatchStats | None, weight: Tensor | None, bias: Tensor | None, factor: Tensor
+) -> Tensor:
+    """grad + factor * mu, with mu = norm(mu_in) rebuilt from ``stats`` when there is a norm."""
+    if stats is None:
+        return torch.addcmul(grad, mu, factor)
+    scale, shift = stats.affine(weight.to(mu.dtype), bias.to(mu.dtype))
+    out = torch.addcmul(grad, mu, channel_view(scale * factor, mu.dim()))
+    return out.add_(channel_view(shift * factor, mu.dim()))
 
 
 def _through_norm(
-    recompute: tuple[Tensor, ...] | None, value: Tensor, grad: Tensor
+    grad: Tensor, x: Tensor | None, weight: Tensor | None, stats: BatchStats | None, grad_sum: Tensor | None
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Gradient of the norm's input, weight and bias, given the gradient of its output."""
-    if recompute is None:
+    if stats is None:
         return grad, None, None
-    out, *leaves = recompute
-    grad_in, grad_weight, grad_bias = torch.autograd.grad(out, leaves, grad.to(out.dtype))
-    return grad_in, grad_weight, grad_bias
+    return batch_norm_backward(grad, x, weight.to(x.dtype), stats, grad_sum)
+
+
+def _cast_like(grad: Tensor | None, like: Tensor | None) -> Tensor | None:
+    return None if grad is None or like is None else grad.to(like.dtype)
 
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -292,12 +353,13 @@ def vib_sample(
     return_kl: bool = True,
     mean_norm: nn.Module | None = None,
     sigma_norm: nn.Module | None = None,
+    keep_noise: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """x~ = mu + eps * softplus(pre + b) and KL(N(mu, sigma^2) || N(0, I)) in one autograd node.
 
     Equal to ``reparameterize(mu, softplus_sigma(pre + b)[0])`` and
     ``gaussian_kl(mu, softplus_sigma(pre + b)[1])`` with the same noise, but backward keeps
-    only ``pre``, ``mu`` (when ``return_kl``) and the generator's state and redraws eps.
+    only ``pre``, ``mu`` (when ``return_kl``) and eps or the generator's state.
 
     Args:
         mu: means F_mu(x), shape (B, ...); with ``mean_norm``, that norm's input.
@@ -309,7 +371,10 @@ def vib_sample(
             so ``torch.manual_seed`` makes the sample reproducible as before.
         return_kl: compute the KL (otherwise a zero scalar is returned and ``mu`` is not kept).
         mean_norm, sigma_norm: training-mode affine BatchNorms that end F_mu and F_sigma,
-            applied inside the node (so their outputs are not kept for backward).
+            applied inside the node (so their outputs are not kept for backward); a norm
+            whose channels are not dimension 1 (``channel_dim``) is applied before it.
+        keep_noise: keep eps for backward (True) or redraw it from the generator's state
+            (False); default :func:`keeps_noise` of the device. The result is the same.
 
     Returns:
         ``(sample, kl)``: the sample in float32 (float64 for float64 inputs), whatever the
@@ -330,6 +395,10 @@ def vib_sample(
         # handling is not traceable and would break the graph at every cell.
         return _vib_sample_ops(mu, pre, bias, channel_dim, generator, return_kl, mean_norm, sigma_norm)
     generator = _default_generator(mu.device) if generator is None else generator
+    if channel_dim % mu.dim() != 1:  # the node folds b into a BatchNorm's shift along dim 1
+        mu = mu if mean_norm is None else mean_norm(mu)
+        pre = pre if sigma_norm is None else sigma_norm(pre)
+        mean_norm = sigma_norm = None
     return _FusedVIBSample.apply(
         mu,
         pre,
@@ -342,6 +411,7 @@ def vib_sample(
         channel_dim,
         generator,
         return_kl,
+        keeps_noise(mu.device) if keep_noise is None else keep_noise,
     )
 
 
@@ -359,7 +429,8 @@ def _vib_sample_ops(
     mu = mu if mean_norm is None else mean_norm(mu)
     pre = pre if sigma_norm is None else sigma_norm(pre)
     wide = _wide_dtype(mu.dtype, pre.dtype)
-    z, sigma = _sigma_of(pre, bias, channel_dim, wide)
+    z = pre.to(wide) + bias.to(wide).view(_channel_shape(pre.dim(), channel_dim))
+    sigma = F.softplus(z)
     noise = torch.randn(mu.shape, dtype=wide, device=mu.device, generator=generator)
     sample = torch.addcmul(mu.to(wide), noise, sigma)
     if not want_kl:
@@ -423,24 +494,41 @@ class VIBCell(nn.Module):
         """
         if self.training:
             sigma_in, sigma_norm = self._sigma_until_norm(x)
-            fuse_mean = mean_norm is not None and _fusable_norm(mean_norm)
-            if mean_norm is not None and not fuse_mean:
-                mu, mean_norm = mean_norm(mu), None
-            sample, kl = vib_sample(
-                mu,
-                sigma_in,
-                self.bias,
-                channel_dim=self.channel_dim,
-                return_kl=return_kl,
-                mean_norm=mean_norm,
-                sigma_norm=sigma_norm,
-            )
-            return (sample, kl) if return_kl else sample
+            return self.sample(mu, sigma_in, return_kl, mean_norm, sigma_norm)
         if mean_norm is not None:
             mu = mean_norm(mu)
         if not return_kl:
             return mu
         return mu, gaussian_kl(mu, self.log_sigma(x))
+
+    def sample(
+        self,
+        mu: Tensor,
+        sigma_in: Tensor,
+        return_kl: bool = False,
+        mean_norm: nn.Module | None = None,
+        sigma_norm: nn.Module | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """The training-mode sample given ``mu`` and F_sigma's output, each before its final
+        norm (``mean_norm`` / ``sigma_norm``, applied here; ``None`` when already applied).
+
+        For owners that compute F_sigma themselves (the iResNet blocks run both branches'
+        first layers as one); :meth:`forward_with_mean` is this after running F_sigma.
+        """
+        if mean_norm is not None and not _fusable_norm(mean_norm):
+            mu, mean_norm = mean_norm(mu), None
+        if sigma_norm is not None and not _fusable_norm(sigma_norm):
+            sigma_in, sigma_norm = sigma_norm(sigma_in), None
+        sample, kl = vib_sample(
+            mu,
+            sigma_in,
+            self.bias,
+            channel_dim=self.channel_dim,
+            return_kl=return_kl,
+            mean_norm=mean_norm,
+            sigma_norm=sigma_norm,
+        )
+        return (sample, kl) if return_kl else sample
 
     def _sigma_until_norm(self, x: Tensor) -> tuple[Tensor, nn.Module | None]:
         """``(input of F_sigma's final BatchNorm, that norm)`` when F_sigma is a Sequential
