@@ -78,4 +78,3 @@ class MetricLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
-
