@@ -342,7 +342,9 @@ class PartialFC(nn.Module):
                 weight = (weight.detach() if index is None else weight.detach()[index]).requires_grad_(True)
             elif index is not None:
                 weight = weight[index]
-            loss = _CosineMarginSoftmaxCrossEntropy.apply(all_embeddings, weight, local_labels, self.margin_loss, folded)
+            loss = _CosineMarginSoftmaxCrossEntropy.apply(
+                all_embeddings, weight, local_labels, self.margin_loss, folded
+            )
             return loss if poison is None else loss + poison
 
     # ------------------------------------------------------------------ folded SGD
