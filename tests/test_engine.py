@@ -246,3 +246,48 @@ def test_metrics_are_read_to_the_host_once_per_log_interval(synthetic_dir, tmp_p
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [3, 6]
     assert all(r["loss"] > 0 and r["grad_norm"] > 0 and len(r["kl_cells"]) > 0 for r in records)
+
+
+# ---------------------------------------------------------------- deterministic mode on CUDA
+
+
+def test_the_deterministic_cuda_check_names_the_layers_without_a_deterministic_backward():
+    from facevib.config import ConfigError
+    from facevib.engine.backends import check_deterministic, nondeterministic_cuda_layers
+
+    head = torch.nn.Sequential(
+        torch.nn.ReflectionPad2d(1),
+        torch.nn.AdaptiveAvgPool2d(2),
+        torch.nn.AdaptiveAvgPool2d(1),  # a mean: deterministic
+        torch.nn.Upsample(scale_factor=2, mode="bilinear"),
+        torch.nn.Upsample(scale_factor=2, mode="nearest"),  # not in torch's list
+    )
+    # Asked for CUDA by argument: no GPU is needed to list them.
+    assert nondeterministic_cuda_layers({"head": head}, "cuda") == [
+        "head.0 (ReflectionPad2d((1, 1, 1, 1)))",
+        "head.1 (AdaptiveAvgPool2d(output_size=2))",
+        "head.3 (Upsample(scale_factor=2.0, mode='bilinear'))",
+    ]
+    assert nondeterministic_cuda_layers({"head": head}, "cpu") == []
+    with pytest.raises(ConfigError) as caught:
+        check_deterministic({"head": head}, torch.device("cuda", 0))
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("run.deterministic=true on cuda: ")
+    assert "head.1 (AdaptiveAvgPool2d(output_size=2))" in message and "run.deterministic=false" in message
+
+
+@pytest.mark.parametrize("name", ["deepvib_r18", "cellvib_r18", "r18"])
+def test_the_face_models_train_deterministically_on_cuda(name):
+    from facevib.engine.backends import nondeterministic_cuda_layers
+    from facevib.models import create_model
+
+    assert nondeterministic_cuda_layers({"backbone": create_model(name, **TINY)}, "cuda") == []
+    # Deep VIB's sigma head pools to 1x1, which torch computes as a mean over H and W: its
+    # backward is the mean's, not the adaptive pool's CUDA kernel that has no deterministic form.
+    x = torch.randn(2, 4, 7, 7, requires_grad=True)
+    for image in (x, x.contiguous(memory_format=torch.channels_last)):
+        node, chain = torch.nn.AdaptiveAvgPool2d(1)(image).grad_fn, []
+        while node is not None:  # back to the input
+            chain.append(type(node).__name__)
+            node = node.next_functions[0][0] if node.next_functions else None
+        assert any("Mean" in n for n in chain) and not any("AdaptiveAvgPool" in n for n in chain), chain

@@ -22,7 +22,7 @@ from facevib.config import ConfigError, TrainConfig, config_to_dict
 from facevib.data.transforms import normalize_images
 from facevib.distributed import DistEnv
 from facevib.engine import build
-from facevib.engine.backends import configure_backends
+from facevib.engine.backends import check_deterministic, configure_backends
 from facevib.engine.callbacks import Callback, default_callbacks
 from facevib.engine.checkpoint import CHECKPOINT_FORMAT, Checkpointer
 from facevib.engine.data import DataPosition, GlobalBatchSampler, batches_per_epoch, build_loader, random_flip
@@ -91,6 +91,8 @@ class Trainer:
         self.pfc = build.build_partial_fc(cfg, self.backbone.embedding_dim, self.num_classes, self.device)
         if aux_losses is None:
             aux_losses = build_aux_losses(cfg, self.backbone, self.device)
+        if cfg.run.deterministic:  # before the first step, not at its first backward
+            check_deterministic({"backbone": self.backbone, **aux_losses}, self.device)
         self.task = build.build_task(cfg, self.backbone, self.pfc, env, aux_losses)
         self.optimizer, self.base_lr = build.build_optim(cfg, self.task, self.global_batch)
         self.lr_at = build.build_schedule(cfg, self.base_lr, self.total_steps)
