@@ -291,3 +291,20 @@ def test_the_face_models_train_deterministically_on_cuda(name):
             chain.append(type(node).__name__)
             node = node.next_functions[0][0] if node.next_functions else None
         assert any("Mean" in n for n in chain) and not any("AdaptiveAvgPool" in n for n in chain), chain
+
+
+def test_a_samples_flip_depends_on_its_global_position_not_on_the_ranks():
+    from facevib.engine.data import random_flip
+
+    images = torch.arange(8 * 3 * 2 * 5, dtype=torch.uint8).view(8, 3, 2, 5)
+    whole = random_flip(images, seed=3, step=7, rank=0, world_size=1)
+    halves = [random_flip(images[4 * r : 4 * (r + 1)], seed=3, step=7, rank=r, world_size=2) for r in range(2)]
+    assert torch.equal(torch.cat(halves), whole)
+    # Half flipped on average: 16 steps x 8 samples, within 4 binomial standard errors (5.7) of 64.
+    flips = 0
+    for step in range(16):
+        out = random_flip(images, seed=3, step=step, rank=0, world_size=1)
+        for i in range(8):
+            assert torch.equal(out[i], images[i]) or torch.equal(out[i], images[i].flip(-1))
+            flips += torch.equal(out[i], images[i].flip(-1))
+    assert abs(flips - 64) <= 4 * 5.66, flips
