@@ -8,9 +8,14 @@ STAMP := $(VENV)/.facevib-installed
 # PyPI's CUDA build, and the venv is isolated: a CPU torch in the system site-packages would
 # satisfy the requirement and win. After installing, a torch that cannot use the GPUs is
 # refused in one line. CPU machines take the local CPU wheel of torch 2.13.0.
+# The CUDA build comes from the PyTorch index the driver can run (python -m facevib.torch_wheels
+# reads nvidia-smi's "CUDA Version" and picks cu130 / cu128 / cu126, or refuses in one line);
+# TORCH_INDEX=<url> overrides the choice.
 CUDA_HOST := $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && echo 1)
 EXTRAS ?= train,eval,export,$(if $(CUDA_HOST),serve-gpu,serve),dev,gallery-bench
 TORCH_SPEC ?= $(if $(CUDA_HOST),torch>=2.4,torch==2.13.0)
+TORCH_INDEX ?=
+TORCH_INDEX_OF_DRIVER := $(if $(TORCH_INDEX),echo "$(TORCH_INDEX)",$(PY) -m facevib.torch_wheels)
 VENV_FLAGS ?=
 CHECK_CUDA_TORCH := $(PY) -c "import sys; from facevib.distributed import cuda_mismatch; \
 	problem = cuda_mismatch(); sys.exit(problem and 'error: ' + problem + ' (try TORCH_SPEC=...)')"
@@ -54,7 +59,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(if $(CUDA_HOST),index=$$($(TORCH_INDEX_OF_DRIVER)) && $(PY) -m pip install --quiet --index-url "$$index" "$(TORCH_SPEC)",$(PY) -m pip install --quiet "$(TORCH_SPEC)")
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	$(if $(CUDA_HOST),@$(CHECK_CUDA_TORCH))
 	touch $(STAMP)

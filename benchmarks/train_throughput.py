@@ -2,9 +2,12 @@
 
 Each variant builds a real run (``Trainer``: backbone, DDP, Partial FC, optimizer) and
 times the trainer's own step, ``Trainer.train_step`` (seeding, flips and normalisation on the
-device, autocast, forward, backward, the metrics' host sync, clipping, the update), on a
-fixed uint8 batch already on the device, so data loading and logging are out of the
-measurement. Variants are side by side:
+device, autocast, forward, backward, clipping, the finiteness check and the masked update),
+on a fixed uint8 batch already on the device, so data loading is out of the measurement.
+Two timings of the same steps: each step alone, waited for (``median_s``, ``min_s``: its
+latency), and the steps back to back as ``Trainer.fit`` runs them, the metrics read to the
+host every ``run.log_every`` steps and the device waited for once at the end
+(``samples_per_s``: the throughput ``fit()`` can reach). Variants are side by side:
 baseline vs cellVIB vs Deep VIB, with torch.compile off/on where asked. On CUDA the step
 runs under bf16 autocast with channels_last, and model FLOP utilisation is reported against
 a peak (default 790 TFLOP/s, dense bf16 measured on one H100); the training FLOPs of an
@@ -67,7 +70,7 @@ def forward_flops(name: str, kwargs: dict[str, Any]) -> float:
 
 
 def measure(args: argparse.Namespace, name: str, compiled: bool, output: Path) -> dict[str, Any]:
-    """Median and best step time of one variant's training task (forward, backward, update)."""
+    """Step latency (median, best) and back-to-back throughput of one variant's training step."""
     cfg = TrainConfig()
     cfg.model.name = name
     cfg.model.kwargs = dict(args.model_kwargs)
@@ -75,7 +78,7 @@ def measure(args: argparse.Namespace, name: str, compiled: bool, output: Path) -
     cfg.data.batch_size = args.batch
     cfg.head.sample_rate = args.sample_rate
     cfg.run.output = str(output / f"{name}-{'compiled' if compiled else 'eager'}")
-    cfg.run.total_steps = args.warmup + args.steps
+    cfg.run.total_steps = args.warmup + 2 * args.steps  # timed twice (see the module docstring)
     cfg.run.device = args.device
     cfg.run.amp = "auto"
     cfg.run.channels_last = args.channels_last
@@ -90,9 +93,12 @@ def measure(args: argparse.Namespace, name: str, compiled: bool, output: Path) -
 
     def step() -> None:
         # The trainer's own step: seeding, lr, flips, normalisation, channels_last, autocast,
-        # forward, backward, the metrics' host sync, clipping, the update.
+        # forward, backward, clipping, the finiteness check, the masked update; and the
+        # metrics' read every run.log_every steps, where fit() reads them.
         trainer.train_step(images, labels)
         trainer.step += 1
+        if trainer.step % cfg.run.log_every == 0:
+            trainer.readout.read()
 
     def sync() -> None:
         if env.device.type == "cuda":
@@ -112,10 +118,22 @@ def measure(args: argparse.Namespace, name: str, compiled: bool, output: Path) -
         step()
         sync()
         times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    for _ in range(args.steps):  # back to back: the host queues the next step while the device works
+        step()
+    trainer.readout.read()
+    sync()
+    pipelined = (time.perf_counter() - start) / args.steps
     print(f"[timed steps end] {name}", file=sys.stderr, flush=True)
     median = statistics.median(times)
     peak = torch.cuda.max_memory_allocated() if env.device.type == "cuda" else None
-    return {"median_s": median, "min_s": min(times), "samples_per_s": args.batch / median, "peak_memory_bytes": peak}
+    return {
+        "median_s": median,
+        "min_s": min(times),
+        "pipelined_step_s": pipelined,
+        "samples_per_s": args.batch / pipelined,
+        "peak_memory_bytes": peak,
+    }
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -363,7 +363,8 @@ class PartialFC(nn.Module):
         (so checkpoints are unchanged). Rows not sampled get zero gradient, as with the
         dense update. Memory: weight + momentum + the loss' own logits buffer; the dense
         path holds a third (C_local, D) matrix, the gradient. A step the caller skips
-        (``optimizer.step()`` not called) drops the update, as it drops ``.grad``.
+        (``optimizer.step()`` not called, or called with ``optimizer.found_inf`` = 1 as the
+        fused kernels obey it) drops the update, as it drops ``.grad``.
 
         Gradient scaling (float16 ``GradScaler``) is not supported: the kept terms are
         scaled, and the scaler unscales only ``.grad``.
@@ -399,16 +400,23 @@ class PartialFC(nn.Module):
             return
         optimizer = self._folding_into
         group = self._weight_group(optimizer)
-        lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
         state = optimizer.state[self.weight]
         weight = self.weight.data
         buf = state.get("momentum_buffer")
         if buf is None:  # SGD's first step sets buf = d_p, which 0 * momentum + d_p equals
             buf = state["momentum_buffer"] = torch.zeros_like(weight)
+        # A step cancelled on the device (found_inf = 1, as GradScaler hands it to the fused
+        # kernels; see facevib.engine.update) multiplies by 1 and adds zeros: weight and
+        # buffer stay as they were, and nothing is read on the host to decide.
+        found_inf = getattr(optimizer, "found_inf", None)
+        skip = torch.zeros((), dtype=torch.bool, device=weight.device) if found_inf is None else found_inf > 0
+        lr, momentum, decay = (
+            torch.where(skip, off, on).to(weight.dtype)  # scalars: no host-to-device copy
+            for on, off in ((-group["lr"], 0.0), (group["momentum"], 1.0), (group["weight_decay"], 0.0))
+        )
         # Every row: the momentum decay and the weight decay (in place, no temporary).
         buf.mul_(momentum)
-        if decay != 0:
-            buf.add_(weight, alpha=decay)
+        buf.addcmul_(weight, decay)
         rows = pending.grad.shape[1]
         block = max(1, _FOLD_BLOCK_ELEMENTS // self.embedding_dim)
         for lo in range(0, rows, block):
@@ -416,11 +424,12 @@ class PartialFC(nn.Module):
             gradient = _centre_gradient(
                 pending.grad[:, lo:hi], pending.unit, pending.weight[lo:hi], pending.weight_norm[lo:hi]
             )
+            gradient = torch.where(skip, 0.0, gradient)  # a skipped step's gradient may be NaN
             if pending.index is None:
                 buf[lo:hi].add_(gradient)
             else:
                 buf.index_add_(0, pending.index[lo:hi], gradient)
-        weight.add_(buf, alpha=-lr)
+        weight.addcmul_(buf, lr)
 
     # ------------------------------------------------------------------ state
 

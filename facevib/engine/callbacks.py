@@ -25,8 +25,13 @@ class Callback:
     def on_train_start(self, trainer: Trainer) -> None:
         """Before the first step of :meth:`Trainer.fit`."""
 
-    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        """After each step (``trainer.step`` already counts it)."""
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any] | None) -> None:
+        """After each step (``trainer.step`` already counts it).
+
+        ``metrics``: the step's metrics on the host on the steps the loop reads them (every
+        ``run.log_every`` steps and the last; see :mod:`facevib.engine.readout`), None on
+        the others: reading device tensors every step would stall the device.
+        """
 
     def on_evaluate(self, trainer: Trainer, results: dict[str, Any]) -> None:
         """After a verification run, on rank 0, before the ranks meet again."""
@@ -40,13 +45,14 @@ def _due(every: int, step: int) -> bool:
 
 
 class ProgressLog(Callback):
-    """Every ``run.log_every`` steps and at the last: metrics to the logs, a progress line."""
+    """Every ``run.log_every`` steps and at the last (the steps the loop reads the metrics):
+    metrics to the logs, a progress line."""
 
     def on_train_start(self, trainer: Trainer) -> None:
         self.tic, self.tic_step = time.perf_counter(), trainer.step
 
-    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        if not (_due(trainer.cfg.run.log_every, trainer.step) or trainer.step == trainer.total_steps):
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any] | None) -> None:
+        if metrics is None:
             return
         elapsed = time.perf_counter() - self.tic
         rate = (trainer.step - self.tic_step) * trainer.global_batch / max(elapsed, 1e-9)
@@ -76,7 +82,7 @@ class Verification(Callback):
     def __init__(self) -> None:
         self.bins: list | None = None  # decoded once, reused at every evaluation
 
-    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any] | None) -> None:
         if _due(trainer.cfg.run.eval_every, trainer.step):
             trainer.last["val"] = self.evaluate(trainer)
 
@@ -113,7 +119,7 @@ class Checkpointing(Callback):
     def on_train_start(self, trainer: Trainer) -> None:
         self.start_step = trainer.step
 
-    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, Any] | None) -> None:
         if _due(trainer.cfg.run.checkpoint_every, trainer.step):
             trainer.save()
 

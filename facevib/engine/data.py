@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from facevib.config import ConfigError
-from facevib.engine.seeding import Stream, numpy_rng
+from facevib.engine.seeding import Stream, numpy_rng, torch_generator
 
 __all__ = ["DataPosition", "GlobalBatchSampler", "batches_per_epoch", "build_loader", "random_flip"]
 
@@ -93,9 +93,12 @@ def random_flip(images: torch.Tensor, seed: int, step: int, rank: int, world_siz
     """Flip a random half of ``images`` horizontally, drawn per global sample position.
 
     The draw covers the whole global batch and this rank keeps its slice, so a sample's flip
-    depends on (seed, step, position in the global batch) only.
+    depends on (seed, step, position in the global batch, global batch size) only. It is made
+    on the images' device by a generator of (seed, step) there: a CPU draw would need a
+    host-to-device copy every step (CPU and CUDA samplers differ, so do their flips).
     """
     batch = images.shape[0]
-    draws = numpy_rng(seed, Stream.FLIP, step).random(batch * world_size)[rank * batch : (rank + 1) * batch]
-    mask = torch.from_numpy(draws < 0.5).to(images.device, non_blocking=True)
+    generator = torch_generator(seed, Stream.FLIP, step, device=images.device)
+    draws = torch.rand(batch * world_size, generator=generator, device=images.device)
+    mask = draws[rank * batch : (rank + 1) * batch] < 0.5
     return torch.where(mask.view(-1, 1, 1, 1), images.flip(-1), images)

@@ -9,11 +9,9 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-import torch
-
 from facevib.config import ConfigError
 
-__all__ = ["MetricLogger", "format_duration", "metrics_to_host"]
+__all__ = ["MetricLogger", "format_duration"]
 
 
 def format_duration(seconds: float) -> str:
@@ -80,14 +78,3 @@ class MetricLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
-
-
-def metrics_to_host(metrics: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Metric tensors as floats (scalars) and lists (vectors), in one device-to-host copy."""
-    flat = torch.cat([v.detach().float().reshape(-1) for v in metrics.values()]).tolist()
-    out, offset = {}, 0
-    for name, value in metrics.items():
-        piece = flat[offset : offset + value.numel()]
-        out[name] = piece[0] if value.dim() == 0 else piece
-        offset += value.numel()
-    return out

@@ -10,7 +10,6 @@ margin + beta-weighted KL + plug-in auxiliary losses) is
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -23,20 +22,18 @@ from facevib.config import ConfigError, TrainConfig, config_to_dict
 from facevib.data.transforms import normalize_images
 from facevib.distributed import DistEnv
 from facevib.engine import build
-from facevib.engine.backends import configure_backends
+from facevib.engine.backends import check_deterministic, configure_backends
 from facevib.engine.callbacks import Callback, default_callbacks
 from facevib.engine.checkpoint import CHECKPOINT_FORMAT, Checkpointer
 from facevib.engine.data import DataPosition, GlobalBatchSampler, batches_per_epoch, build_loader, random_flip
-from facevib.engine.logger import MetricLogger, metrics_to_host
+from facevib.engine.logger import MetricLogger
 from facevib.engine.optim import load_named_state, named_state, set_lr
 from facevib.engine.plugins import build_aux_losses, build_plugin_callbacks, import_plugins
+from facevib.engine.readout import NonFiniteLossError, StepReadout
 from facevib.engine.seeding import Stream, seed_step, torch_generator
+from facevib.engine.update import GuardedUpdate
 
 __all__ = ["Trainer", "NonFiniteLossError"]
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf more often than ``run.max_nonfinite_steps`` allows."""
 
 
 class Trainer:
@@ -94,16 +91,22 @@ class Trainer:
         self.pfc = build.build_partial_fc(cfg, self.backbone.embedding_dim, self.num_classes, self.device)
         if aux_losses is None:
             aux_losses = build_aux_losses(cfg, self.backbone, self.device)
+        if cfg.run.deterministic:  # before the first step, not at its first backward
+            check_deterministic({"backbone": self.backbone, **aux_losses}, self.device)
         self.task = build.build_task(cfg, self.backbone, self.pfc, env, aux_losses)
         self.optimizer, self.base_lr = build.build_optim(cfg, self.task, self.global_batch)
         self.lr_at = build.build_schedule(cfg, self.base_lr, self.total_steps)
         self.amp_dtype = build.amp_dtype(cfg.run.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.update = GuardedUpdate(
+            self.optimizer, self.scaler, self.backbone.parameters(), cfg.optim.clip_grad_norm,
+            checked=self.task.aux_losses.parameters(),
+        )  # fmt: skip
+        self.readout = StepReadout(cfg.run.max_nonfinite_steps, self.logger.info)
         self.callbacks = [*default_callbacks(), *build_plugin_callbacks(cfg, self), *(callbacks or [])]
 
         self.step = 0
         self.position = DataPosition()
-        self.nonfinite_steps = 0
         self.last: dict[str, Any] = {}
         self.resumed_from: Path | None = None
         if resume is not None:
@@ -158,11 +161,15 @@ class Trainer:
             "world_size": self.env.world_size,
             # No generator state is needed: every draw derives from (seed, stream, step, rank).
             "rng": {"seed": self.seed, "scheme": "derived per (seed, stream, step, rank)"},
-            "nonfinite_steps": self.nonfinite_steps,
+            "nonfinite_steps": self.readout.nonfinite_steps,
         }
 
     def save(self) -> Path:
-        """Write ``checkpoint_<step>/`` (all ranks call: each writes its Partial FC rows)."""
+        """Write ``checkpoint_<step>/`` (all ranks call: each writes its Partial FC rows).
+
+        The kept step metrics are read first: the checkpoint's non-finite count is exact, and
+        a run past ``run.max_nonfinite_steps`` stops here rather than saving."""
+        self.readout.read()
         path = self.checkpointer.save(self.step, self.state_dict(), self.pfc.sharded_state_dict(self.optimizer))
         self.logger.info(f"step {self.step}: saved {path}")
         return path
@@ -187,7 +194,7 @@ class Trainer:
         self.step = int(state["step"])
         saved = DataPosition(**state["data_position"])
         self.position = saved.remap(int(state["global_batch"]), self.global_batch)
-        self.nonfinite_steps = int(state["nonfinite_steps"])
+        self.readout.nonfinite_steps = int(state["nonfinite_steps"])
         self.resumed_from = path
         note = "" if state["world_size"] == self.env.world_size else (
             f" (saved with {state['world_size']} ranks, now {self.env.world_size}: Partial FC re-sharded)"
@@ -196,8 +203,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-        """One optimisation step on this rank's share of a global batch; returns metrics."""
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimisation step on this rank's share of a global batch.
+
+        Nothing is read to the host: the update is skipped on the device when the step is
+        not finite (:class:`~facevib.engine.update.GuardedUpdate`), and the metrics, returned
+        as device tensors, are kept for the next :meth:`StepReadout.read
+        <facevib.engine.readout.StepReadout.read>`.
+        """
         cfg, env = self.cfg, self.env
         self.task.train()
         seed_step(self.seed, self.step, env.rank)
@@ -221,38 +234,14 @@ class Trainer:
 
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        skipped, grad_norm = self.update(task_metrics["loss"])
+        self.readout.record(self.step, lr, task_metrics, skipped, grad_norm)
+        return task_metrics
 
-        # The step's only host synchronisation: the metrics, for the non-finite check and logs.
-        values = metrics_to_host(task_metrics)
-        total = values["loss"]
-        if not math.isfinite(total):
-            self._on_nonfinite(total, values)
-            return {"loss": total, "skipped": True, "lr": lr}
-
-        if cfg.optim.clip_grad_norm is not None:
-            self.scaler.unscale_(self.optimizer)
-            # Backbone only: its gradients are identical on every rank after DDP, whereas
-            # the Partial FC shards differ per rank.
-            nn.utils.clip_grad_norm_(self.backbone.parameters(), cfg.optim.clip_grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return {**values, "lr": lr}
-
-    def _on_nonfinite(self, total: float, values: dict[str, Any]) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        self.nonfinite_steps += 1
-        detail = f"margin loss {values['margin_loss']}, weighted KL {values['kl_loss']}"
-        allowed = self.cfg.run.max_nonfinite_steps
-        if self.nonfinite_steps > allowed:
-            raise NonFiniteLossError(
-                f"non-finite loss {total} at step {self.step} ({detail}); "
-                f"{self.nonfinite_steps} such step(s) so far, run.max_nonfinite_steps={allowed}. "
-                f"Lower optim.lr, enable optim.clip_grad_norm, or use run.amp=bf16 instead of fp16."
-            )
-        self.logger.info(
-            f"step {self.step}: non-finite loss {total} ({detail}); update skipped "
-            f"({self.nonfinite_steps}/{allowed} allowed)"
-        )
+    @property
+    def nonfinite_steps(self) -> int:
+        """Skipped (non-finite) steps counted up to the last read of the step metrics."""
+        return self.readout.nonfinite_steps
 
     # ------------------------------------------------------------------ loop
 
@@ -271,6 +260,10 @@ class Trainer:
             )  # fmt: skip
             yield from build_loader(self.dataset, sampler, cfg.data.num_workers, pin_memory=self.device.type == "cuda")
 
+    def _read_due(self) -> bool:
+        """Read the step metrics now: a logging step, or the last."""
+        return self.step % self.cfg.run.log_every == 0 or self.step == self.total_steps
+
     def notify(self, hook: str, *args: Any) -> None:
         """Call ``hook`` of every callback, in order."""
         for callback in self.callbacks:
@@ -287,10 +280,10 @@ class Trainer:
         batches = self._batches()
         while self.step < self.total_steps:
             images, labels = next(batches)
-            metrics = self.train_step(images, labels)
+            self.train_step(images, labels)
             self.step += 1
             self.position = DataPosition(self.position.epoch, self.position.batch + 1)
-            self.notify("on_step_end", metrics)
+            self.notify("on_step_end", self.readout.read() if self._read_due() else None)
         batches.close()
         self.notify("on_train_end")
         self.logger.close()
