@@ -339,6 +339,10 @@ def test_snapshot_in_chunks_reads_every_face_once_in_one_state(store_spec) -> No
                 np.testing.assert_array_equal(face.embedding, added[face.id].embedding)
             other.remove_face("small", late[0])
             last_seq = store.changes_since(0)[-1].seq
+        with store.snapshot(chunk_faces=3) as snap:
+            next(snap.chunks)
+        with pytest.raises(RuntimeError, match="after the snapshot"):  # not silently empty
+            next(snap.chunks)
         with pytest.raises(ValueError, match="chunk_faces"):
             with store.snapshot(chunk_faces=0):
                 pass

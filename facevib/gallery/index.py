@@ -195,7 +195,8 @@ class FaceIndex:
 
     def _grow(self, capacity: int) -> None:
         # Fresh arrays, not np.resize: that fills the new rows with copies of the old, making
-        # resident memory the capacity at once; untouched rows of np.empty cost no memory.
+        # resident memory the capacity at once; untouched rows of a large np.empty are not yet
+        # backed by memory (the allocator maps them lazily).
         rows, labels = np.empty((capacity, self.dim), np.float32), np.empty(capacity, np.int64)
         rows[: len(self)], labels[: len(self)] = self._rows[: len(self)], self._labels[: len(self)]
         self._rows, self._labels = rows, labels

@@ -200,22 +200,24 @@ class SQLStore(GalleryStore):
                 for n, d, m in self._run(db, "SELECT name, embedding_dim, metadata FROM galleries ORDER BY name")
             ]
             counts = {g: int(c) for g, c in self._run(db, "SELECT gallery, COUNT(*) FROM faces GROUP BY gallery")}
-            pages = self._face_pages(db, chunk_faces)
+            open_ = [True]
             try:
-                yield Snapshot(int(seq), infos, counts, pages)
+                yield Snapshot(int(seq), infos, counts, self._face_pages(db, chunk_faces, open_))
             finally:
-                pages.close()  # a page read after the transaction would see another state
+                open_[0] = False  # a page read after the transaction would see another state
 
-    def _face_pages(self, db: Any, size: int) -> Iterator[list[FaceRecord]]:
+    def _face_pages(self, db: Any, size: int, open_: list[bool]) -> Iterator[list[FaceRecord]]:
         """Every face in ``snapshot_order``, ``size`` at a time, by keyset pagination on that key.
 
         Not one cursor read lazily: psycopg's client-side cursor receives the whole result at
         ``execute`` (1M faces: 2 GB of embeddings, then as much again as Python objects). Each
-        page is a range scan of the key's index, so the pages cost no more than one query.
+        page is a range scan of the key's index, so the pages together read each row once.
         """
         key = self.snapshot_order
         last: Any = None
         while True:
+            if not open_[0]:
+                raise RuntimeError("snapshot chunks read after the snapshot's with block closed")
             after, params = ("", ()) if last is None else (f"WHERE {key} > ?", (last,))
             statement = f"SELECT {key}, id, gallery, subject, embedding FROM faces {after} ORDER BY {key} LIMIT ?"
             rows = self._run(db, statement, (*params, size)).fetchall()
