@@ -20,7 +20,8 @@ before the servers start; then ``--enroll-sample`` more faces are enrolled **ove
 batches of 256) into the full gallery. Reported: the bulk fill rate (store, not HTTP), the
 server's start time (load + index build; the empty server's start is printed as a baseline),
 the HTTP enrollment rate, how long the replica took to catch up with the sample, resident
-memory per face (above the empty server), p50/p99 search latency over HTTP (one client on one
+memory per face (above the empty server), the searching server's peak resident memory during its
+start (``VmHWM``: the start-up load), p50/p99 search latency over HTTP (one client on one
 keep-alive connection, sequential, top_k 1) and recall@1 against exact search over every
 enrolled face. Servers are real processes on 127.0.0.1 (serve/app.py), one size and path at a
 time; the temporary databases are deleted after each row.
@@ -52,12 +53,13 @@ PATHS = ("exact", "ann", "postgres")
 BULK_BATCH = 10_000  # faces per store transaction when filling it directly
 
 
-def rss_bytes(pid: int) -> int:
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident memory now (``VmRSS``) or its peak so far (``VmHWM``), in bytes."""
     with open(f"/proc/{pid}/status") as handle:
         for line in handle:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    raise RuntimeError(f"no {field} for process {pid}")
 
 
 @contextmanager
@@ -238,7 +240,7 @@ def scale_row(path: str, model: Path, folder: Path, n: int, args: argparse.Names
         ):
             if reader is not writer:
                 start_s = time.perf_counter() - started  # the searching replica's start
-            rss = rss_bytes(reader.pid)
+            rss, peak = rss_bytes(reader.pid), rss_bytes(reader.pid, "VmHWM")  # peak: its start-up load
             write, read = Client(writer_url), Client(reader_url)
             started = time.perf_counter()
             for start in range(0, len(sample), 256):
@@ -277,6 +279,7 @@ def scale_row(path: str, model: Path, folder: Path, n: int, args: argparse.Names
         "http_enroll_faces_per_s": len(sample) / enroll_s,
         "replica_catch_up_s": catch_up,
         "rss_bytes": rss,
+        "start_peak_rss_bytes": peak,
         "p50_ms": float(p50),
         "p99_ms": float(p99),
         "recall_at_1": hits / args.queries,
@@ -321,9 +324,9 @@ def run(args: argparse.Namespace, folder: Path) -> int:
     print(f"empty server: {base_rss / 2**20:.0f} MiB resident, {base_start:.1f} s to healthy")
     print(
         "| faces | path (index) | bulk store fill faces/s | start s | HTTP enroll faces/s | replica catch-up s "
-        "| bytes/face | p50 ms | p99 ms | recall@1 vs exact |"
+        "| bytes/face | start peak MiB | p50 ms | p99 ms | recall@1 vs exact |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     pg = None
     if "postgres" in args.paths:
         sys.path.insert(0, str(ROOT / "tests"))
@@ -346,7 +349,8 @@ def run(args: argparse.Namespace, folder: Path) -> int:
                 print(
                     f"| {n} | {path} ({row['index']}) | {row['bulk_fill_faces_per_s']:.0f} | {row['start_s']:.1f} | "
                     f"{row['http_enroll_faces_per_s']:.0f} | {row['replica_catch_up_s']:.2f} | "
-                    f"{(row['rss_bytes'] - base_rss) / n:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
+                    f"{(row['rss_bytes'] - base_rss) / n:.0f} | {row['start_peak_rss_bytes'] / 2**20:.0f} | "
+                    f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
                     f"{row['recall_at_1']:.3f} |",
                     flush=True,
                 )

@@ -70,7 +70,7 @@ def test_store_operations_and_their_errors(store_spec) -> None:
     new = faces_of(rng, ["ann", "ann", "bob"])
     ids = store.add_faces("staff", new)
     assert len(set(ids)) == 3
-    seq, infos, stored = store.snapshot()
+    seq, infos, stored = store.read_all()
     assert [i.name for i in infos] == ["staff"] and infos[0].metadata == {"site": "a"}
     by_id = {f.id: f for f in stored}
     for face_id, face in zip(ids, new, strict=True):
@@ -86,7 +86,7 @@ def test_store_operations_and_their_errors(store_spec) -> None:
     # The log, in order: create, 3 adds, remove bob, remove both of ann's.
     log = store.changes_since(0)
     assert [c.op for c in log] == ["create", "add", "add", "add", "remove", "remove", "remove"]
-    assert [c.seq for c in log] == sorted(c.seq for c in log) and log[-1].seq == store.snapshot()[0]
+    assert [c.seq for c in log] == sorted(c.seq for c in log) and log[-1].seq == store.read_all()[0]
     assert all(c.face is None for c in log if c.op == "add")  # those faces are gone now
     assert store.changes_since(log[3].seq)[0].seq == log[4].seq
     assert store.drop_gallery("staff") == 0
@@ -107,7 +107,7 @@ def test_a_second_reader_follows_the_log(store_spec) -> None:
         assert second.names() == []
         assert second.sync() == 4
         assert second.describe("g")["faces"] == 3 and second.describe("g")["subjects"] == 2
-        query = next(f.embedding for f in second.store.snapshot()[2] if f.id == ids[0])
+        query = next(f.embedding for f in second.store.read_all()[2] if f.id == ids[0])
         assert second.search("g", query, 1)[0].face_id == ids[0]
         first.remove_subject("g", "bob")
         second.sync()
@@ -249,10 +249,10 @@ def test_concurrent_enroll_remove_search_keeps_index_and_store_equal(tmp_path: P
     assert not errors, errors
     galleries.sync()
     expected = sorted(i for ids in acknowledged for i in ids)
-    stored = sorted(f.id for f in galleries.store.snapshot()[2])
+    stored = sorted(f.id for f in galleries.store.read_all()[2])
     assert stored == expected and galleries.describe("g")["faces"] == len(expected)
     for i, face_id in enumerate(expected[:40]):  # every live face is found as its own best match
-        row = next(f for f in galleries.store.snapshot()[2] if f.id == face_id)
+        row = next(f for f in galleries.store.read_all()[2] if f.id == face_id)
         assert galleries.search("g", row.embedding, 1)[0].face_id == face_id, i
     galleries.stop()
 
@@ -307,3 +307,55 @@ def test_removing_a_subject_from_a_hamming_index_removes_all_its_faces_at_once(t
         best = galleries.search("g", vector, 1)[0]
         assert best.subject != "s1" and (i % 4 == 1 or best.face_id == ids[i])
     galleries.stop()
+
+
+def test_snapshot_in_chunks_reads_every_face_once_in_one_state(store_spec) -> None:
+    """More faces than one chunk, in two galleries of different sizes: each face comes once, in
+    chunks of at most the size asked; a write committed while the snapshot is open is not in it."""
+    rng = np.random.default_rng(5)
+    store, other = open_store(**store_spec), open_store(**store_spec)
+    store.create_gallery(GalleryInfo("small", 8))
+    store.create_gallery(GalleryInfo("wide", 16))
+    added: dict[str, NewFace] = {}
+    for batch in range(4):  # interleaved, so chunks mix the galleries
+        for name, dim, count in (("small", 8, 3), ("wide", 16, 2)):
+            faces = faces_of(rng, [f"{name}{batch}-{i}" for i in range(count)], dim)
+            added.update(zip(store.add_faces(name, faces), faces, strict=True))
+    last_seq = store.changes_since(0)[-1].seq
+    try:
+        for chunk_faces in (3, 4, 20, 21):  # 20 faces: a partial last chunk, exact multiples, one chunk
+            with store.snapshot(chunk_faces=chunk_faces) as snap:
+                chunks = [next(snap.chunks)]
+                late = other.add_faces("small", faces_of(rng, ["late"]))  # committed mid-read
+                chunks += list(snap.chunks)
+            assert snap.seq == last_seq and snap.counts == {"small": 12, "wide": 8}
+            assert [g.name for g in snap.galleries] == ["small", "wide"]
+            assert all(1 <= len(c) <= chunk_faces for c in chunks)
+            assert len(chunks) == -(-20 // chunk_faces)
+            seen = [face for c in chunks for face in c]
+            assert sorted(f.id for f in seen) == sorted(added)  # every face exactly once, no late one
+            for face in seen:
+                assert face.subject == added[face.id].subject
+                np.testing.assert_array_equal(face.embedding, added[face.id].embedding)
+            other.remove_face("small", late[0])
+            last_seq = store.changes_since(0)[-1].seq
+        with store.snapshot(chunk_faces=3) as snap:
+            next(snap.chunks)
+        with pytest.raises(RuntimeError, match="after the snapshot"):  # not silently empty
+            next(snap.chunks)
+        with pytest.raises(ValueError, match="chunk_faces"):
+            with store.snapshot(chunk_faces=0):
+                pass
+    finally:
+        other.close()
+        store.close()
+    galleries = Galleries(open_store(**store_spec), poll_s=None, snapshot_chunk=3)
+    galleries.start()
+    try:
+        assert galleries.seq == last_seq
+        assert galleries.describe("small")["faces"] == 12 and galleries.describe("wide")["faces"] == 8
+        for face_id, face in added.items():
+            name = "small" if face.subject.startswith("small") else "wide"
+            assert galleries.search(name, face.embedding, 1)[0].face_id == face_id
+    finally:
+        galleries.stop()

@@ -22,7 +22,15 @@ from typing import Any
 import numpy as np
 
 from facevib.gallery.index import DEFAULT_EXACT_LIMIT, FaceIndex, SubjectMatch
-from facevib.gallery.store import Change, GalleryInfo, GalleryNotFound, GalleryStore, NewFace
+from facevib.gallery.store import (
+    SNAPSHOT_CHUNK,
+    Change,
+    FaceRecord,
+    GalleryInfo,
+    GalleryNotFound,
+    GalleryStore,
+    NewFace,
+)
 
 __all__ = ["Galleries"]
 
@@ -37,12 +45,19 @@ class Galleries:
             :class:`~facevib.gallery.postgres_store.PostgresStore`); closed by :meth:`stop`.
         exact_limit: the size from which a gallery's index searches sign codes (:class:`FaceIndex`).
         poll_s: period of the follower thread; None: no thread (only this process writes).
+        snapshot_chunk: faces read from the store at a time at start (bounds the start-up peak).
     """
 
     def __init__(
-        self, store: GalleryStore, *, exact_limit: int = DEFAULT_EXACT_LIMIT, poll_s: float | None = 0.25
+        self,
+        store: GalleryStore,
+        *,
+        exact_limit: int = DEFAULT_EXACT_LIMIT,
+        poll_s: float | None = 0.25,
+        snapshot_chunk: int = SNAPSHOT_CHUNK,
     ) -> None:
         self.store = store
+        self.snapshot_chunk = snapshot_chunk
         self.exact_limit = exact_limit
         self.poll_s = poll_s
         self._lock = threading.RLock()
@@ -59,23 +74,26 @@ class Galleries:
     def start(self) -> None:
         """Load every face from the store into the indexes, then start following its log."""
         started = time.perf_counter()
-        with self._sync_lock:
-            seq, infos, faces = self.store.snapshot()
-            count = len(faces)
-            with self._lock:
-                self._infos = {info.name: info for info in infos}
-                self._indexes = {info.name: self._new_index(info) for info in infos}
-                by_gallery: dict[str, list[Any]] = {}
-                for face in faces:
+        count = 0
+        # The store's read transaction stays open while the indexes fill a chunk at a time:
+        # the faces and the log position come from one state, and at most one chunk of records
+        # exists beside the indexes (not the whole store: 1M faces are 2 GB as float32 alone).
+        with self._sync_lock, self.store.snapshot(self.snapshot_chunk) as snap, self._lock:
+            infos = snap.galleries
+            self._infos = {info.name: info for info in infos}
+            self._indexes = {info.name: self._new_index(info) for info in infos}
+            for name, faces in snap.counts.items():
+                self._indexes[name].reserve(faces)
+            for chunk in snap.chunks:
+                by_gallery: dict[str, list[FaceRecord]] = {}
+                for face in chunk:
                     by_gallery.setdefault(face.gallery, []).append(face)
-                del faces  # from here the records live in by_gallery only, and go gallery by gallery
-                for name in list(by_gallery):
-                    rows = by_gallery.pop(name)
+                for name, rows in by_gallery.items():
                     self._indexes[name].add(
                         [f.id for f in rows], [f.subject for f in rows], np.stack([f.embedding for f in rows])
                     )
-                    del rows
-                self._seq = seq
+                count += len(chunk)
+            self._seq = snap.seq
         logger.info(
             "galleries: %d faces in %d galleries from %s, loaded and indexed in %.1f s",
             count,

@@ -173,9 +173,7 @@ class FaceIndex:
             raise ValueError(f"embeddings are {vectors.shape[1:]}, the gallery's are ({self.dim},)")
         start, end = len(self), len(self) + len(keep)
         if end > len(self._rows):
-            grown = max(end, 2 * len(self._rows))
-            self._rows = np.resize(self._rows, (grown, self.dim))
-            self._labels = np.resize(self._labels, grown)
+            self._grow(max(end, 2 * len(self._rows)))
         labels = np.arange(self._next_label, self._next_label + len(keep), dtype=np.int64)
         self._next_label += len(keep)
         self._rows[start:end] = vectors
@@ -189,6 +187,19 @@ class FaceIndex:
             self._codes.add(labels, vectors)
         elif end >= self.exact_limit:
             self._build_codes()
+
+    def reserve(self, count: int) -> None:
+        """Make room for ``count`` faces in all, so that adding a known number grows the rows once."""
+        if count > len(self._rows):
+            self._grow(count)
+
+    def _grow(self, capacity: int) -> None:
+        # Fresh arrays, not np.resize: that fills the new rows with copies of the old, making
+        # resident memory the capacity at once; untouched rows of a large np.empty are not yet
+        # backed by memory (the allocator maps them lazily).
+        rows, labels = np.empty((capacity, self.dim), np.float32), np.empty(capacity, np.int64)
+        rows[: len(self)], labels[: len(self)] = self._rows[: len(self)], self._labels[: len(self)]
+        self._rows, self._labels = rows, labels
 
     def remove(self, face_id: str) -> bool:
         """Remove one face (False when absent). The last row moves into its place."""

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, closing
+from contextlib import AbstractContextManager, closing, contextmanager
 from typing import Any
 
 from facevib.gallery.store import (
+    SNAPSHOT_CHUNK,
     Change,
     FaceRecord,
     GalleryConflict,
@@ -24,6 +25,7 @@ from facevib.gallery.store import (
     GalleryNotFound,
     GalleryStore,
     NewFace,
+    Snapshot,
     UnknownFace,
     UnknownSubject,
     embedding_bytes,
@@ -187,16 +189,44 @@ class SQLStore(GalleryStore):
                 )
         return out
 
-    def snapshot(self) -> tuple[int, list[GalleryInfo], list[FaceRecord]]:
-        with self._read() as db:  # one transaction: the three reads see one state
+    @contextmanager
+    def snapshot(self, chunk_faces: int = SNAPSHOT_CHUNK) -> Iterator[Snapshot]:
+        if chunk_faces < 1:
+            raise ValueError(f"chunk_faces must be >= 1, got {chunk_faces}")
+        with self._read() as db:  # one transaction: every read below sees one state
             seq = self._run(db, "SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0]
             infos = [
                 GalleryInfo(n, int(d), json.loads(m))
                 for n, d, m in self._run(db, "SELECT name, embedding_dim, metadata FROM galleries ORDER BY name")
             ]
-            statement = f"SELECT id, gallery, subject, embedding FROM faces ORDER BY {self.snapshot_order}"
-            faces = [FaceRecord(i, g, s, embedding_from_bytes(bytes(e))) for i, g, s, e in self._run(db, statement)]
-        return int(seq), infos, faces
+            counts = {g: int(c) for g, c in self._run(db, "SELECT gallery, COUNT(*) FROM faces GROUP BY gallery")}
+            open_ = [True]
+            try:
+                yield Snapshot(int(seq), infos, counts, self._face_pages(db, chunk_faces, open_))
+            finally:
+                open_[0] = False  # a page read after the transaction would see another state
+
+    def _face_pages(self, db: Any, size: int, open_: list[bool]) -> Iterator[list[FaceRecord]]:
+        """Every face in ``snapshot_order``, ``size`` at a time, by keyset pagination on that key.
+
+        Not one cursor read lazily: psycopg's client-side cursor receives the whole result at
+        ``execute`` (1M faces: 2 GB of embeddings, then as much again as Python objects). Each
+        page is a range scan of the key's index, so the pages together read each row once.
+        """
+        key = self.snapshot_order
+        last: Any = None
+        while True:
+            if not open_[0]:
+                raise RuntimeError("snapshot chunks read after the snapshot's with block closed")
+            after, params = ("", ()) if last is None else (f"WHERE {key} > ?", (last,))
+            statement = f"SELECT {key}, id, gallery, subject, embedding FROM faces {after} ORDER BY {key} LIMIT ?"
+            rows = self._run(db, statement, (*params, size)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield [FaceRecord(i, g, s, embedding_from_bytes(bytes(e))) for _, i, g, s, e in rows]
+            if len(rows) < size:
+                return
 
     def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
         # The log first, then its faces and galleries by primary key: a join lets PostgreSQL's

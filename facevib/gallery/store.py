@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,12 +28,18 @@ __all__ = [
     "GalleryNotFound",
     "GalleryStore",
     "NewFace",
+    "SNAPSHOT_CHUNK",
+    "Snapshot",
     "UnknownFace",
     "UnknownSubject",
     "check_gallery_name",
     "embedding_bytes",
     "embedding_from_bytes",
 ]
+
+# Faces per snapshot chunk: about 20 MB of 512-d embeddings (and as much again as fetched bytes),
+# small beside the index it fills, large enough that the per-chunk query costs little.
+SNAPSHOT_CHUNK = 8192
 
 # Path-safe, URL-safe and short: the name appears in URLs and log lines.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -126,6 +133,21 @@ class Change:
     info: GalleryInfo | None = None
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """The stored state at change-log entry ``seq``, its faces read a chunk at a time.
+
+    ``counts`` is each gallery's number of faces (so an index can size itself once);
+    ``chunks`` yields lists of faces in the store's order, each face exactly once, and can be
+    read only inside the ``with`` block of :meth:`GalleryStore.snapshot` (one read transaction).
+    """
+
+    seq: int
+    galleries: list[GalleryInfo]
+    counts: dict[str, int]
+    chunks: Iterator[list[FaceRecord]]
+
+
 class GalleryStore(abc.ABC):
     """Durable galleries of faces. Every write method returns only after its commit is durable,
     and appends its change-log entries in the same transaction. Thread-safe."""
@@ -171,8 +193,15 @@ class GalleryStore(abc.ABC):
         """The metadata of the given faces (absent ids are left out)."""
 
     @abc.abstractmethod
-    def snapshot(self) -> tuple[int, list[GalleryInfo], list[FaceRecord]]:
-        """(last seq, galleries, faces), read in one transaction: the state at that seq."""
+    def snapshot(self, chunk_faces: int = SNAPSHOT_CHUNK) -> AbstractContextManager[Snapshot]:
+        """The state at the last seq, read in one transaction held open by the ``with`` block:
+        galleries and counts at once, faces ``chunk_faces`` at a time (so a reader's peak memory
+        is what it builds plus one chunk, not the whole store)."""
+
+    def read_all(self) -> tuple[int, list[GalleryInfo], list[FaceRecord]]:
+        """(last seq, galleries, every face) at once: for small stores and tests."""
+        with self.snapshot() as snap:
+            return snap.seq, snap.galleries, [face for chunk in snap.chunks for face in chunk]
 
     @abc.abstractmethod
     def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
