@@ -275,8 +275,12 @@ def _sgd_run(fold: bool, sample_rate: float, steps: int = 3, skip_step: int | No
 def test_folded_sgd_update_equals_the_dense_gradient_and_torch_sgd(sample_rate):
     dense = _sgd_run(fold=False, sample_rate=sample_rate)
     folded = _sgd_run(fold=True, sample_rate=sample_rate)
+    # The folded update sums each centre's gradient in another order than autograd's dense one:
+    # float32 rounding of values near 0.03 then differs by a few ulps (5e-7 measured under
+    # ATEN_CPU_CAPABILITY=default). A dropped weight decay alone moves such a centre by ~1e-5
+    # over these 3 steps, well outside the bound.
     for got, expected in zip(folded, dense, strict=True):
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     # The update moved every centre (weight decay reaches rows outside the sample too).
     initial = PartialFC(CombinedMarginLoss(), 8, 300, seed=2).weight.detach()
     assert ((folded[0] - initial).abs().sum(dim=1) > 0).all()
