@@ -1,7 +1,7 @@
-"""Which ONNX Runtime execution providers a detector runs on, chosen from ``--device``.
+"""Which ONNX Runtime execution providers a session runs on, chosen from ``--device``.
 
-The rule is the embedding runtime's (:mod:`facevib.serve.runtime`): ``cpu`` is the CPU
-provider; ``cuda``, ``cuda:N`` and ``auto`` put the CUDA provider first (device N, default 0,
+One rule for the detectors and the embedding runtime (:mod:`facevib.serve.runtime`, which
+passes ``use="serving"`` and its own CUDA options): ``cpu`` is the CPU provider; ``cuda``, ``cuda:N`` and ``auto`` put the CUDA provider first (device N, default 0,
 with cuDNN's heuristic algorithm choice, because detector input shapes vary from photo to
 photo) and the CPU provider after it, when this onnxruntime build has the CUDA provider; without one,
 ``auto`` quietly means the CPU and an explicit ``cuda`` runs on the CPU with a note saying why.
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "CPU",
     "CUDA",
+    "DETECTOR_CUDA_OPTIONS",
     "ProviderChoice",
     "check_device",
     "choose_providers",
@@ -30,6 +31,9 @@ __all__ = [
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+# MTCNN's P-Net sees a new input shape at every pyramid level of every photo size, and each
+# new shape costs the CUDA provider a cuDNN algorithm search unless the search is heuristic.
+DETECTOR_CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 
 
 def check_device(device: str) -> str:
@@ -62,8 +66,13 @@ class ProviderChoice:
         return (first[0] if isinstance(first, tuple) else first) == CUDA
 
 
-def choose_providers(device: str, available: list[str]) -> ProviderChoice:
+def choose_providers(
+    device: str, available: list[str], *, use: str = "detection", cuda_options: dict | None = None
+) -> ProviderChoice:
     """The providers for ``device`` given the build's ``available`` providers (see the module docstring).
+
+    ``use`` names the session's job in the notes; ``cuda_options`` are the CUDA provider's
+    options besides ``device_id`` (default: :data:`DETECTOR_CUDA_OPTIONS`).
 
     Raises:
         ValueError: ``device`` is not ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -75,24 +84,22 @@ def choose_providers(device: str, available: list[str]) -> ProviderChoice:
         notes = []
         if name.startswith("cuda"):
             notes.append(
-                f"CUDA was requested for detection (device={name}) but this onnxruntime build has no {CUDA} "
-                f"(available: {', '.join(available)}); install onnxruntime-gpu. Detecting on the CPU"
+                f"CUDA was requested for {use} (device={name}) but this onnxruntime build has no {CUDA} "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu. {use.capitalize()} runs on the CPU"
             )
         return ProviderChoice([CPU], notes)
     index = name.partition(":")[2]
-    # MTCNN's P-Net sees a new input shape at every pyramid level of every photo size, and each
-    # new shape costs the CUDA provider a cuDNN algorithm search unless the search is heuristic.
-    options = {"device_id": int(index or 0), "cudnn_conv_algo_search": "HEURISTIC"}
-    return ProviderChoice([(CUDA, options), CPU])
+    extra = DETECTOR_CUDA_OPTIONS if cuda_options is None else cuda_options
+    return ProviderChoice([(CUDA, {"device_id": int(index or 0), **extra}), CPU])
 
 
-def fallback_note(choice: ProviderChoice, active: list[str], device: str) -> str | None:
+def fallback_note(choice: ProviderChoice, active: list[str], device: str, use: str = "detection") -> str | None:
     """Why the session runs on the CPU although CUDA was chosen; None when it runs as chosen."""
     if choice.wants_cuda and (not active or active[0] != CUDA):
         return (
-            f"CUDA was requested for detection (device={device}) but ONNX Runtime runs it on "
+            f"CUDA was requested for {use} (device={device}) but ONNX Runtime runs it on "
             f"{active[0] if active else 'no provider'}: the CUDA provider failed to start (check the CUDA and "
-            "cuDNN libraries onnxruntime-gpu needs); detecting on the CPU"
+            f"cuDNN libraries onnxruntime-gpu needs); {use} runs on the CPU"
         )
     return None
 

@@ -34,14 +34,12 @@ from pathlib import Path
 import numpy as np
 
 from facevib.contract import ALIGNMENT, EMBEDDING_OUTPUT, QUALITY_OUTPUT, UNCERTAINTY_OUTPUT, arcface_template
+from facevib.detect.providers import CUDA, choose_providers, fallback_note
 from facevib.onnx_meta import ModelMetadata, read_metadata
 
 __all__ = ["ModelRuntime", "StagedBatch", "pad_sizes"]
 
 logger = logging.getLogger("facevib.serve")
-
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
 
 
 def pad_sizes(max_batch: int) -> tuple[int, ...]:
@@ -143,8 +141,9 @@ class ModelRuntime:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX model {path} does not exist")
-        warnings: list[str] = []
-        providers = _providers(device, ort.get_available_providers(), warnings)
+        choice = choose_providers(device, ort.get_available_providers(), use="serving", cuda_options={})
+        warnings = list(choice.notes)
+        providers = choice.providers
         threads = intra_op_threads or cpu_count()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -159,12 +158,9 @@ class ModelRuntime:
         except Exception as err:  # onnxruntime raises its own pybind types for bad files
             raise ValueError(f"{path}: ONNX Runtime cannot load it ({type(err).__name__}: {err})") from err
         active = list(session.get_providers())
-        wanted_cuda = providers[0] != CPU if isinstance(providers[0], str) else True
-        if wanted_cuda and active[0] != CUDA:
-            warnings.append(
-                f"CUDA was requested (device={device}) but ONNX Runtime runs on {active[0]}: the CUDA provider "
-                "failed to start (check the CUDA and cuDNN libraries onnxruntime-gpu needs); serving on the CPU"
-            )
+        fallback = fallback_note(choice, active, device, use="serving")
+        if fallback:
+            warnings.append(fallback)
         metadata = read_metadata(session)  # MetadataError is a ValueError naming the key
         _check_alignment(metadata, warnings)
         inputs, outputs = session.get_inputs(), session.get_outputs()
@@ -289,19 +285,3 @@ def _check_alignment(metadata: ModelMetadata, warnings: list[str]) -> None:
             f"the model's metadata names alignment {preprocess['alignment']!r} with template {template.tolist()}; "
             "the server aligns photos to the ArcFace 5-point template (aligned crops are used as sent)"
         )
-
-
-def _providers(device: str, available: list[str], warnings: list[str]) -> list:
-    """The provider list for ``device``; notes in ``warnings`` why CUDA cannot be used."""
-    device = device.lower()
-    if device == "cpu":
-        return [CPU]
-    if CUDA not in available:
-        if device.startswith("cuda"):
-            warnings.append(
-                f"CUDA was requested (device={device}) but this onnxruntime build has no CUDAExecutionProvider "
-                f"(available: {', '.join(available)}); install onnxruntime-gpu. Serving on the CPU"
-            )
-        return [CPU]
-    index = device.partition(":")[2]
-    return [(CUDA, {"device_id": int(index or 0)}), CPU]
