@@ -3,13 +3,14 @@
 A fused node that applies a BatchNorm itself (:mod:`facevib.models.vib`,
 :mod:`facevib.models.shared_input`) needs the batch mean and 1/std the normalisation used,
 so that backward can rebuild the output in one pass (``x * scale + shift``) and
-differentiate it in closed form, instead of re-running the BatchNorm and its autograd
-graph. ``F.batch_norm`` returns only the output; run with momentum 1 on scratch running
+differentiate it with ATen's BatchNorm backward kernel, instead of re-running the
+BatchNorm and its autograd graph. ``F.batch_norm`` returns only the output; run with momentum 1 on scratch running
 buffers it also leaves the batch mean and unbiased variance there, and the module's own
 running statistics are then updated exactly as ``norm(x)`` would (its momentum, or the
 cumulative average when momentum is None).
 
-Backward of y = w * (x - m) * r + b over the N elements of each channel (r = 1/std):
+Backward of y = w * (x - m) * r + b over the N elements of each channel (r = 1/std), which
+the kernel computes from the kept m and r:
 
     dL/db = sum(g),  dL/dw = r * (sum(g * x) - m * sum(g)),
     dL/dx = w * r * (g - sum(g) / N - x^ * (dL/dw) / N),  x^ = (x - m) * r.
@@ -92,22 +93,14 @@ def update_running_stats(norm: nn.Module, mean: Tensor, var: Tensor) -> None:
     norm.running_var.mul_(1.0 - factor).add_(var.to(norm.running_var.dtype), alpha=factor)
 
 
-def batch_norm_backward(
-    grad: Tensor, x: Tensor, weight: Tensor, stats: BatchStats, grad_sum: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
+def batch_norm_backward(grad: Tensor, x: Tensor, weight: Tensor, stats: BatchStats) -> tuple[Tensor, Tensor, Tensor]:
     """``(dL/dx, dL/dw, dL/db)`` of a training-mode BatchNorm (module docstring), from its
     input ``x``, the gradient ``grad`` of its output and its :class:`BatchStats`.
 
-    ``grad_sum``: ``grad`` summed over every dim but 1, when the caller has it already.
+    ATen's own BatchNorm backward with the kept statistics: one reduction pass over
+    ``grad`` and ``x`` and one pass writing dL/dx, where the same formula written with
+    tensor ops takes five.
     """
-    dims = [d for d in range(grad.dim()) if d != 1]
-    count = grad.numel() // grad.shape[1]
-    grad_bias = grad.sum(dim=dims) if grad_sum is None else grad_sum
-    grad_weight = stats.invstd * ((grad * x).sum(dim=dims) - stats.mean * grad_bias)
-    scale = weight * stats.invstd
-    # dL/dx = scale * g + alpha * x + beta per channel, alpha and beta from the two sums.
-    alpha = -scale * stats.invstd * grad_weight / count
-    beta = -scale * grad_bias / count - alpha * stats.mean
-    grad_x = torch.addcmul(channel_view(beta, x.dim()), x, channel_view(alpha, x.dim()))
-    grad_x.addcmul_(grad, channel_view(scale, x.dim()))
-    return grad_x, grad_weight, grad_bias
+    return torch.ops.aten.native_batch_norm_backward(
+        grad, x, weight, None, None, stats.mean.to(x.dtype), stats.invstd.to(x.dtype), True, 0.0, [True, True, True]
+    )

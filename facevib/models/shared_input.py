@@ -16,8 +16,8 @@ convolution is linear, so
 
 where conv(b_i, W_i) is the convolution of the constant image b_i with the same zero
 padding: constant inside, different on the one-pixel frame a 3x3 kernel overlaps with
-the padding. It does not depend on the batch, so it is computed once, from the kernel's
-taps, and broadcast. The BatchNorms' running statistics are updated exactly as each module would
+the padding. It does not depend on the batch: its interior value enters as the convolution's bias and
+the frame is corrected in place, so the shift costs no activation-sized pass. The BatchNorms' running statistics are updated exactly as each module would
 update them itself (its momentum, or the cumulative average when momentum is None).
 """
 
@@ -86,8 +86,8 @@ def merged_branch_heads(x: Tensor, heads: Sequence[BranchHead]) -> list[Tensor]:
     make itself.
     """
     normalised = _batch_normalise(x, [head.norm_in for head in heads], None, None, shared=True)
-    params = [t for head in heads for t in (head.conv.weight, head.norm_in.weight)]
-    features = _StackedConv.apply(normalised, *params) + _bias_image(heads, x.shape[-2:], normalised.dtype)
+    params = [t for head in heads for t in (head.conv.weight, head.norm_in.weight, head.norm_in.bias, head.conv.bias)]
+    features = _AffineConv.apply(normalised, *params)
     out_weight = torch.cat([head.norm_out.weight for head in heads])
     out_bias = torch.cat([head.norm_out.bias for head in heads])
     features = _batch_normalise(features, [head.norm_out for head in heads], out_weight, out_bias, shared=False)
@@ -95,60 +95,147 @@ def merged_branch_heads(x: Tensor, heads: Sequence[BranchHead]) -> list[Tensor]:
     return [F.prelu(part, head.act.weight) for part, head in zip(features.split(widths, dim=1), heads, strict=True)]
 
 
-def _stacked_weight(params: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
-    """cat_i(W_i * g_i), g_i scaling W_i's input channels; ``params`` = (W_1, g_1, W_2, g_2, ...)."""
-    pairs = zip(params[0::2], params[1::2], strict=True)
-    return torch.cat([weight.to(dtype) * scale.to(dtype).view(1, -1, 1, 1) for weight, scale in pairs])
+class _Head(NamedTuple):
+    """One head's parameters inside :class:`_AffineConv`: conv kernel, BN1 scale and shift, conv bias."""
+
+    kernel: Tensor
+    scale: Tensor
+    shift: Tensor
+    bias: Tensor | None
 
 
-class _StackedConv(torch.autograd.Function):
-    """conv3x3(x, cat_i(W_i * g_i)), padding 1, keeping x and the parameters for backward.
+def _split_heads(params: Sequence[Tensor | None]) -> list[_Head]:
+    return [_Head(*params[i : i + 4]) for i in range(0, len(params), 4)]
 
-    Autograd through the product would keep the stacked kernel, a weight-sized tensor per
-    block (80 MB over cellVIB-r50, as much as its batch-8 noise); backward rebuilds it.
+
+class _AffineConv(torch.autograd.Function):
+    """Every head's conv3x3(g * x^ + b, W) (+ conv bias), stacked on output channels, from x^ once.
+
+    Forward is one convolution of x^ with the kernels W * g, written into one buffer; the
+    constant image conv(b, W) enters as the convolution's bias (its interior value) plus a
+    correction on the one-pixel frame, so no activation-sized pass is added for it. Backward
+    is one ``convolution_backward`` (input, kernel and bias gradients); the frame's
+    gradients are sums over its rows and columns. Each kernel gets one gradient,
+    ``dK * g + b (x) dtaps``, written into ``dK`` in place, so no weight-sized tensor is
+    kept for backward and none is accumulated twice.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, *params: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, *params: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, *params)
-        return F.conv2d(x, _stacked_weight(params, x.dtype), padding=1)
+        heads = _split_heads(params)
+        taps = torch.cat([_kernel_taps(head, x.dtype) for head in heads])
+        interior = taps.sum(dim=(1, 2))
+        image = _constant_image(taps, x.shape[-2:]) - interior.view(-1, 1, 1)
+        conv_bias = [head.bias if head.bias is not None else interior.new_zeros(head.kernel.shape[0]) for head in heads]
+        out = F.conv2d(x, _scaled_kernels(heads, x.dtype), interior + torch.cat(conv_bias).to(x.dtype), padding=1)
+        _add_on_frame(out, image)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, *params = ctx.saved_tensors
-        weight = _stacked_weight(params, grad.dtype)
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.nn.grad.conv2d_input(x.shape, weight, grad, padding=1).to(x.dtype)
-        grad_weight = torch.nn.grad.conv2d_weight(x.to(grad.dtype), weight.shape, grad, padding=1)
+        heads = _split_heads(params)
+        kernel = _scaled_kernels(heads, grad.dtype)
+        grad_x, grad_kernel, grad_sum = torch.ops.aten.convolution_backward(
+            grad, x.to(grad.dtype), kernel, [kernel.shape[0]], [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+            [ctx.needs_input_grad[0], True, True],
+        )
+        grad_taps = _constant_image_backward(grad, grad_sum)
         grads = []
         offset = 0
-        for kernel, scale in zip(params[0::2], params[1::2], strict=True):
-            part = grad_weight[offset : offset + kernel.shape[0]]
-            offset += kernel.shape[0]
-            grads.append((part * scale.to(part.dtype).view(1, -1, 1, 1)).to(kernel.dtype))
-            grads.append((part * kernel.to(part.dtype)).sum(dim=(0, 2, 3)).to(scale.dtype))
-        return grad_x, *grads
+        for head in heads:
+            rows = slice(offset, offset + head.kernel.shape[0])
+            offset = rows.stop
+            grad_k, grad_t = grad_kernel[rows], grad_taps[rows]
+            kernel = head.kernel.to(grad.dtype)
+            grad_scale = (grad_k * kernel).sum(dim=(0, 2, 3))
+            # taps[o, k] = sum_i W[o, i, k] b[i]: dL/db[i] = sum_o (W[o] @ dtaps[o])[i].
+            grad_shift = torch.bmm(kernel.flatten(2), grad_t.flatten(1).unsqueeze(-1)).sum(dim=0).flatten()
+            grad_kernel_total = grad_k.mul_(_input_channels(head.scale, grad.dtype))
+            grad_kernel_total.addcmul_(_input_channels(head.shift, grad.dtype), grad_t.unsqueeze(1))
+            grads += [
+                grad_kernel_total.to(head.kernel.dtype),
+                grad_scale.to(head.scale.dtype),
+                grad_shift.to(head.shift.dtype),
+                None if head.bias is None else grad_sum[rows].to(head.bias.dtype),
+            ]
+        return None if grad_x is None else grad_x.to(x.dtype), *grads
 
 
-def _bias_image(heads: Sequence[BranchHead], size: torch.Size, dtype: torch.dtype) -> Tensor:
-    """conv(b_i, W_i) (+ the conv's own bias) for every head, stacked: shape (1, sum C_out, H, W).
+def _input_channels(values: Tensor, dtype: torch.dtype) -> Tensor:
+    """Per-input-channel ``values`` shaped (1, C, 1, 1) to scale a conv kernel."""
+    return values.to(dtype).view(1, -1, 1, 1)
+
+
+def _scaled_kernels(heads: Sequence[_Head], dtype: torch.dtype) -> Tensor:
+    """cat_i(W_i * g_i), g_i scaling W_i's input channels, written straight into one buffer."""
+    first = heads[0].kernel
+    out = torch.empty(
+        (sum(head.kernel.shape[0] for head in heads), *first.shape[1:]), dtype=dtype, device=first.device
+    )
+    offset = 0
+    for head in heads:
+        rows = head.kernel.shape[0]
+        torch.mul(head.kernel.to(dtype), _input_channels(head.scale, dtype), out=out[offset : offset + rows])
+        offset += rows
+    return out
+
+
+def _kernel_taps(head: _Head, dtype: torch.dtype) -> Tensor:
+    """taps[o, k, l] = sum_i W[o, i, k, l] b[i]: the kernel applied to the constant image b, (O, 3, 3)."""
+    kernel = head.kernel.to(dtype)
+    # A matrix-vector product reads the kernel once; (W * b).sum(1) would write a copy of it.
+    return torch.matmul(head.shift.to(dtype), kernel.flatten(2)).view(-1, 3, 3)
+
+
+def _constant_image(taps: Tensor, size: torch.Size) -> Tensor:
+    """conv(b, W) for every output channel, (O, H, W), from the taps (:func:`_kernel_taps`).
 
     Output pixel (h, w) of a 3x3 convolution with zero padding 1 sees the taps (k, l) with
-    0 <= h + k - 1 < H and 0 <= w + l - 1 < W; on a constant image b it is the sum of those
-    taps of sum_i W[:, i] * b_i.
+    0 <= h + k - 1 < H and 0 <= w + l - 1 < W.
     """
     height, width = size
-    parts = []
-    for head in heads:
-        # A product and a sum, not an einsum: einsum would keep a reshaped copy of the kernel
-        # for backward, a weight-sized tensor per block.
-        taps = (head.conv.weight.to(dtype) * head.norm_in.bias.to(dtype).view(1, -1, 1, 1)).sum(dim=1)
-        image = torch.einsum("hk,okl,wl->ohw", _taps_seen(height, taps), taps, _taps_seen(width, taps))
-        if head.conv.bias is not None:
-            image = image + head.conv.bias.to(dtype).view(-1, 1, 1)
-        parts.append(image)
-    return torch.cat(parts).unsqueeze(0)
+    return torch.einsum("hk,okl,wl->ohw", _taps_seen(height, taps), taps, _taps_seen(width, taps))
+
+
+def _add_on_frame(out: Tensor, image: Tensor) -> None:
+    """``out += image`` in place, for an image that is zero off the one-pixel frame."""
+    height, width = image.shape[-2:]
+    if height <= 2 or width <= 2:
+        out.add_(image)  # every pixel is on the frame
+        return
+    out[:, :, 0].add_(image[:, 0])
+    out[:, :, -1].add_(image[:, -1])
+    out[:, :, 1:-1, 0].add_(image[:, 1:-1, 0])
+    out[:, :, 1:-1, -1].add_(image[:, 1:-1, -1])
+
+
+# Row k of the matrix: which of (first row, every row, last row) the taps of kernel row k
+# see: all but the first (k = 0), all (k = 1), all but the last (k = 2). Same for columns.
+_SEEN_FROM_EDGES = ((-1.0, 1.0, 0.0), (0.0, 1.0, 0.0), (0.0, 1.0, -1.0))
+
+
+def _constant_image_backward(grad: Tensor, grad_sum: Tensor) -> Tensor:
+    """dL/dtaps (O, 3, 3) of :func:`_constant_image` broadcast over the batch, from the frame.
+
+    dL/dtaps[o, k, l] sums grad over the pixels tap (k, l) sees, which is every pixel less
+    the first or last row and column: it needs only the total (``grad_sum``), the edge rows
+    and columns and the corners.
+    """
+    # Slices, not an index list: they reduce in place, where an index list gathers a copy.
+    first_row, last_row = grad[:, :, 0].sum(dim=0), grad[:, :, -1].sum(dim=0)  # (O, W)
+    first_col, last_col = grad[:, :, :, 0].sum(dim=(0, 2)), grad[:, :, :, -1].sum(dim=(0, 2))  # (O,)
+    sums = torch.stack(
+        [
+            torch.stack([first_row[:, 0], first_row.sum(-1), first_row[:, -1]], dim=1),
+            torch.stack([first_col, grad_sum, last_col], dim=1),
+            torch.stack([last_row[:, 0], last_row.sum(-1), last_row[:, -1]], dim=1),
+        ],
+        dim=1,
+    )  # sums[o, r, c]: r, c in (first, all, last)
+    seen = torch.tensor(_SEEN_FROM_EDGES, dtype=sums.dtype, device=sums.device)
+    return torch.einsum("kr,orc,lc->okl", seen, sums, seen)
 
 
 def _taps_seen(length: int, like: Tensor) -> Tensor:

@@ -259,10 +259,12 @@ class _FusedVIBSample(torch.autograd.Function):
             grad_mu = _add_scaled_mean(grad_sample, mu, mean_stats, mean_weight, mean_bias, per_sample)
         else:
             grad_z.mul_(slope)
-        reduce_dims = [d for d in range(pre.dim()) if d != ctx.channel_dim % pre.dim()]
-        grad_bias = grad_z.sum(dim=reduce_dims)
-        grad_pre_in, grad_sigma_w, grad_sigma_b = _through_norm(grad_z, pre, sigma_weight, sigma_stats, grad_bias)
-        grad_mu_in, grad_mean_w, grad_mean_b = _through_norm(grad_mu, mu, mean_weight, mean_stats, None)
+        grad_pre_in, grad_sigma_w, grad_sigma_b = _through_norm(grad_z, pre, sigma_weight, sigma_stats)
+        # The softplus bias is part of the sigma BatchNorm's shift: the same gradient.
+        grad_bias = grad_sigma_b
+        if grad_bias is None:
+            grad_bias = grad_z.sum(dim=[d for d in range(pre.dim()) if d != ctx.channel_dim % pre.dim()])
+        grad_mu_in, grad_mean_w, grad_mean_b = _through_norm(grad_mu, mu, mean_weight, mean_stats)
         return (
             grad_mu_in.to(ctx.mu_dtype) if ctx.needs_input_grad[0] else None,
             grad_pre_in.to(pre_in.dtype) if ctx.needs_input_grad[1] else None,
@@ -323,12 +325,12 @@ def _add_scaled_mean(
 
 
 def _through_norm(
-    grad: Tensor, x: Tensor | None, weight: Tensor | None, stats: BatchStats | None, grad_sum: Tensor | None
+    grad: Tensor, x: Tensor | None, weight: Tensor | None, stats: BatchStats | None
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Gradient of the norm's input, weight and bias, given the gradient of its output."""
     if stats is None:
         return grad, None, None
-    return batch_norm_backward(grad, x, weight.to(x.dtype), stats, grad_sum)
+    return batch_norm_backward(grad, x, weight.to(x.dtype), stats)
 
 
 def _cast_like(grad: Tensor | None, like: Tensor | None) -> Tensor | None:
