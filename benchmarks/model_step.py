@@ -5,9 +5,11 @@ embedding + sum_i beta_i KL_i), backward; no optimizer. Variants of one depth ru
 round-robin in one process: the baseline, ``cellvib_composed`` (each cell block written as
 separate autograd ops: both branches in full, softplus -> log -> randn -> addcmul -> KL),
 ``cellvib_separate`` (the fused node of :func:`facevib.models.vib.vib_sample`, the
-branches' first layers run one by one), ``cellvib`` (what training runs: the fused node
-and the branches' BN-conv-BN-PReLU merged, :mod:`facevib.models.shared_input`) and Deep
-VIB (``--variants`` picks). Reported: median (and minimum, the least disturbed step on a
+branches' first layers run one by one), ``cellvib_merged`` (the fused node and the
+branches' BN-conv-BN-PReLU merged in every block, :mod:`facevib.models.shared_input`),
+``cellvib`` (what training runs: merged in the blocks where
+:func:`~facevib.models.shared_input.merging_pays`, separate in the others) and Deep VIB
+(``--variants`` picks). Reported: median (and minimum, the least disturbed step on a
 shared machine) wall time over ``--steps`` timed steps after ``--warmup`` untimed ones,
 images/s, the ratio to the baseline, the median process CPU time per step and its ratio
 (steadier than wall time when other processes share the cores, with ``--threads 1``), and
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -38,12 +41,13 @@ import torch
 from facevib.models import IBasicBlock, create_model, gaussian_kl, reparameterize, softplus_sigma
 from facevib.models.iresnet import IRESNET_LAYERS
 
-# variant -> registered-name prefix; cellvib_composed and cellvib_separate are cellvib
-# models with their cell blocks switched to an older formulation (see _PREPARE).
+# variant -> registered-name prefix; cellvib_composed, _separate and _merged are cellvib
+# models with their cell blocks switched to another formulation (see _PREPARE).
 VARIANTS = {
     "baseline": "",
     "cellvib_composed": "cellvib_",
     "cellvib_separate": "cellvib_",
+    "cellvib_merged": "cellvib_",
     "cellvib": "cellvib_",
     "deepvib": "deepvib_",
 }
@@ -72,8 +76,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         nargs="+",
         choices=list(VARIANTS),
         default=list(DEFAULT_VARIANTS),
-        help="what to time beside the baseline (always run first): cellvib_separate is the fused node "
-        "with the branches' first layers run one by one",
+        help="what to time beside the baseline (always run first): cellvib_separate / cellvib_merged are "
+        "the fused node with the branches' first layers one by one / merged in every block",
     )
     parser.add_argument("--batch", type=int, default=None, help="images per step without :BATCH (cpu 4, cuda 128)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (cpu 5, cuda 20)")
@@ -90,9 +94,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="CPU threads for torch (default: torch's choice); 1 is steadier when the cores are shared",
     )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="CPU only: also profile ROUNDS round-robin steps per variant and split the op self time into "
+        "convolutions and everything else (the least of each over the rounds)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.profile and args.device == "cuda":
+        parser.error("--profile splits CPU op self times; it does not read CUDA kernels (use --device cpu)")
     # The embedding BatchNorm1d cannot train on a single image.
     if args.batch is not None and args.batch < 2:
         parser.error(f"--batch must be >= 2 (BatchNorm in training mode), got {args.batch}")
@@ -137,17 +151,23 @@ def use_composed_cells(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def use_separate_branches(model: torch.nn.Module) -> torch.nn.Module:
-    """Keep the fused sampling node but run the mean and sigma branches one by one."""
-    for block in model.modules():
-        if isinstance(block, IBasicBlock):
-            block.merge_heads = False
-    return model
+def merging_heads(merge: bool) -> Callable[[torch.nn.Module], torch.nn.Module]:
+    """Keep the fused sampling node; run the branches' first layers merged in every block
+    (``merge``) or one by one in every block, whatever ``merging_pays`` says."""
+
+    def prepare(model: torch.nn.Module) -> torch.nn.Module:
+        for block in model.modules():
+            if isinstance(block, IBasicBlock):
+                block.merge_heads = merge
+        return model
+
+    return prepare
 
 
 _PREPARE: dict[str, Callable[[torch.nn.Module], torch.nn.Module]] = {
     "cellvib_composed": use_composed_cells,
-    "cellvib_separate": use_separate_branches,
+    "cellvib_separate": merging_heads(False),
+    "cellvib_merged": merging_heads(True),
 }
 
 
@@ -214,6 +234,24 @@ def time_interleaved(
     return stats
 
 
+def profile_split(steps_by_name: dict[str, Callable[[], None]], rounds: int) -> dict[str, dict[str, float]]:
+    """Per step function, the profiled op self time (ms) of one step in convolutions
+    (forward and backward) and in every other op, the least of each over ``rounds``
+    round-robin steps: how far a variant's convolutions alone are from the baseline's."""
+    least: dict[str, dict[str, float]] = {name: {"conv_ms": math.inf, "other_ms": math.inf} for name in steps_by_name}
+    for _ in range(rounds):
+        for name, step in steps_by_name.items():
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                step()
+            conv = sum(e.self_cpu_time_total for e in prof.key_averages() if "convolution" in e.key) / 1e3
+            other = sum(e.self_cpu_time_total for e in prof.key_averages() if "convolution" not in e.key) / 1e3
+            least[name] = {
+                "conv_ms": min(least[name]["conv_ms"], conv),
+                "other_ms": min(least[name]["other_ms"], other),
+            }
+    return least
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Fixed-width table of the results."""
     header = (
@@ -229,6 +267,21 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{row['min_ratio_to_baseline']:>12.3f}{row['cpu_median_ms']:>9.1f}{row['cpu_ratio_to_baseline']:>8.3f}"
             f"{row['saved_bytes'] / 2**20:>11.1f}"
             f"{row['saved_ratio_to_baseline']:>8.3f}{peak:>10}"
+        )
+    return "\n".join(lines)
+
+
+def format_profile_table(rows: list[dict[str, Any]], rounds: int) -> str:
+    """Fixed-width table of :func:`profile_split`'s figures."""
+    header = f"{'model':<14}{'variant':<18}{'conv ms':>10}{'x base':>8}{'other ms':>10}{'x base':>8}{'all x base':>12}"
+    lines = [f"profiled op self time, least of {rounds} rounds:", header, "-" * len(header)]
+    for row in rows:
+        split = row["profile"]
+        base = next(r["profile"] for r in rows if r["model"] == row["model"] and r["variant"] == "baseline")
+        total = (split["conv_ms"] + split["other_ms"]) / (base["conv_ms"] + base["other_ms"])
+        lines.append(
+            f"{row['model']:<14}{row['variant']:<18}{split['conv_ms']:>10.1f}{split['conv_ms_ratio_to_baseline']:>8.3f}"
+            f"{split['other_ms']:>10.1f}{split['other_ms_ratio_to_baseline']:>8.3f}{total:>12.3f}"
         )
     return "\n".join(lines)
 
@@ -267,6 +320,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             steps_by_name[variant] = make_step(runner, images, dtype)
             saved[variant] = saved_activation_bytes(steps_by_name[variant], model)
         stats = time_interleaved(steps_by_name, device, warmup, steps)
+        split = profile_split(steps_by_name, args.profile) if args.profile else {}
         baseline_ms = statistics.median(stats["baseline"]["times"]) * 1e3
         baseline_min_ms = min(stats["baseline"]["times"]) * 1e3
         baseline_cpu_ms = statistics.median(stats["baseline"]["cpu_times"]) * 1e3
@@ -300,6 +354,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     "peak_memory_gib": stats[variant]["peak"] / 2**30 if device.type == "cuda" else None,
                 }
             )
+            if split:
+                rows[-1]["profile"] = {
+                    **split[variant],
+                    **{
+                        f"{key}_ratio_to_baseline": split[variant][key] / split["baseline"][key]
+                        for key in split[variant]
+                    },
+                }
             print(f"{shape} {variant}: {median_ms:.1f} ms/step", file=sys.stderr, flush=True)
         del models, steps_by_name
 
@@ -322,6 +384,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"channels_last={args.channels_last} compile={args.compile} steps={steps} (median after {warmup} warmup)"
     )
     print(format_table(rows))
+    if args.profile:
+        print(format_profile_table(rows, args.profile))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from facevib.models.beta import BETA_MAX, BETA_MIN, BetaSpec, beta_schedule
-from facevib.models.shared_input import BranchHead, can_merge, merged_branch_heads
+from facevib.models.shared_input import BranchHead, can_merge, merged_branch_heads, merging_pays
 from facevib.models.vib import SIGMA_BIAS_INIT, VIBCell
 
 __all__ = [
@@ -218,8 +218,9 @@ class IBasicBlock(nn.Module):
     """
 
     # Training-mode cell blocks run both branches' BN-conv-BN-PReLU as one (same result,
-    # less time and memory); False runs them one by one (benchmarks/model_step.py compares).
-    merge_heads: bool = True
+    # less memory) where that is also faster (shared_input.merging_pays, None), always
+    # (True) or never (False); benchmarks/model_step.py compares the three.
+    merge_heads: bool | None = None
 
     def __init__(
         self,
@@ -258,7 +259,7 @@ class IBasicBlock(nn.Module):
             if return_kl:
                 raise ValueError("return_kl=True on a block that is not a VIB cell")
             return self.residual(x) + identity
-        if self.training and self.merge_heads and can_merge(self._heads()):
+        if self.training and self._merges(x):
             return self._train_cell(x, identity, return_kl)
         # bn3 goes to the cell, which fuses it into its sampling node in training.
         mu_before_norm = self._residual_until_bn3(x)
@@ -266,6 +267,12 @@ class IBasicBlock(nn.Module):
             sample, kl = self.vib.forward_with_mean(x, mu_before_norm, return_kl=True, mean_norm=self.bn3)
             return sample + identity, kl
         return self.vib.forward_with_mean(x, mu_before_norm, mean_norm=self.bn3) + identity
+
+    def _merges(self, x: Tensor) -> bool:
+        if self.merge_heads is False:
+            return False
+        heads = self._heads()
+        return can_merge(heads) and (self.merge_heads is True or merging_pays(x, heads))
 
     def _heads(self) -> tuple[BranchHead, BranchHead]:
         sigma = self.vib.sigma

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from facevib.models.norm_stats import batch_norm_moments, update_running_stats
 
-__all__ = ["BranchHead", "can_merge", "merged_branch_heads"]
+__all__ = ["BranchHead", "can_merge", "merged_branch_heads", "merging_pays"]
 
 
 class BranchHead(NamedTuple):
@@ -76,6 +76,21 @@ def can_merge(heads: Sequence[BranchHead]) -> bool:
         and head.norm_in.num_features == first.norm_in.num_features
         for head in heads
     )
+
+
+def merging_pays(x: Tensor, heads: Sequence[BranchHead]) -> bool:
+    """Whether merging is expected to be faster than the layers one by one, for input ``x``.
+
+    Merging trades passes over the activation (one input normalisation and its backward
+    instead of one per head) for passes over the kernels (the scaled kernel, the taps of
+    the constant image and their gradients, about eight per step). It pays where the
+    activation a kernel convolves, N * H * W values per input channel, is at least as large
+    as the stacked kernel, 9 * (output channels) per input channel: on CPU, 8 x 256 x 14^2
+    against 320 x 256 x 3^2 (r50's third stage at batch 8) runs faster separately (the
+    measurement is in docs/results.md).
+    """
+    batch, _, height, width = x.shape
+    return batch * height * width >= 9 * sum(head.conv.out_channels for head in heads)
 
 
 def merged_branch_heads(x: Tensor, heads: Sequence[BranchHead]) -> list[Tensor]:
@@ -138,8 +153,17 @@ class _AffineConv(torch.autograd.Function):
         heads = _split_heads(params)
         kernel = _scaled_kernels(heads, grad.dtype)
         grad_x, grad_kernel, grad_sum = torch.ops.aten.convolution_backward(
-            grad, x.to(grad.dtype), kernel, [kernel.shape[0]], [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
-            [ctx.needs_input_grad[0], True, True],
+            grad,
+            x.to(grad.dtype),
+            kernel,
+            bias_sizes=[kernel.shape[0]],
+            stride=[1, 1],
+            padding=[1, 1],
+            dilation=[1, 1],
+            transposed=False,
+            output_padding=[0, 0],
+            groups=1,
+            output_mask=[ctx.needs_input_grad[0], True, True],
         )
         grad_taps = _constant_image_backward(grad, grad_sum)
         grads = []
@@ -171,9 +195,7 @@ def _input_channels(values: Tensor, dtype: torch.dtype) -> Tensor:
 def _scaled_kernels(heads: Sequence[_Head], dtype: torch.dtype) -> Tensor:
     """cat_i(W_i * g_i), g_i scaling W_i's input channels, written straight into one buffer."""
     first = heads[0].kernel
-    out = torch.empty(
-        (sum(head.kernel.shape[0] for head in heads), *first.shape[1:]), dtype=dtype, device=first.device
-    )
+    out = torch.empty((sum(head.kernel.shape[0] for head in heads), *first.shape[1:]), dtype=dtype, device=first.device)
     offset = 0
     for head in heads:
         rows = head.kernel.shape[0]

@@ -203,7 +203,6 @@ class _FusedVIBSample(torch.autograd.Function):
             sigma = F.softplus(z)
             state = None if keep_noise else generator.get_state()
             noise = _draw_noise(mu, wide, generator)
-            sample = torch.addcmul(mu, noise, sigma)
             if want_kl:
                 log_sigma = sigma.clamp_min(torch.finfo(wide).tiny).log_()
                 log_sigma = torch.minimum(log_sigma, z, out=log_sigma)
@@ -212,7 +211,11 @@ class _FusedVIBSample(torch.autograd.Function):
                 excess = log_sigma.mul_(-2.0).addcmul_(sigma, sigma).sub_(1.0)
                 kl = (torch.linalg.vector_norm(mu).square() + excess.sum()) * (0.5 / mu.shape[0])
             else:
-                kl = sample.new_zeros(())
+                kl = mu.new_zeros(())
+            # A normalised (or widened) mu is this node's own tensor and nothing reads it
+            # after the KL: sampling into it writes no new activation-sized buffer.
+            fresh = mean_norm is not None or mu_in.dtype != wide
+            sample = mu.addcmul_(noise, sigma) if fresh else torch.addcmul(mu, noise, sigma)
         # mu is needed only for the KL's gradient, or to differentiate its BatchNorm.
         keep_mu = want_kl or mean_norm is not None
         ctx.save_for_backward(
