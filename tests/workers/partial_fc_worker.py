@@ -68,9 +68,9 @@ def main(out_path: str, sample_rate: float = 1.0) -> None:
             },
             out_path,
         )
-    # Release DDP (its reducer) while the process group still exists: destroying it after
-    # the group was torn down sometimes hung a gloo rank on exit.
-    del model
+    # Release DDP (its reducer) and the loss's graph (its all-gather nodes) while the process
+    # group still exists: freed after it, gloo sometimes aborted a rank at exit.
+    del model, loss
     env.barrier()  # leave together: tearing gloo down under a peer's feet can abort it
     shutdown_distributed()
 

@@ -64,7 +64,7 @@ def main(out_path: str) -> None:
             },
             out_path,
         )
-    del task  # release DDP while the process group exists (see partial_fc_worker.py)
+    del task, loss, metrics  # release DDP and the graph while the process group exists (see partial_fc_worker.py)
     env.barrier()
     shutdown_distributed()
 
