@@ -82,6 +82,22 @@ MUTANTS = (
         "the fused node's hand-written KL gradient with a sign flipped",
     ),
     Mutant(
+        "merged-frame",
+        "facevib/models/shared_input.py",
+        "        _add_on_frame(out, image)\n",
+        "",
+        ("tests/test_vib.py",),
+        "the merged heads' shift taken as constant up to the border, as if the zero padding were not there",
+    ),
+    Mutant(
+        "merged-frame-gradient",
+        "facevib/models/shared_input.py",
+        "_SEEN_FROM_EDGES = ((-1.0, 1.0, 0.0), (0.0, 1.0, 0.0), (0.0, 1.0, -1.0))",
+        "_SEEN_FROM_EDGES = ((0.0, 1.0, 0.0), (0.0, 1.0, 0.0), (0.0, 1.0, 0.0))",
+        ("tests/test_vib.py",),
+        "the merged heads' shift gradient summed over every pixel, the padded border included",
+    ),
+    Mutant(
         "ten-fold-threshold",
         "facevib/eval/verification.py",
         "best = int(np.argmax(_fold_accuracy(dist[train], same[train], INSIGHTFACE_THRESHOLDS)))",

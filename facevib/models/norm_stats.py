@@ -4,8 +4,9 @@ A fused node that applies a BatchNorm itself (:mod:`facevib.models.vib`,
 :mod:`facevib.models.shared_input`) needs the batch mean and 1/std the normalisation used,
 so that backward can rebuild the output in one pass (``x * scale + shift``) and
 differentiate it with ATen's BatchNorm backward kernel, instead of re-running the
-BatchNorm and its autograd graph. ``F.batch_norm`` returns only the output; run with momentum 1 on scratch running
-buffers it also leaves the batch mean and unbiased variance there, and the module's own
+BatchNorm and its autograd graph. ``F.batch_norm`` returns only the output; run with
+momentum 1 on scratch running buffers it also leaves the batch mean and unbiased variance
+there, and the module's own
 running statistics are then updated exactly as ``norm(x)`` would (its momentum, or the
 cumulative average when momentum is None).
 

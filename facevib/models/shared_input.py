@@ -16,9 +16,12 @@ convolution is linear, so
 
 where conv(b_i, W_i) is the convolution of the constant image b_i with the same zero
 padding: constant inside, different on the one-pixel frame a 3x3 kernel overlaps with
-the padding. It does not depend on the batch: its interior value enters as the convolution's bias and
-the frame is corrected in place, so the shift costs no activation-sized pass. The BatchNorms' running statistics are updated exactly as each module would
-update them itself (its momentum, or the cumulative average when momentum is None).
+the padding. It does not depend on the batch: its interior value enters as the
+convolution's bias and the frame is corrected in place, so the shift costs no
+activation-sized pass. The BatchNorms' running statistics are updated exactly as each
+module would update them itself (its momentum, or the cumulative average when momentum is
+None). Merging trades activation passes for kernel passes, so cell blocks merge only where
+:func:`merging_pays`.
 """
 
 from __future__ import annotations
