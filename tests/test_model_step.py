@@ -51,7 +51,10 @@ def test_benchmark_times_and_profiles_every_variant(tmp_path):
     assert [row["variant"] for row in rows] == ["baseline", *variants]
     for row in rows:
         assert row["median_ms"] > 0 and row["saved_bytes"] > 0
-        assert row["profile"]["conv_ms"] > 0 and row["profile"]["other_ms"] > 0
+        split = row["profile"]
+        assert split["conv_ms"] > 0 and split["other_ms"] > 0
+        # One thread: op self times are disjoint slices of the step's wall time.
+        assert 0 <= split["outside_ms"] < split["wall_ms"]
     baseline = rows[0]
     assert baseline["profile"]["conv_ms_ratio_to_baseline"] == 1.0
     # A sigma branch adds convolutions: more parameters than the baseline, fewer than two.
