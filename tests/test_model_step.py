@@ -65,3 +65,18 @@ def test_benchmark_times_and_profiles_every_variant(tmp_path):
 def test_profile_refuses_cuda():
     with pytest.raises(SystemExit):
         _benchmark().parse_args(["--profile", "1", "--device", "cuda"])
+
+
+def test_cell_blocks_benchmark_times_every_stage_and_names_the_rule(tmp_path):
+    spec = importlib.util.spec_from_file_location("cell_blocks_benchmark", ROOT / "benchmarks" / "cell_blocks.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "cell_blocks.json"
+    bench.main(["--models", "demo_r18:2", "--rounds", "1", "--threads", "1", "--out", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert [row["stage"] for row in rows] == [1, 2, 3, 4]
+    assert [row["input"] for row in rows] == [[2, 16, 56, 56], [2, 32, 28, 28], [2, 64, 14, 14], [2, 128, 7, 7]]
+    # 2 x 56^2 = 6272 activation values per input channel against 4 x 9 x (16 + 4) = 720;
+    # 2 x 7^2 = 98 against 4 x 9 x (128 + 32).
+    assert rows[0]["rule"] == "merge" and rows[3]["rule"] == "separate"
+    assert all(row["plain_ms"] > 0 and row["separate_ratio"] > 0 and row["merged_ratio"] > 0 for row in rows)

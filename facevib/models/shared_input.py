@@ -86,14 +86,13 @@ def merging_pays(x: Tensor, heads: Sequence[BranchHead]) -> bool:
 
     Merging trades passes over the activation (one input normalisation and its backward
     instead of one per head) for passes over the kernels (the scaled kernel, the taps of
-    the constant image and their gradients, about eight per step). It pays where the
-    activation a kernel convolves, N * H * W values per input channel, is at least as large
-    as the stacked kernel, 9 * (output channels) per input channel: on CPU, 8 x 256 x 14^2
-    against 320 x 256 x 3^2 (r50's third stage at batch 8) runs faster separately (the
-    measurement is in docs/results.md).
+    the constant image and their gradients, about eight per step). Measured per stage on
+    CPU (``benchmarks/cell_blocks.py``, docs/results.md), it pays where the activation a
+    kernel convolves, N * H * W values per input channel, is at least four times the stacked
+    kernel, 9 * (output channels) per input channel; near one times it costs 3-15% more.
     """
     batch, _, height, width = x.shape
-    return batch * height * width >= 9 * sum(head.conv.out_channels for head in heads)
+    return batch * height * width >= 4 * 9 * sum(head.conv.out_channels for head in heads)
 
 
 def merged_branch_heads(x: Tensor, heads: Sequence[BranchHead]) -> list[Tensor]:
