@@ -104,7 +104,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
-    if args.profile and args.device == "cuda":
+    if args.profile and (args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())):
         parser.error("--profile splits CPU op self times; it does not read CUDA kernels (use --device cpu)")
     # The embedding BatchNorm1d cannot train on a single image.
     if args.batch is not None and args.batch < 2:
