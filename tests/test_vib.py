@@ -455,8 +455,8 @@ def test_branch_heads_merge_only_when_the_result_is_the_same():
 def test_heads_merge_where_the_activation_outweighs_the_kernel():
     """The shape rule of training's cell blocks (docs/results.md has the per-stage timings
     it follows): at batch 8 r50's second stage merges, its third does not; the demo r18's
-    last stage (32 x 128 x 7^2) does not; at a GPU batch of 128 r50's third stage merges,
-    its last does not. ``merge_heads`` True / False overrides the rule."""
+    last stage (32 x 128 x 7^2) does not; at batch 128 r50's third stage merges, its last
+    does not. ``merge_heads`` True / False overrides the rule."""
     from facevib.models.iresnet import IBasicBlock
 
     def block(channels: int) -> IBasicBlock:
@@ -467,6 +467,8 @@ def test_heads_merge_where_the_activation_outweighs_the_kernel():
     assert not block(128)._merges(torch.empty(32, 128, 7, 7))
     assert block(256)._merges(torch.empty(128, 256, 14, 14))
     assert not block(512)._merges(torch.empty(128, 512, 7, 7))
+    # Off the CPU (a meta tensor stands in for CUDA here) every block merges: memory decides.
+    assert block(512)._merges(torch.empty(8, 512, 7, 7, device="meta"))
     forced = block(256)
     forced.merge_heads = True
     assert forced._merges(torch.empty(8, 256, 14, 14))

@@ -90,7 +90,11 @@ def merging_pays(x: Tensor, heads: Sequence[BranchHead]) -> bool:
     CPU (``benchmarks/cell_blocks.py``, docs/results.md), it pays where the activation a
     kernel convolves, N * H * W values per input channel, is at least four times the stacked
     kernel, 9 * (output channels) per input channel; near one times it costs 3-15% more.
+    Off the CPU every block merges: a pass over a kernel of a few MB costs a GPU microseconds,
+    and the saved copy of the input that merging drops is what limits the batch there.
     """
+    if x.device.type != "cpu":
+        return True
     batch, _, height, width = x.shape
     return batch * height * width >= 4 * 9 * sum(head.conv.out_channels for head in heads)
 
