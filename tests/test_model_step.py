@@ -18,8 +18,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("model_step_benchmark", ROOT / "benchmarks" / "model_step.py")
+def _benchmark(script: str = "model_step"):
+    spec = importlib.util.spec_from_file_location(f"{script}_benchmark", ROOT / "benchmarks" / f"{script}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -68,9 +68,7 @@ def test_profile_refuses_cuda():
 
 
 def test_cell_blocks_benchmark_times_every_stage_and_names_the_rule(tmp_path):
-    spec = importlib.util.spec_from_file_location("cell_blocks_benchmark", ROOT / "benchmarks" / "cell_blocks.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark("cell_blocks")
     out = tmp_path / "cell_blocks.json"
     bench.main(["--models", "demo_r18:2", "--rounds", "1", "--threads", "1", "--out", str(out)])
     rows = json.loads(out.read_text())["results"]

@@ -89,7 +89,7 @@ def merging_pays(x: Tensor, heads: Sequence[BranchHead]) -> bool:
     the constant image and their gradients, about eight per step). Measured per stage on
     CPU (``benchmarks/cell_blocks.py``, docs/results.md), it pays where the activation a
     kernel convolves, N * H * W values per input channel, is at least four times the stacked
-    kernel, 9 * (output channels) per input channel; near one times it costs 3-15% more.
+    kernel, 9 * (output channels) per input channel; near one times it costs 3-20% more.
     Off the CPU every block merges: a pass over a kernel of a few MB costs a GPU microseconds,
     and the saved copy of the input that merging drops is what limits the batch there.
     """

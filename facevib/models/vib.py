@@ -214,8 +214,7 @@ class _FusedVIBSample(torch.autograd.Function):
                 kl = mu.new_zeros(())
             # A normalised (or widened) mu is this node's own tensor and nothing reads it
             # after the KL: sampling into it writes no new activation-sized buffer.
-            fresh = mean_norm is not None or mu_in.dtype != wide
-            sample = mu.addcmul_(noise, sigma) if fresh else torch.addcmul(mu, noise, sigma)
+            sample = torch.addcmul(mu, noise, sigma) if mu is mu_in else mu.addcmul_(noise, sigma)
         # mu is needed only for the KL's gradient, or to differentiate its BatchNorm.
         keep_mu = want_kl or mean_norm is not None
         ctx.save_for_backward(
