@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
-from facevib.models import VIBCell, gaussian_kl, reparameterize, softplus_sigma
+from facevib.models import IBasicBlock, VIBCell, gaussian_kl, reparameterize, softplus_sigma
 from facevib.models.vib import SIGMA_BIAS_INIT, vib_sample
 
 
@@ -387,6 +387,22 @@ def test_compiled_cell_samples_the_same_as_the_fused_node():
         # A conv bias before a BatchNorm has gradient 0 up to rounding: relative to the largest.
         assert ((got - expected).abs() <= 1e-5 * expected.abs().max() + 1e-5).all()
 
+
+
+def test_compiled_cell_traces_with_dynamic_shapes():
+    """A dynamic-shape trace (what torch.compile makes on a second batch or map size) of a
+    training cell block: it must trace, and sample as eager does at each size."""
+    torch.manual_seed(0)
+    block = IBasicBlock(4, 4, sigma_width=2).train()
+    compiled = torch.compile(block, backend="eager", dynamic=True, fullgraph=True)
+    for shape in ((2, 4, 6, 6), (3, 4, 5, 7)):
+        x = torch.randn(shape)
+        torch.manual_seed(1)
+        expected, expected_kl = block(x, return_kl=True)
+        torch.manual_seed(1)
+        out, kl = compiled(x, return_kl=True)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5, msg=str(shape))
+        torch.testing.assert_close(kl, expected_kl, rtol=1e-5, atol=0, msg=str(shape))
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5])
 def test_merged_branch_heads_equal_the_layers_run_one_by_one(size):

@@ -435,7 +435,9 @@ def _vib_sample_ops(
     wide = _wide_dtype(mu.dtype, pre.dtype)
     z = pre.to(wide) + bias.to(wide).view(_channel_shape(pre.dim(), channel_dim))
     sigma = F.softplus(z)
-    noise = torch.randn(mu.shape, dtype=wide, device=mu.device, generator=generator)
+    # randn_like, not randn(mu.shape): torch.randn with a generator argument takes only
+    # concrete sizes, so a dynamic-shape trace (a second batch size) would fail.
+    noise = torch.randn_like(mu, dtype=wide) if generator is None else _draw_noise(mu, wide, generator)
     sample = torch.addcmul(mu.to(wide), noise, sigma)
     if not want_kl:
         return sample, sample.new_zeros(())
