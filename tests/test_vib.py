@@ -388,7 +388,6 @@ def test_compiled_cell_samples_the_same_as_the_fused_node():
         assert ((got - expected).abs() <= 1e-5 * expected.abs().max() + 1e-5).all()
 
 
-
 def test_compiled_cell_traces_with_dynamic_shapes():
     """A dynamic-shape trace (what torch.compile makes on a second batch or map size) of a
     training cell block: it must trace, and sample as eager does at each size."""
@@ -403,6 +402,7 @@ def test_compiled_cell_traces_with_dynamic_shapes():
         out, kl = compiled(x, return_kl=True)
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5, msg=str(shape))
         torch.testing.assert_close(kl, expected_kl, rtol=1e-5, atol=0, msg=str(shape))
+
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5])
 def test_merged_branch_heads_equal_the_layers_run_one_by_one(size):
