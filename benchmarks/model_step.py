@@ -8,8 +8,9 @@ separate autograd ops: both branches in full, softplus -> log -> randn -> addcmu
 branches' first layers run one by one), ``cellvib_merged`` (the fused node and the
 branches' BN-conv-BN-PReLU merged in every block, :mod:`facevib.models.shared_input`),
 ``cellvib`` (what training runs: merged in the blocks where
-:func:`~facevib.models.shared_input.merging_pays`, separate in the others) and Deep VIB
-(``--variants`` picks). Reported: median (and minimum, the least disturbed step on a
+:func:`~facevib.models.shared_input.merging_pays`, separate in the others),
+``cellvib_compiled_sample`` (``cellvib`` with each cell's sampling step compiled by
+torch.compile instead of the hand-fused node) and Deep VIB (``--variants`` picks). Reported: median (and minimum, the least disturbed step on a
 shared machine) wall time over ``--steps`` timed steps after ``--warmup`` untimed ones,
 images/s, the ratio to the baseline, the median process CPU time per step and its ratio
 (steadier than wall time when other processes share the cores, with ``--threads 1``), and
@@ -37,7 +38,7 @@ from typing import Any
 
 import torch
 
-from facevib.models import IBasicBlock, create_model, gaussian_kl, reparameterize, softplus_sigma
+from facevib.models import IBasicBlock, VIBCell, create_model, gaussian_kl, reparameterize, softplus_sigma
 from facevib.models.iresnet import IRESNET_LAYERS
 
 # variant -> registered-name prefix; cellvib_composed, _separate and _merged are cellvib
@@ -48,6 +49,7 @@ VARIANTS = {
     "cellvib_separate": "cellvib_",
     "cellvib_merged": "cellvib_",
     "cellvib": "cellvib_",
+    "cellvib_compiled_sample": "cellvib_",
     "deepvib": "deepvib_",
 }
 DEFAULT_VARIANTS = ("baseline", "cellvib_composed", "cellvib", "deepvib")
@@ -163,10 +165,21 @@ def merging_heads(merge: bool) -> Callable[[torch.nn.Module], torch.nn.Module]:
     return prepare
 
 
+def compiling_cell_samples(model: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile each VIB cell's sampling step (both bn3, softplus, the sample and the
+    KL: under compile :func:`~facevib.models.vib.vib_sample` runs as plain ops, which the
+    compiler fuses and whose saved tensors its partitioner picks), the rest eager."""
+    for cell in model.modules():
+        if isinstance(cell, VIBCell):
+            cell.sample = torch.compile(cell.sample)
+    return model
+
+
 _PREPARE: dict[str, Callable[[torch.nn.Module], torch.nn.Module]] = {
     "cellvib_composed": use_composed_cells,
     "cellvib_separate": merging_heads(False),
     "cellvib_merged": merging_heads(True),
+    "cellvib_compiled_sample": compiling_cell_samples,
 }
 
 
@@ -245,25 +258,31 @@ def profile_split(steps_by_name: dict[str, Callable[[], None]], rounds: int) -> 
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
                 step()
             wall = (time.perf_counter() - start) * 1e3
-            events = prof.key_averages()
-            conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key) / 1e3
-            other = sum(e.self_cpu_time_total for e in events if "convolution" not in e.key) / 1e3
+            op_ms = {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
+            conv = sum(ms for key, ms in op_ms.items() if "convolution" in key)
+            other = sum(ms for key, ms in op_ms.items() if "convolution" not in key)
             if name not in best or wall < best[name]["wall_ms"]:
-                best[name] = {"wall_ms": wall, "conv_ms": conv, "other_ms": other, "outside_ms": wall - conv - other}
+                best[name] = {
+                    "wall_ms": wall,
+                    "conv_ms": conv,
+                    "other_ms": other,
+                    "outside_ms": wall - conv - other,
+                    "op_ms": op_ms,
+                }
     return best
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Fixed-width table of the results."""
     header = (
-        f"{'model':<14}{'variant':<18}{'params M':>10}{'median ms':>11}{'min ms':>10}{'img/s':>8}"
+        f"{'model':<14}{'variant':<25}{'params M':>10}{'median ms':>11}{'min ms':>10}{'img/s':>8}"
         f"{'x base':>8}{'x base min':>12}{'cpu ms':>9}{'x base':>8}{'saved MiB':>11}{'x base':>8}{'peak GiB':>10}"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
         peak = "-" if row["peak_memory_gib"] is None else f"{row['peak_memory_gib']:.2f}"
         lines.append(
-            f"{row['model']:<14}{row['variant']:<18}{row['params_m']:>10.2f}{row['median_ms']:>11.1f}"
+            f"{row['model']:<14}{row['variant']:<25}{row['params_m']:>10.2f}{row['median_ms']:>11.1f}"
             f"{row['min_ms']:>10.1f}{row['images_per_s']:>8.1f}{row['ratio_to_baseline']:>8.3f}"
             f"{row['min_ratio_to_baseline']:>12.3f}{row['cpu_median_ms']:>9.1f}{row['cpu_ratio_to_baseline']:>8.3f}"
             f"{row['saved_bytes'] / 2**20:>11.1f}"
@@ -275,7 +294,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def format_profile_table(rows: list[dict[str, Any]], rounds: int) -> str:
     """Fixed-width table of :func:`profile_split`'s figures."""
     header = (
-        f"{'model':<14}{'variant':<18}{'conv ms':>10}{'x base':>8}{'other ms':>10}{'x base':>8}"
+        f"{'model':<14}{'variant':<25}{'conv ms':>10}{'x base':>8}{'other ms':>10}{'x base':>8}"
         f"{'ops x base':>12}{'outside ms':>12}{'wall ms':>10}"
     )
     lines = [f"one profiled step, the least disturbed of {rounds} rounds:", header, "-" * len(header)]
@@ -284,9 +303,28 @@ def format_profile_table(rows: list[dict[str, Any]], rounds: int) -> str:
         base = next(r["profile"] for r in rows if r["model"] == row["model"] and r["variant"] == "baseline")
         ops = (split["conv_ms"] + split["other_ms"]) / (base["conv_ms"] + base["other_ms"])
         lines.append(
-            f"{row['model']:<14}{row['variant']:<18}{split['conv_ms']:>10.1f}{split['conv_ms_ratio_to_baseline']:>8.3f}"
+            f"{row['model']:<14}{row['variant']:<25}{split['conv_ms']:>10.1f}{split['conv_ms_ratio_to_baseline']:>8.3f}"
             f"{split['other_ms']:>10.1f}{split['other_ms_ratio_to_baseline']:>8.3f}{ops:>12.3f}"
             f"{split['outside_ms']:>12.1f}{split['wall_ms']:>10.1f}"
+        )
+    return "\n".join(lines)
+
+
+def format_op_table(rows: list[dict[str, Any]], top: int = 10) -> str:
+    """Per cellVIB/Deep VIB variant, the ``top`` ops whose profiled self time grew most over
+    the baseline's: where a variant's extra time goes."""
+    lines = []
+    for row in rows:
+        if row["variant"] == "baseline":
+            continue
+        base = next(r["profile"]["op_ms"] for r in rows if r["model"] == row["model"] and r["variant"] == "baseline")
+        ops = row["profile"]["op_ms"]
+        extra = sorted(ops.keys() | base.keys(), key=lambda key: base.get(key, 0.0) - ops.get(key, 0.0))
+        lines.append(f"{row['model']} {row['variant']}: op self ms (baseline, variant, extra), largest extra first")
+        lines.extend(
+            f"  {key[:44]:<46}{base.get(key, 0.0):>9.1f}{ops.get(key, 0.0):>9.1f}"
+            f"{ops.get(key, 0.0) - base.get(key, 0.0):>+9.1f}"
+            for key in extra[:top]
         )
     return "\n".join(lines)
 
@@ -391,6 +429,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(format_table(rows))
     if args.profile:
         print(format_profile_table(rows, args.profile))
+        print(format_op_table(rows))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -44,7 +44,7 @@ def test_cellvib_saves_at_most_1_4x_the_baseline_bytes_for_backward(shape, batch
 def test_benchmark_times_and_profiles_every_variant(tmp_path):
     bench = _benchmark()
     out = tmp_path / "model_step.json"
-    variants = ["cellvib_composed", "cellvib_separate", "cellvib_merged", "cellvib", "deepvib"]
+    variants = "cellvib_composed cellvib_separate cellvib_merged cellvib cellvib_compiled_sample deepvib".split()
     argv = ["--models", "demo_r18:2", "--variants", *variants, "--steps", "1", "--warmup", "0"]
     bench.main([*argv, "--threads", "1", "--device", "cpu", "--profile", "1", "--out", str(out)])
     rows = json.loads(out.read_text())["results"]
@@ -58,8 +58,12 @@ def test_benchmark_times_and_profiles_every_variant(tmp_path):
     baseline = rows[0]
     assert baseline["profile"]["conv_ms_ratio_to_baseline"] == 1.0
     # A sigma branch adds convolutions: more parameters than the baseline, fewer than two.
-    for row in rows[1:5]:
+    for row in rows[1:6]:
         assert baseline["params_m"] < row["params_m"] < 2 * baseline["params_m"]
+    # The per-op split sees the cells' own ops: the eager noise draw is absent from the baseline.
+    assert "aten::normal_" not in baseline["profile"]["op_ms"]
+    for row in rows[1:5]:
+        assert row["profile"]["op_ms"]["aten::normal_"] > 0, row["variant"]
 
 
 def test_profile_refuses_cuda():
