@@ -10,12 +10,14 @@ branches' BN-conv-BN-PReLU merged in every block, :mod:`facevib.models.shared_in
 ``cellvib`` (what training runs: merged in the blocks where
 :func:`~facevib.models.shared_input.merging_pays`, separate in the others),
 ``cellvib_compiled_sample`` (``cellvib`` with each cell's sampling step compiled by
-torch.compile instead of the hand-fused node) and Deep VIB (``--variants`` picks). Reported: median (and minimum, the least disturbed step on a
-shared machine) wall time over ``--steps`` timed steps after ``--warmup`` untimed ones,
-images/s, the ratio to the baseline, the median process CPU time per step and its ratio
-(steadier than wall time when other processes share the cores, with ``--threads 1``), and
-the activation bytes autograd saves for backward (unique storages seen by
-``torch.autograd.graph.saved_tensors_hooks``, parameters excluded).
+torch.compile instead of the hand-fused node) and Deep VIB (``--variants`` picks).
+Reported: median (and minimum, the least disturbed step on a shared machine) wall time
+over ``--steps`` timed steps after ``--warmup`` untimed ones, images/s, the ratio to the
+baseline, the median process CPU time per step and its ratio (steadier than wall time when
+other processes share the cores, with ``--threads 1``), and the activation bytes autograd
+saves for backward (unique storages seen by ``torch.autograd.graph.saved_tensors_hooks``,
+parameters excluded). ``--profile`` adds a split of one profiled step and the ops whose
+self time grew most over the baseline's.
 
 A model is ``DEPTH[:BATCH]``; ``demo_r18`` is the demo's narrow r18 (widths 16-32-64-128,
 128-d embedding, configs/synthetic_r18_cellvib.py):
@@ -41,8 +43,9 @@ import torch
 from facevib.models import IBasicBlock, VIBCell, create_model, gaussian_kl, reparameterize, softplus_sigma
 from facevib.models.iresnet import IRESNET_LAYERS
 
-# variant -> registered-name prefix; cellvib_composed, _separate and _merged are cellvib
-# models with their cell blocks switched to another formulation (see _PREPARE).
+# variant -> registered-name prefix; cellvib_composed, _separate, _merged and
+# _compiled_sample are cellvib models with their cell blocks switched to another
+# formulation (see _PREPARE).
 VARIANTS = {
     "baseline": "",
     "cellvib_composed": "cellvib_",

@@ -436,7 +436,8 @@ def _vib_sample_ops(
     z = pre.to(wide) + bias.to(wide).view(_channel_shape(pre.dim(), channel_dim))
     sigma = F.softplus(z)
     # randn_like, not randn(mu.shape): torch.randn with a generator argument takes only
-    # concrete sizes, so a dynamic-shape trace (a second batch size) would fail.
+    # concrete sizes, so a dynamic-shape trace (a second batch size) would fail; a caller's
+    # own generator keeps that limit.
     noise = torch.randn_like(mu, dtype=wide) if generator is None else _draw_noise(mu, wide, generator)
     sample = torch.addcmul(mu.to(wide), noise, sigma)
     if not want_kl:
