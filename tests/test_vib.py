@@ -414,7 +414,7 @@ def test_inductor_compiled_merged_block_has_the_eager_kl_and_gradients():
     gradient's norm (default, AVX2 and AVX-512 kernels).
 
     One thread: with two, inductor's AVX-512 kernels for this block crashed the process
-    inside inductor's generated code (SIGSEGV or abort) in 6 of 9 runs, each time after
+    inside inductor's generated code (SIGSEGV or abort) in 7 of 11 runs, each time after
     other compiles in the same process (docs/training.md)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
