@@ -98,6 +98,14 @@ MUTANTS = (
         "the merged heads' shift gradient summed over every pixel, the padded border included",
     ),
     Mutant(
+        "compiled-noise-shape",
+        "facevib/models/vib.py",
+        "noise = torch.randn_like(mu, dtype=wide) if generator is None else _draw_noise(mu, wide, generator)",
+        "noise = _draw_noise(mu, wide, generator)",
+        ("tests/test_vib.py",),
+        "the compiled cell's noise drawn with randn(mu.shape), which a dynamic-shape trace cannot take",
+    ),
+    Mutant(
         "ten-fold-threshold",
         "facevib/eval/verification.py",
         "best = int(np.argmax(_fold_accuracy(dist[train], same[train], INSIGHTFACE_THRESHOLDS)))",
