@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,18 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+# One inductor kernel cache per ATEN_CPU_CAPABILITY. torch 2.13 keys its on-disk cache
+# without it: a kernel compiled under ATEN_CPU_CAPABILITY=avx2 and loaded by a later run on
+# the native AVX-512 kernels crashed that run (docs/training.md). CI runs the suite under
+# two capabilities, and developers switch between them by hand.
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR",
+    str(
+        Path(tempfile.gettempdir())
+        / f"torchinductor_{getpass.getuser()}_{os.environ.get('ATEN_CPU_CAPABILITY', 'native')}"
+    ),
+)
 
 # Small enough to write in a few seconds on 2 cores, large enough that a tiny model learns it.
 SYNTH_IDENTITIES = 24

@@ -411,20 +411,8 @@ def test_inductor_compiled_merged_block_has_the_eager_kl_and_gradients():
     Compiled that way (here inductor's CPU backend, static shapes as the trainer's fixed
     batches give), the block's KL and the KL's gradients equal eager's. They do not depend
     on the noise, which inductor draws from its own stream. Measured: 1.2e-6 of the
-    gradient's norm (default, AVX2 and AVX-512 kernels).
-
-    One thread: with two, inductor's AVX-512 kernels for this block crashed the process
-    inside inductor's generated code (SIGSEGV or abort) in 7 of 11 runs, each time after
-    other compiles in the same process (docs/training.md)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _check_inductor_merged_block()
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _check_inductor_merged_block() -> None:
+    gradient's norm (default, AVX2 and AVX-512 kernels; conftest gives each its own
+    inductor cache)."""
     torch.manual_seed(0)
     block = IBasicBlock(16, 16, sigma_width=4).train()
     block.merge_heads = True
