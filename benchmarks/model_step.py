@@ -322,12 +322,12 @@ def format_op_table(rows: list[dict[str, Any]], top: int = 10) -> str:
             continue
         base = next(r["profile"]["op_ms"] for r in rows if r["model"] == row["model"] and r["variant"] == "baseline")
         ops = row["profile"]["op_ms"]
-        extra = sorted(ops.keys() | base.keys(), key=lambda key: base.get(key, 0.0) - ops.get(key, 0.0))
+        by_growth = sorted(ops.keys() | base.keys(), key=lambda key: base.get(key, 0.0) - ops.get(key, 0.0))
         lines.append(f"{row['model']} {row['variant']}: op self ms (baseline, variant, extra), largest extra first")
         lines.extend(
             f"  {key[:44]:<46}{base.get(key, 0.0):>9.1f}{ops.get(key, 0.0):>9.1f}"
             f"{ops.get(key, 0.0) - base.get(key, 0.0):>+9.1f}"
-            for key in extra[:top]
+            for key in by_growth[:top]
         )
     return "\n".join(lines)
 

@@ -100,8 +100,8 @@ MUTANTS = (
     Mutant(
         "compiled-noise-shape",
         "facevib/models/vib.py",
-        "noise = torch.randn_like(mu, dtype=wide) if generator is None else _draw_noise(mu, wide, generator)",
-        "noise = _draw_noise(mu, wide, generator)",
+        "        return torch.randn_like(like, dtype=dtype, memory_format=torch.contiguous_format)\n",
+        "        return torch.randn(like.shape, dtype=dtype, device=like.device, generator=generator)\n",
         ("tests/test_vib.py",),
         "the compiled cell's noise drawn with randn(mu.shape), which a dynamic-shape trace cannot take",
     ),

@@ -129,7 +129,12 @@ def _channel_shape(ndim: int, channel_dim: int) -> list[int]:
     return shape
 
 
-def _draw_noise(like: Tensor, dtype: torch.dtype, generator: torch.Generator) -> Tensor:
+def _draw_noise(like: Tensor, dtype: torch.dtype, generator: torch.Generator | None) -> Tensor:
+    if generator is None:
+        # The global generator through randn_like: torch.randn with a generator argument
+        # takes only concrete sizes, so a dynamic-shape trace (a second batch size) would
+        # fail. Contiguous, so it draws the values randn(like.shape) would.
+        return torch.randn_like(like, dtype=dtype, memory_format=torch.contiguous_format)
     return torch.randn(like.shape, dtype=dtype, device=like.device, generator=generator)
 
 
@@ -435,10 +440,7 @@ def _vib_sample_ops(
     wide = _wide_dtype(mu.dtype, pre.dtype)
     z = pre.to(wide) + bias.to(wide).view(_channel_shape(pre.dim(), channel_dim))
     sigma = F.softplus(z)
-    # randn_like, not randn(mu.shape): torch.randn with a generator argument takes only
-    # concrete sizes, so a dynamic-shape trace (a second batch size) would fail; a caller's
-    # own generator keeps that limit.
-    noise = torch.randn_like(mu, dtype=wide) if generator is None else _draw_noise(mu, wide, generator)
+    noise = _draw_noise(mu, wide, generator)
     sample = torch.addcmul(mu.to(wide), noise, sigma)
     if not want_kl:
         return sample, sample.new_zeros(())
