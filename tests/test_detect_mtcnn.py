@@ -24,7 +24,7 @@ from facevib.detect.mtcnn import MTCNN, weights_dir
 from facevib.detect.mtcnn_torch import build_nets
 
 ROOT = Path(__file__).resolve().parents[1]
-# `make detector-weights` (and `make test`) fetch the wheel here; FACEVIB_MTCNN_WHEEL overrides.
+# `make detector-wheel` (and `make test`, `make detector-weights`) fetch the wheel here; FACEVIB_MTCNN_WHEEL overrides.
 WHEEL = Path(os.environ.get("FACEVIB_MTCNN_WHEEL", ROOT / "build" / WHEEL_NAME))
 # Largest landmark error allowed, as a fraction of the hand-measured distance between the eyes
 # (0.1 is the usual "failure" cut of normalised-mean-error landmark benchmarks), and at least
@@ -201,7 +201,9 @@ def test_whole_cascade_same_with_pytorch_nets(detector):
             assert abs(a.score - b.score) < 1e-4
 
 
-@pytest.mark.skipif(not WHEEL.is_file(), reason=f"{WHEEL} not fetched (run `make detector-weights`)")
+@pytest.mark.skipif(
+    not WHEEL.is_file(), reason=f"{WHEEL} not fetched (`make detector-wheel` fetches it; `make test` does)"
+)
 def test_committed_onnx_files_are_reproduced_from_the_wheel(tmp_path):
     """The converter rebuilds byte-identical files, and the wheel's PyTorch nets give the same outputs."""
     from facevib.detect.__main__ import main

@@ -2,7 +2,7 @@
 
 This machine has no GPU, so ``nvidia-smi`` is a stand-in script on PATH that prints what
 the real tool prints on a GPU host (``-L``: one ``GPU i: name (UUID: ...)`` line per GPU) or
-fails as it does without a driver; torch here is the CPU build, the case to refuse.
+fails as it does without a driver. torch cannot use a GPU here, the case to refuse.
 """
 
 from __future__ import annotations
@@ -33,15 +33,19 @@ def fake_nvidia_smi(folder: Path, stdout: str, exit_code: int = 0) -> str:
     return f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
-def test_auto_refuses_a_cpu_torch_on_a_gpu_host_in_one_line(tmp_path, monkeypatch):
+# What torch.version.cuda says of a CPU wheel (None) and of a CUDA wheel that no driver on
+# this machine runs; set by hand, so both cases are checked whichever torch is installed.
+@pytest.mark.parametrize(("cuda_build", "why"), [(None, "CPU-only build"), ("13.0", "built for CUDA 13.0")])
+def test_auto_refuses_an_unusable_torch_on_a_gpu_host_in_one_line(tmp_path, monkeypatch, cuda_build, why):
     monkeypatch.setenv("PATH", fake_nvidia_smi(tmp_path / "bin", H200_LISTING))
+    monkeypatch.setattr(torch.version, "cuda", cuda_build)
     assert visible_nvidia_gpus() == 2
     with pytest.raises(ValueError) as caught:
         init_distributed("auto")
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith("run.device=auto: nvidia-smi lists 2 GPU(s) but torch")
-    assert "CPU-only build" in message and "run.device=cpu" in message
+    assert why in message and "run.device=cpu" in message
     assert init_distributed("cpu").device == torch.device("cpu")  # an explicit CPU run still works
 
 
